@@ -1,0 +1,310 @@
+// kmodtrace BPF program, compiled by bcc. struct event and KIND_* come from
+// tracer/events.py (prepended by tracer/probes.py); RINGBUF_PAGES, MAX_HELPERS
+// and the HAVE_* switches come as -D cflags. Includes are kept to what the probes
+// read: compile time is attach time.
+#include <uapi/linux/ptrace.h>
+#include <linux/sched.h>
+#include <linux/fdtable.h>
+#include <linux/fs.h>
+#include <linux/umh.h>
+
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(lost, u64, 1);           // failed ring buffer reservations
+BPF_HASH(helpers, u32, u64, MAX_HELPERS); // pid of a usermode helper -> sub_info
+struct loading_t { char name[NAME_LEN]; };
+BPF_HASH(loading, u32, struct loading_t, MAX_HELPERS); // tid inside (f)init_module
+
+static __always_inline struct event *reserve(u32 kind)
+{
+    struct event *e = events.ringbuf_reserve(sizeof(struct event));
+    if (!e) {
+        int zero = 0;
+        u64 *n = lost.lookup(&zero);
+        if (n)
+            (*n)++;
+        return 0;
+    }
+    __builtin_memset(e, 0, sizeof(*e));
+    u64 id = bpf_get_current_pid_tgid();
+    e->ts_ns = bpf_ktime_get_ns();
+    e->kind = kind;
+    e->pid = id >> 32;
+    e->tid = (u32)id;
+    e->cpu = bpf_get_smp_processor_id();
+    bpf_get_current_comm(&e->comm, sizeof(e->comm));
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    struct task_struct *parent = 0;
+    bpf_probe_read_kernel(&parent, sizeof(parent), &task->real_parent);
+    bpf_probe_read_kernel(&e->ppid, sizeof(u32), &parent->tgid);
+    return e;
+}
+
+// __request_module(bool wait, const char *fmt, ...): the name is still a format.
+int req_enter(struct pt_regs *ctx)
+{
+    struct event *e = reserve(KIND_REQ_ENTER);
+    if (!e)
+        return 0;
+    e->wait = (u32)(PT_REGS_PARM1(ctx) & 1);
+    bpf_probe_read_kernel_str(e->name, sizeof(e->name), (void *)PT_REGS_PARM2(ctx));
+    // Most callers pass the name as the first vararg ("%s", "fs-%s").
+    bpf_probe_read_kernel_str(e->path, sizeof(e->path), (void *)PT_REGS_PARM3(ctx));
+    // The call site, read from the stack at entry: module:module_request's own
+    // ip is the kretprobe trampoline once __request_module is kretprobed.
+    bpf_probe_read_kernel(&e->ip, sizeof(e->ip), (void *)PT_REGS_SP(ctx));
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
+int req_exit(struct pt_regs *ctx)
+{
+    struct event *e = reserve(KIND_REQ_EXIT);
+    if (!e)
+        return 0;
+    e->ret = (int)PT_REGS_RC(ctx);
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
+#ifdef HAVE_TP_MODULE_REQUEST
+TRACEPOINT_PROBE(module, module_request)
+{
+    struct event *e = reserve(KIND_REQ_TP);
+    if (!e)
+        return 0;
+    e->wait = args->wait;
+    e->ip = args->ip;
+    bpf_probe_read_kernel_str(e->name, sizeof(e->name),
+                              (void *)args + (args->data_loc_name & 0xFFFF));
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+#endif
+
+int umh_enter(struct pt_regs *ctx, struct subprocess_info *info, int wait)
+{
+    struct event *e = reserve(KIND_UMH_ENTER);
+    if (!e)
+        return 0;
+    e->ptr = (u64)info;
+    e->wait = wait;
+    char *path = 0;
+    char **argv = 0;
+    bpf_probe_read_kernel(&path, sizeof(path), &info->path);
+    bpf_probe_read_kernel(&argv, sizeof(argv), &info->argv);
+    bpf_probe_read_kernel_str(e->path, sizeof(e->path), path);
+    // modprobe gets "-q -- NAME": keep the last argument.
+    char *arg = 0, *last = 0;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        if (bpf_probe_read_kernel(&arg, sizeof(arg), &argv[i]) || !arg)
+            break;
+        last = arg;
+    }
+    if (last)
+        bpf_probe_read_kernel_str(e->name, sizeof(e->name), last);
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
+int umh_exit(struct pt_regs *ctx)
+{
+    struct event *e = reserve(KIND_UMH_EXIT);
+    if (!e)
+        return 0;
+    e->ret = (int)PT_REGS_RC(ctx);
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
+// Runs in the new helper thread, which then execs modprobe with the same pid.
+int umh_spawn(struct pt_regs *ctx, void *info)
+{
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    u64 ptr = (u64)info;
+    helpers.update(&pid, &ptr);
+    struct event *e = reserve(KIND_UMH_SPAWN);
+    if (!e)
+        return 0;
+    e->ptr = ptr;
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
+int helper_exit(struct pt_regs *ctx, long code)
+{
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    u64 *ptr = helpers.lookup(&pid);
+    if (!ptr)
+        return 0;
+    struct event *e = reserve(KIND_HELPER_EXIT);
+    if (e) {
+        e->ptr = *ptr;
+        e->ret = code;
+        events.ringbuf_submit(e, 0);
+    }
+    helpers.delete(&pid);
+    return 0;
+}
+
+static __always_inline void loading_begin(void)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct loading_t empty = {};
+    loading.update(&tid, &empty);
+}
+
+static __always_inline void loading_end(struct event *e)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct loading_t *l = loading.lookup(&tid);
+    if (!l)
+        return;
+    if (e)
+        __builtin_memcpy(e->name, l->name, sizeof(e->name));
+    loading.delete(&tid);
+}
+
+#ifdef HAVE_TP_SYS_ENTER_FINIT_MODULE
+TRACEPOINT_PROBE(syscalls, sys_enter_finit_module)
+{
+    loading_begin();
+    struct event *e = reserve(KIND_FINIT_ENTER);
+    if (!e)
+        return 0;
+    e->flags = args->flags;
+    int fd = args->fd;
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    struct files_struct *files = 0;
+    struct fdtable *fdt = 0;
+    struct file **fds = 0;
+    struct file *f = 0;
+    struct inode *inode = 0;
+    struct super_block *sb = 0;
+    struct dentry *dentry = 0;
+    const unsigned char *dname = 0;
+    bpf_probe_read_kernel(&files, sizeof(files), &task->files);
+    bpf_probe_read_kernel(&fdt, sizeof(fdt), &files->fdt);
+    bpf_probe_read_kernel(&fds, sizeof(fds), &fdt->fd);
+    bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+    if (f) {
+        bpf_probe_read_kernel(&inode, sizeof(inode), &f->f_inode);
+        bpf_probe_read_kernel(&e->ino, sizeof(e->ino), &inode->i_ino);
+        bpf_probe_read_kernel(&e->size, sizeof(e->size), &inode->i_size);
+        bpf_probe_read_kernel(&sb, sizeof(sb), &inode->i_sb);
+        u32 dev = 0;
+        bpf_probe_read_kernel(&dev, sizeof(dev), &sb->s_dev);
+        e->dev = dev;
+        bpf_probe_read_kernel(&dentry, sizeof(dentry), &f->f_path.dentry);
+        bpf_probe_read_kernel(&dname, sizeof(dname), &dentry->d_name.name);
+        bpf_probe_read_kernel_str(e->path, sizeof(e->path), dname);
+    }
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+#endif
+
+#ifdef HAVE_TP_SYS_ENTER_INIT_MODULE
+TRACEPOINT_PROBE(syscalls, sys_enter_init_module)
+{
+    loading_begin();
+    struct event *e = reserve(KIND_INIT_ENTER);
+    if (!e)
+        return 0;
+    e->size = args->len;
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+#endif
+
+#ifdef HAVE_TP_SYS_EXIT_FINIT_MODULE
+TRACEPOINT_PROBE(syscalls, sys_exit_finit_module)
+{
+    struct event *e = reserve(KIND_FINIT_EXIT);
+    if (!e) {
+        loading_end(0);
+        return 0;
+    }
+    e->ret = args->ret;
+    loading_end(e);
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+#endif
+
+#ifdef HAVE_TP_SYS_EXIT_INIT_MODULE
+TRACEPOINT_PROBE(syscalls, sys_exit_init_module)
+{
+    struct event *e = reserve(KIND_INIT_EXIT);
+    if (!e) {
+        loading_end(0);
+        return 0;
+    }
+    e->ret = args->ret;
+    loading_end(e);
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+#endif
+
+// find_module_all(name, len, even_unformed): the first lookup with
+// even_unformed inside a load is the duplicate check on the module's own name
+// (add_unformed_module before 6.4, module_patient_check_exists after), the only
+// place a failed load's name is visible.
+int find_module(struct pt_regs *ctx, const char *name, unsigned long len, bool even_unformed)
+{
+    if (!even_unformed)
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct loading_t *l = loading.lookup(&tid);
+    if (!l || l->name[0])
+        return 0;
+    u32 n = len < NAME_LEN - 1 ? len : NAME_LEN - 1;
+    bpf_probe_read_kernel(l->name, n & (NAME_LEN - 1), name);
+    return 0;
+}
+
+#ifdef HAVE_TP_MODULE_LOAD
+TRACEPOINT_PROBE(module, module_load)
+{
+    struct event *e = reserve(KIND_MOD_LOAD);
+    if (!e)
+        return 0;
+    e->flags = args->taints;
+    bpf_probe_read_kernel_str(e->name, sizeof(e->name),
+                              (void *)args + (args->data_loc_name & 0xFFFF));
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+#endif
+
+#ifdef HAVE_TP_MODULE_FREE
+TRACEPOINT_PROBE(module, module_free)
+{
+    struct event *e = reserve(KIND_MOD_FREE);
+    if (!e)
+        return 0;
+    bpf_probe_read_kernel_str(e->name, sizeof(e->name),
+                              (void *)args + (args->data_loc_name & 0xFFFF));
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+#endif
+
+int modinit_enter(struct pt_regs *ctx)
+{
+    struct event *e = reserve(KIND_MODINIT_ENTER);
+    if (e)
+        events.ringbuf_submit(e, 0);
+    return 0;
+}
+
+int modinit_exit(struct pt_regs *ctx)
+{
+    struct event *e = reserve(KIND_MODINIT_EXIT);
+    if (!e)
+        return 0;
+    e->ret = (int)PT_REGS_RC(ctx);
+    events.ringbuf_submit(e, 0);
+    return 0;
+}

@@ -1,0 +1,132 @@
+"""The event record: the one definition shared by the BPF program and Python.
+
+`Event` below is the source. `c_definitions()` generates the C struct and the
+KIND_* constants that bpf/kmodtrace.bpf.c is compiled with, and `CEvent` is the
+ctypes twin used to decode ring-buffer records, so the layouts cannot drift.
+Fields are plain u32/u64/s64/char[N], the only types bcc decodes reliably.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import enum
+import typing
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+U32 = Annotated[int, "u32"]
+U64 = Annotated[int, "u64"]
+S64 = Annotated[int, "s64"]
+
+
+def Str(size: int) -> Any:
+    return Annotated[str, ("char", size)]
+
+
+class Kind(enum.IntEnum):
+    """What produced an event; the comment names the hook."""
+
+    REQ_ENTER = 1  # kprobe __request_module: wait, fmt (name), first vararg (path)
+    REQ_EXIT = 2  # kretprobe __request_module: ret
+    REQ_TP = 3  # tracepoint module:module_request: name, wait, ip
+    UMH_ENTER = 4  # kprobe call_usermodehelper_exec: ptr, path, name (last argv), wait
+    UMH_EXIT = 5  # kretprobe call_usermodehelper_exec: ret
+    UMH_SPAWN = 6  # kprobe call_usermodehelper_exec_async: ptr; pid is the helper
+    HELPER_EXIT = 7  # kprobe do_exit of a helper pid: ret is the exit code
+    FINIT_ENTER = 8  # sys_enter_finit_module: path (file name), dev, ino, size, flags
+    FINIT_EXIT = 9  # sys_exit_finit_module: ret, name (module name seen by the kernel)
+    INIT_ENTER = 10  # sys_enter_init_module: size (len)
+    INIT_EXIT = 11  # sys_exit_init_module: ret, name
+    MOD_LOAD = 12  # tracepoint module:module_load: name, flags (taints)
+    MODINIT_ENTER = 13  # kprobe do_init_module
+    MODINIT_EXIT = 14  # kretprobe do_init_module: ret
+    MOD_FREE = 15  # tracepoint module:module_free: name
+
+
+NAME_LEN: int = 64
+PATH_LEN = 128
+
+
+@dataclass(slots=True)
+class Event:
+    ts_ns: U64 = 0  # CLOCK_MONOTONIC (bpf_ktime_get_ns)
+    kind: U32 = 0
+    pid: U32 = 0  # tgid
+    tid: U32 = 0
+    ppid: U32 = 0
+    cpu: U32 = 0
+    wait: U32 = 0
+    flags: U32 = 0
+    ret: S64 = 0
+    ip: U64 = 0
+    ptr: U64 = 0
+    dev: U64 = 0
+    ino: U64 = 0
+    size: U64 = 0
+    comm: Annotated[str, ("char", 16)] = ""
+    name: Annotated[str, ("char", NAME_LEN)] = ""
+    path: Annotated[str, ("char", PATH_LEN)] = ""
+
+    @property
+    def kind_name(self) -> str:
+        try:
+            return Kind(self.kind).name
+        except ValueError:
+            return f"KIND_{self.kind}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Event:
+        return cls(**{f: d[f] for f in _FIELD_NAMES if f in d})
+
+
+def _layout() -> list[tuple[str, str, int]]:
+    """(field, C scalar type or 'char', array size) in declaration order."""
+    hints = typing.get_type_hints(Event, include_extras=True)
+    out = []
+    for f in dataclasses.fields(Event):
+        meta = hints[f.name].__metadata__[0]
+        if isinstance(meta, tuple):
+            out.append((f.name, meta[0], meta[1]))
+        else:
+            out.append((f.name, meta, 0))
+    return out
+
+
+LAYOUT = _layout()
+_FIELD_NAMES = [f for f, _, _ in LAYOUT]
+_CTYPES = {"u32": ctypes.c_uint32, "u64": ctypes.c_uint64, "s64": ctypes.c_int64}
+
+
+class CEvent(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_char * size if ctype == "char" else _CTYPES[ctype])
+        for name, ctype, size in LAYOUT
+    ]
+
+
+def c_definitions() -> str:
+    """C text for the BPF program: KIND_* constants and struct event."""
+    lines = [f"#define KIND_{k.name} {k.value}" for k in Kind]
+    lines += [f"#define NAME_LEN {NAME_LEN}", f"#define PATH_LEN {PATH_LEN}"]
+    lines.append("struct event {")
+    for name, ctype, size in LAYOUT:
+        lines.append(f"    char {name}[{size}];" if ctype == "char" else f"    {ctype} {name};")
+    lines.append("};")
+    return "\n".join(lines) + "\n"
+
+
+def decode(raw: Any) -> Event:
+    """Decode one ring-buffer record (a ctypes pointer or bytes) into an Event."""
+    if isinstance(raw, (bytes, bytearray)):
+        c = CEvent.from_buffer_copy(raw)
+    else:
+        c = ctypes.cast(raw, ctypes.POINTER(CEvent)).contents
+    values = []
+    for name, ctype, _ in LAYOUT:
+        v = getattr(c, name)
+        values.append(v.decode("utf-8", "replace") if ctype == "char" else v)
+    return Event(*values)
