@@ -1,0 +1,799 @@
+"""Tests for tracer/model.py: the dups.c, idempotent(), patient-check and MODULE_STATS rules."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tracer.model import (
+    DUP_TAIL_NS,
+    MODULE_INIT_COMPRESSED_FILE,
+    PROFILE_6_1,
+    PROFILE_6_4,
+    PROFILE_6_5,
+    Announce,
+    DupFailed,
+    LoadVerdict,
+    Model,
+    Profile,
+    RequestVerdict,
+    profile_with_dups,
+)
+from tracer.stories import Load, Request
+
+S = 1_000_000_000
+ANNOUNCES: tuple[Announce, ...] = ("first", "deferred")
+SIZE = 4_000
+
+
+def mkreq(
+    rid: int,
+    name: str,
+    t: int,
+    end: int,
+    ret: int,
+    *,
+    wait: bool = True,
+    modprobe: bool = True,
+    umh: tuple[int, int] | None = None,
+) -> Request:
+    """A request as the tracer finishes it; the model reads only each moment's fields."""
+    r = Request(
+        pid=rid, tid=rid, comm="kworker", ppid=2, wait=wait, start_ns=t, name=name, tp_ns=t,
+        end_ns=end, ret=ret, modprobe_pid=10_000 + rid if modprobe else None, id=rid,
+    )  # fmt: skip
+    if umh is not None:
+        r.umh_start_ns, r.umh_end_ns = umh
+    return r
+
+
+def mkload(
+    lid: int,
+    t: int,
+    end: int,
+    ret: int,
+    *,
+    name: str = "xfs",
+    syscall: str = "finit_module",
+    ino: int = 7,
+    size: int = SIZE,
+    flags: int = 0,
+    loaded: bool | None = None,
+) -> Load:
+    return Load(
+        syscall=syscall, pid=lid, tid=lid, comm="modprobe", ppid=1, start_ns=t, end_ns=end,
+        ret=ret, file=f"{name}.ko" if syscall == "finit_module" else "", dev=8,
+        ino=ino if syscall == "finit_module" else 0, size=size, flags=flags,
+        kernel_name=name, loaded=(ret == 0) if loaded is None else loaded, id=lid,
+    )  # fmt: skip
+
+
+@dataclass
+class Run:
+    reqs: dict[int, RequestVerdict]
+    loads: dict[int, LoadVerdict]
+    at_arrival: dict[int, tuple[str, int | None, int | None]]  # verdict, predicted, wait
+
+
+def replay(model: Model, reqs: Iterable[Request] = (), loads: Iterable[Load] = ()) -> Run:
+    """Feed the moments in timestamp order (a return before an arrival at the same ns)."""
+    moments: list[tuple[int, int, int, str, Request | Load]] = []
+    for r in reqs:
+        assert r.tp_ns is not None and r.end_ns is not None
+        moments += [(r.tp_ns, 1, r.id, "arrive", r), (r.end_ns, 0, r.id, "done", r)]
+    for ld in loads:
+        assert ld.end_ns is not None
+        moments += [(ld.start_ns, 1, ld.id, "start", ld), (ld.end_ns, 0, ld.id, "ldone", ld)]
+    moments.sort(key=lambda m: m[:3])
+    run = Run({}, {}, {})
+    for _, _, _, kind, obj in moments:
+        if kind == "arrive":
+            assert isinstance(obj, Request)
+            v = model.request_arrive(obj)
+            run.at_arrival[obj.id] = (v.verdict, v.predicted_ret, v.would_wait_ns)
+        elif kind == "done":
+            assert isinstance(obj, Request)
+            run.reqs[obj.id] = model.request_done(obj)
+        elif kind == "start":
+            assert isinstance(obj, Load)
+            model.load_start(obj)
+        else:
+            assert isinstance(obj, Load)
+            run.loads[obj.id] = model.load_done(obj)
+    return run
+
+
+# ---- profiles -------------------------------------------------------------------------------
+
+
+def test_profiles_follow_the_version_table() -> None:
+    assert (PROFILE_6_1.dups, PROFILE_6_1.idempotent, PROFILE_6_1.patient) == (
+        False, False, False,
+    )  # fmt: skip
+    assert (PROFILE_6_4.dups, PROFILE_6_4.idempotent, PROFILE_6_4.patient) == (
+        False, False, True,
+    )  # fmt: skip
+    assert PROFILE_6_4.announce == "deferred"
+    assert (PROFILE_6_5.dups, PROFILE_6_5.idempotent, PROFILE_6_5.patient) == (
+        False, True, True,
+    )  # fmt: skip
+    assert PROFILE_6_5.announce == "first"
+    with_dups = profile_with_dups(PROFILE_6_4)
+    assert with_dups.dups is True
+    assert (with_dups.idempotent, with_dups.patient, with_dups.announce) == (
+        False, True, "deferred",
+    )  # fmt: skip
+    assert PROFILE_6_4.dups is False  # not mutated
+
+
+# ---- dups.c ---------------------------------------------------------------------------------
+
+
+def test_single_wait_request_is_first() -> None:
+    m = Model(PROFILE_6_1)
+    r = mkreq(1, "fs-xfs", 10, 50, 0)
+    v = m.request_arrive(r)
+    assert (v.verdict, v.anchor_id, v.predicted_ret) == ("first", None, None)
+    v2 = m.request_done(r)
+    assert v2 is v
+    assert (v.verdict, v.predicted_ret, v.would_wait_ns, v.actual_ret) == ("first", 0, 0, 0)
+    assert v.modprobe_saved is False
+    assert v.oracle_agrees is None  # 6.1 has no dups.c to check against
+
+
+@pytest.mark.parametrize("anchor_ret", [0, 256, -errno.ENOENT])
+@pytest.mark.parametrize("n", [2, 8])
+def test_concurrent_wait_requests_one_first_rest_duplicates(anchor_ret: int, n: int) -> None:
+    m = Model(PROFILE_6_1)
+    # The anchor returns at 1000; duplicates return before and after it with other rets.
+    reqs = [mkreq(1, "rtnl-link-dummy", 10, 1000, anchor_ret)]
+    reqs += [mkreq(i, "rtnl-link-dummy", 10 + i, 500 + 100 * i, 999) for i in range(2, n + 1)]
+    run = replay(m, reqs)
+    assert run.reqs[1].verdict == "first"
+    for i in range(2, n + 1):
+        v = run.reqs[i]
+        assert (v.verdict, v.anchor_id, v.predicted_ret) == ("duplicate", 1, anchor_ret)
+        assert v.would_wait_ns == 1000 - (10 + i)
+        assert v.modprobe_saved is True
+        assert v.actual_ret == 999
+    st_ = m.modules()["rtnl-link-dummy"]
+    assert (st_.requests, st_.firsts, st_.duplicates, st_.modprobe_needed) == (n, 1, n - 1, 1)
+    assert st_.dup_wait_ns == sum(1000 - (10 + i) for i in range(2, n + 1))
+
+
+def test_duplicate_returning_before_the_anchor_is_filled_in_place() -> None:
+    m = Model(PROFILE_6_1)
+    a, d = mkreq(1, "fs-xfs", 10, 100, 256), mkreq(2, "fs-xfs", 20, 30, 0)
+    m.request_arrive(a)
+    m.request_arrive(d)
+    v = m.request_done(d)
+    assert (v.verdict, v.predicted_ret, v.would_wait_ns) == ("duplicate", None, None)
+    m.request_done(a)
+    assert (v.predicted_ret, v.would_wait_ns) == (256, 80)
+
+
+def test_nowait_first_is_untracked_and_anchors_nothing() -> None:
+    m = Model(PROFILE_6_1)
+    run = replay(
+        m,
+        [
+            mkreq(1, "net-pf-10", 10, 20, 0, wait=False),
+            mkreq(2, "net-pf-10", 15, 25, 0, wait=False),  # overlaps 1: still untracked
+            mkreq(3, "net-pf-10", 30, 90, 0),  # wait, after both: anchors the entry
+        ],
+    )
+    assert [run.reqs[i].verdict for i in (1, 2, 3)] == ["untracked", "untracked", "first"]
+    assert run.reqs[1].anchor_id is None
+    s = m.modules()["net-pf-10"]
+    assert (s.untracked, s.firsts, s.duplicates, s.modprobe_needed) == (2, 1, 0, 3)
+
+
+def test_nowait_duplicate_returns_zero_at_once() -> None:
+    m = Model(PROFILE_6_1)
+    run = replay(
+        m,
+        [mkreq(1, "fs-xfs", 10, 100, 256), mkreq(2, "fs-xfs", 20, 40, 0, wait=False)],
+    )
+    assert run.at_arrival[2] == ("duplicate", 0, 0)  # known at arrival, no waiting
+    v = run.reqs[2]
+    assert (v.verdict, v.anchor_id, v.predicted_ret, v.would_wait_ns) == ("duplicate", 1, 0, 0)
+    assert m.modules()["fs-xfs"].dup_wait_ns == 0
+
+
+def test_nowait_announce_completes_a_wait_entry() -> None:
+    m = Model(PROFILE_6_1)
+    run = replay(
+        m,
+        [
+            mkreq(1, "fs-xfs", 10, 40, 0, wait=False),  # untracked, announces 0 at 40
+            mkreq(2, "fs-xfs", 20, 100, 256),  # first: the entry's anchor
+            mkreq(3, "fs-xfs", 30, 150, 256),  # waits on the entry
+        ],
+    )
+    assert [run.reqs[i].verdict for i in (1, 2, 3)] == ["untracked", "first", "duplicate"]
+    dup = run.reqs[3]
+    assert dup.anchor_id == 2
+    assert dup.predicted_ret == 0  # the nowait's ret, not the anchor's 256
+    assert dup.would_wait_ns == 40 - 30
+
+
+def test_duplicate_in_tail_then_first_again_after_it() -> None:
+    m = Model(PROFILE_6_1)
+    done = 100
+    run = replay(
+        m,
+        [
+            mkreq(1, "fs-xfs", 10, done, 256),
+            mkreq(2, "fs-xfs", done + DUP_TAIL_NS - 1, done + DUP_TAIL_NS + 5, 0),
+            mkreq(3, "fs-xfs", done + DUP_TAIL_NS + 10, done + DUP_TAIL_NS + 20, 0),
+        ],
+    )
+    assert run.at_arrival[2] == ("duplicate", 256, 0)  # cached ret, no wait
+    assert (run.reqs[2].anchor_id, run.reqs[2].predicted_ret) == (1, 256)
+    assert run.reqs[3].verdict == "first"
+
+
+def test_tail_ends_exactly_tail_ns_after_completion() -> None:
+    m = Model(PROFILE_6_1, tail_ns=1000)
+    replay(m, [mkreq(1, "a", 0, 50, 0)])
+    assert m.request_arrive(mkreq(2, "a", 1049, 1060, 0)).verdict == "duplicate"
+    m.request_done(mkreq(2, "a", 1049, 1060, 0))
+    assert m.request_arrive(mkreq(3, "a", 1050, 1070, 0)).verdict == "first"
+
+
+def test_tail_holds_when_completions_arrive_out_of_order() -> None:
+    m = Model(PROFILE_6_1, tail_ns=1000)
+    a, b = mkreq(1, "a", 0, 100, 0), mkreq(2, "b", 10, 50, 0)
+    m.request_arrive(a)
+    m.request_arrive(b)
+    m.request_done(a)
+    m.request_done(b)  # its return reached us late: b's tail ends before a's
+    assert m.request_arrive(mkreq(3, "b", 1051, 1060, 0)).verdict == "first"
+    assert m.request_arrive(mkreq(4, "a", 1051, 1060, 0)).verdict == "duplicate"
+
+
+def test_tail_is_per_request_string() -> None:
+    m = Model(PROFILE_6_1)
+    run = replay(m, [mkreq(1, "fs-xfs", 10, 100, 0), mkreq(2, "xfs", 20, 100, 0)])
+    assert (run.reqs[1].verdict, run.reqs[2].verdict) == ("first", "first")  # no aliasing
+
+
+@pytest.mark.parametrize(
+    ("announce", "tail_dup_ret"),
+    [("first", 0), ("deferred", 256)],
+)
+def test_first_vs_deferred_announce(announce: Announce, tail_dup_ret: int) -> None:
+    profile = Profile("t", dups=False, idempotent=False, patient=True, announce=announce)
+    m = Model(profile)
+    run = replay(
+        m,
+        [
+            mkreq(1, "fs-xfs", 10, 40, 0, wait=False),  # untracked: completes the entry, 0
+            mkreq(2, "fs-xfs", 20, 100, 256),  # anchor announces 256 later
+            mkreq(3, "fs-xfs", 30, 150, 0),  # asleep when the entry completes
+            mkreq(4, "fs-xfs", 200, 210, 0),  # in the tail, after the anchor's announce
+        ],
+    )
+    assert run.reqs[3].predicted_ret == 0  # woken by the first completion either way
+    assert run.reqs[3].would_wait_ns == 10
+    assert run.at_arrival[4] == ("duplicate", tail_dup_ret, 0)
+
+
+def test_rejected_request_is_not_seen_by_dups() -> None:
+    m = Model(PROFILE_6_1)
+    r = mkreq(1, "fs-xfs", 10, 20, -errno.EPERM, modprobe=False)
+    r.tp_ns = None
+    assert m.request_arrive(r).verdict == "rejected"
+    v = m.request_done(r)
+    assert (v.verdict, v.actual_ret) == ("rejected", -errno.EPERM)
+    # No entry was made: the next wait request anchors one.
+    assert m.request_arrive(mkreq(2, "fs-xfs", 30, 40, 0)).verdict == "first"
+    s = m.modules()["fs-xfs"]
+    assert (s.rejected, s.requests) == (1, 1)
+
+
+def test_oracle_kernel_agreement() -> None:
+    m = Model(profile_with_dups(PROFILE_6_5))
+    run = replay(
+        m,
+        [
+            mkreq(1, "fs-xfs", 10, 100, 256),  # ran modprobe: agrees
+            mkreq(2, "fs-xfs", 20, 101, 256, modprobe=False),  # dup, same ret: agrees
+            mkreq(3, "fs-xfs", 30, 102, 0, modprobe=False),  # dup, other ret: disagrees
+            mkreq(4, "fs-xfs", 40, 103, 256),  # dup that ran modprobe: disagrees
+        ],
+    )
+    assert [run.reqs[i].oracle_agrees for i in (1, 2, 3, 4)] == [True, True, False, False]
+    assert run.reqs[2].modprobe_saved is False  # on this kernel it ran none
+    assert run.reqs[4].modprobe_saved is True
+
+
+def test_lost_anchor_is_forgotten_after_stale_ns() -> None:
+    never_done = mkreq(1, "fs-xfs", 0, 10**18, 0)
+    for stale, third in ((100 * S, "first"), (None, "duplicate")):
+        m = Model(PROFILE_6_1, stale_ns=stale)
+        m.request_arrive(never_done)
+        assert m.request_arrive(mkreq(2, "fs-xfs", 10, 20, 0)).verdict == "duplicate"
+        m.request_done(mkreq(2, "fs-xfs", 10, 20, 0))
+        assert m.request_arrive(mkreq(3, "fs-xfs", 200 * S, 200 * S + 5, 0)).verdict == third
+
+
+# ---- idempotent() ---------------------------------------------------------------------------
+
+
+def test_idempotent_converges_same_inode_with_no_tail() -> None:
+    m = Model(PROFILE_6_5)
+    run = replay(
+        m,
+        loads=[
+            mkload(1, 10, 100, 0),  # the winner
+            mkload(2, 20, 100, 0, loaded=False),  # waiters: the winner's ret, no load
+            mkload(3, 30, 101, 0, loaded=False),
+            mkload(4, 200, 210, -errno.EEXIST),  # after the winner returned: new winner
+        ],
+    )
+    assert (run.loads[1].outcome, run.loads[1].would_converge) == ("loaded", False)
+    for i in (2, 3):
+        v = run.loads[i]
+        assert (v.outcome, v.rule, v.winner_id, v.would_converge) == (
+            "converged", "idempotent", 1, True,
+        )  # fmt: skip
+        assert (v.wasted_bytes, v.bytes_saved) == (0, 0)
+    v4 = run.loads[4]
+    assert (v4.outcome, v4.rule, v4.winner_id, v4.would_converge) == (
+        "EEXIST", "patient-becoming", None, False,
+    )  # fmt: skip
+    s = m.modules()["xfs"]
+    assert (s.loads, s.loads_ok, s.converged, s.would_converge) == (4, 1, 2, 2)
+    assert s.load_failures == {"EEXIST": 1}
+
+
+def test_idempotent_waiter_gets_a_failing_winners_ret() -> None:
+    m = Model(PROFILE_6_5)
+    run = replay(
+        m,
+        loads=[
+            mkload(1, 10, 100, -errno.ENOEXEC),
+            mkload(2, 20, 100, -errno.ENOEXEC),
+        ],
+    )
+    assert run.loads[1].outcome == "ENOEXEC"
+    assert (run.loads[2].outcome, run.loads[2].wasted_bytes) == ("converged", 0)
+
+
+def test_idempotent_interrupted_waiter_is_eintr() -> None:
+    m = Model(PROFILE_6_5)
+    m.load_start(mkload(1, 10, 100, 0))
+    m.load_start(mkload(2, 20, 50, -errno.EINTR))
+    v = m.load_done(mkload(2, 20, 50, -errno.EINTR))
+    assert (v.outcome, v.rule, v.wasted_bytes) == ("EINTR", "idempotent", 0)
+
+
+def test_different_inodes_do_not_converge() -> None:
+    m = Model(PROFILE_6_5)
+    run = replay(
+        m,
+        loads=[mkload(1, 10, 100, 0, ino=7), mkload(2, 20, 100, -errno.EEXIST, ino=8)],
+    )
+    v = run.loads[2]
+    assert (v.outcome, v.would_converge, v.winner_id) == ("EEXIST", False, None)
+    assert v.wasted_bytes == SIZE
+
+
+def test_init_module_never_converges() -> None:
+    m = Model(PROFILE_6_5)
+    loads = [mkload(1, 10, 100, 0, syscall="init_module")]
+    loads += [mkload(i, 10 + i, 100, -errno.EEXIST, syscall="init_module") for i in (2, 3)]
+    run = replay(m, loads=loads)
+    for i in (2, 3):
+        v = run.loads[i]
+        assert (v.outcome, v.rule, v.would_converge, v.bytes_saved) == (
+            "EEXIST", "patient-becoming", False, 0,
+        )  # fmt: skip
+    assert m.modules()["xfs"].extra_reads == 2
+
+
+def test_pre_idempotent_kernel_reports_what_idempotent_would_save() -> None:
+    m = Model(PROFILE_6_1)
+    run = replay(m, loads=[mkload(1, 10, 100, 0), mkload(2, 20, 100, -errno.EEXIST)])
+    v = run.loads[2]
+    assert (v.outcome, v.rule, v.winner_id, v.would_converge) == ("EEXIST", "exists", 1, True)
+    assert (v.wasted_bytes, v.bytes_saved) == (2 * SIZE, 2 * SIZE)
+    assert m.stats().bytes_saved_idempotent == 2 * SIZE
+
+
+# ---- module_patient_check_exists() ----------------------------------------------------------
+
+
+def test_patient_check_eexist_when_live_ebusy_when_not() -> None:
+    m = Model(PROFILE_6_4)
+    run = replay(
+        m,
+        loads=[
+            mkload(1, 10, 100, 0, ino=1),  # goes LIVE
+            mkload(2, 20, 100, -errno.EEXIST, ino=2),  # waited, found it LIVE
+            mkload(3, 200, 300, -errno.ENODEV, name="bad", ino=3, loaded=True),  # init fails
+            mkload(4, 210, 300, -errno.EBUSY, name="bad", ino=4),  # waited, it went away
+        ],
+    )
+    assert (run.loads[2].outcome, run.loads[2].rule) == ("EEXIST", "patient-becoming")
+    assert (run.loads[3].outcome, run.loads[3].rule, run.loads[3].wasted_bytes) == (
+        "ENODEV", None, 0,
+    )  # fmt: skip
+    assert (run.loads[4].outcome, run.loads[4].rule) == ("EBUSY", "patient-becoming")
+    assert m.modules()["bad"].load_failures == {"ENODEV": 1, "EBUSY": 1}
+
+
+def test_patient_load_reason_when_a_later_starter_overtook() -> None:
+    m = Model(PROFILE_6_4)
+    run = replay(m, loads=[mkload(1, 10, 100, -errno.EEXIST, ino=1), mkload(2, 20, 90, 0, ino=2)])
+    assert (run.loads[1].rule, run.loads[1].wasted_bytes) == ("patient-load", 2 * SIZE)
+
+
+def test_patient_becoming_when_module_already_live() -> None:
+    m = Model(PROFILE_6_4)
+    run = replay(m, loads=[mkload(1, 10, 20, 0), mkload(2, 1000, 1010, -errno.EEXIST, ino=9)])
+    assert (run.loads[2].rule, run.loads[2].wasted_bytes) == ("patient-becoming", SIZE)
+
+
+# ---- MODULE_STATS ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("profile", "ret", "loaded", "flags", "rule", "wasted", "becoming"),
+    [
+        # becoming: the patient early check, before layout_and_allocate(): len
+        (PROFILE_6_4, -errno.EEXIST, False, 0, "patient-becoming", SIZE, True),
+        (PROFILE_6_4, -errno.EBUSY, False, 0, "patient-becoming", SIZE, True),
+        # invalid: pre-6.4 fails only in add_unformed_module(), after layout: 2 * len
+        (PROFILE_6_1, -errno.EEXIST, False, 0, "exists", 2 * SIZE, False),
+        # compressed: + compressed length
+        (PROFILE_6_4, -errno.EEXIST, False, MODULE_INIT_COMPRESSED_FILE, "patient-becoming",
+         2 * SIZE, True),
+        (PROFILE_6_1, -errno.EEXIST, False, MODULE_INIT_COMPRESSED_FILE, "exists", 3 * SIZE,
+         False),
+        # other failures: before layout (ENOEXEC), after it (Unknown symbol), never read
+        (PROFILE_6_4, -errno.ENOEXEC, False, 0, None, SIZE, True),
+        (PROFILE_6_4, -errno.ENOENT, False, 0, None, 2 * SIZE, False),
+        (PROFILE_6_4, -errno.EPERM, False, 0, None, 0, None),
+        # init failed after module:module_load: do_init_module() bumps nothing
+        (PROFILE_6_4, -errno.ENODEV, True, 0, None, 0, None),
+        (PROFILE_6_4, 0, True, 0, None, 0, None),
+    ],
+)  # fmt: skip
+def test_wasted_bytes(
+    profile: Profile,
+    ret: int,
+    loaded: bool,
+    flags: int,
+    rule: str | None,
+    wasted: int,
+    becoming: bool | None,
+) -> None:
+    m = Model(profile)
+    # A LIVE same-name module first (a different inode so idempotent() stays out of it).
+    replay(m, loads=[mkload(1, 10, 20, 0, ino=1)])
+    run = replay(m, loads=[mkload(2, 30, 40, ret, ino=2, flags=flags, loaded=loaded)])
+    v = run.loads[2]
+    assert (v.rule, v.wasted_bytes) == (rule, wasted)
+    s = m.stats()
+    assert s.wasted_bytes == wasted
+    assert (s.becoming_bytes, s.invalid_bytes) == (
+        (wasted, 0) if becoming else (0, wasted) if becoming is False else (0, 0)
+    )
+    assert (s.failed_becoming, s.failed_load) == (
+        (1, 0) if becoming else (0, 1) if becoming is False else (0, 0)
+    )
+    assert m.modules()["xfs"].wasted_bytes == wasted
+
+
+def test_duplicate_failed_modules_table() -> None:
+    m = Model(PROFILE_6_4)
+    loads = [
+        mkload(1, 10, 100, -errno.EEXIST, ino=1),  # nothing before it: Load
+        mkload(2, 20, 90, 0, ino=2),
+        mkload(3, 30, 100, -errno.EEXIST, ino=3),  # Becoming
+        mkload(4, 40, 100, -errno.EEXIST, ino=4),  # Becoming
+        mkload(5, 300, 400, -errno.ENODEV, name="bad", ino=5, loaded=True),
+        mkload(6, 310, 400, -errno.EBUSY, name="bad", ino=6),  # Becoming
+        mkload(7, 500, 600, -errno.ENOEXEC, name="broken", ino=7),  # not a duplicate
+    ]
+    replay(m, loads=loads)
+    table = m.stats().dup_failed
+    assert table == {
+        "xfs": DupFailed("xfs", 3, "Becoming & Load"),
+        "bad": DupFailed("bad", 1, "Becoming"),
+    }
+    m61 = Model(PROFILE_6_1)
+    replay(m61, loads=[mkload(1, 10, 100, 0, ino=1), mkload(2, 20, 100, -errno.EEXIST, ino=2)])
+    assert m61.stats().dup_failed == {"xfs": DupFailed("xfs", 1, "Load")}
+
+
+# ---- per-module stats -----------------------------------------------------------------------
+
+
+def test_module_stats_columns() -> None:
+    m = Model(PROFILE_6_1)
+    reqs = [
+        mkreq(1, "fs-xfs", 10, 100, 0, umh=(20, 90)),
+        mkreq(2, "fs-xfs", 20, 110, 0, umh=(30, 100)),  # dup: waits 80, saves 70 ns of modprobe
+        mkreq(3, "fs-xfs", 30, 40, 0, wait=False, umh=(31, 35)),  # nowait dup: saves 4 ns
+        mkreq(4, "fs-xfs", 200, 250, 0, modprobe=False),  # tail dup: its own race
+    ]
+    loads = [
+        mkload(1, 50, 95, 0, ino=5),
+        mkload(2, 60, 95, -errno.EEXIST, ino=5),  # same inode: idempotent would converge it
+        mkload(3, 70, 96, -errno.EEXIST, ino=6),  # a copy: it would not
+    ]
+    replay(m, reqs, loads)
+    mods = m.modules()
+    assert set(mods) == {"fs-xfs", "xfs"}  # requests by string, loads by module name
+    r = mods["fs-xfs"]
+    assert (r.requests, r.firsts, r.duplicates, r.untracked, r.rejected) == (4, 1, 3, 0, 0)
+    assert (r.modprobe_spawns, r.modprobe_needed, r.extra_modprobe) == (3, 1, 2)
+    assert (r.dup_wait_ns, r.race_window_ns) == (80, 20)
+    assert r.extra_ms == pytest.approx(74 / 1e6)
+    assert (r.loads, r.wasted_bytes, r.extra_reads) == (0, 0, 0)
+    ld = mods["xfs"]
+    assert (ld.loads, ld.loads_ok, ld.load_failures, ld.converged) == (3, 1, {"EEXIST": 2}, 0)
+    assert (ld.would_converge, ld.wasted_bytes, ld.bytes_saved) == (1, 4 * SIZE, 2 * SIZE)
+    assert (ld.race_window_ns, ld.extra_reads) == (20, 2)
+    assert ld.extra_ms == pytest.approx((35 + 26) / 1e6)
+    assert (ld.requests, ld.modprobe_needed, ld.extra_modprobe) == (0, 0, 0)
+
+
+def test_race_window_takes_the_largest_overlapping_group() -> None:
+    m = Model(PROFILE_6_1)
+    reqs = [
+        mkreq(1, "a", 0, 100, 0),
+        mkreq(2, "a", 50, 150, 0),
+        mkreq(3, "a", 140, 160, 0),  # overlaps 2 only: same race, window 140
+        mkreq(4, "a", 1000, 2000, 0),  # a new race
+        mkreq(5, "a", 1100, 1200, 0),
+    ]
+    replay(m, reqs)
+    assert m.modules()["a"].race_window_ns == 140
+
+
+def test_race_window_for_loads_named_only_at_exit() -> None:
+    m = Model(PROFILE_6_1)
+    a = mkload(1, 10, 50, 0, syscall="init_module", name="")
+    b = mkload(2, 30, 60, -errno.EEXIST, syscall="init_module", name="")
+    c = mkload(3, 500, 600, -errno.EEXIST, syscall="init_module", name="")
+    m.load_start(a)
+    m.load_start(b)
+    a.kernel_name = "xfs"
+    m.load_done(a)
+    b.kernel_name = "xfs"
+    assert m.load_done(b).module == "xfs"
+    m.load_start(c)
+    c.kernel_name = "xfs"
+    m.load_done(c)
+    s = m.modules()["xfs"]
+    assert (s.loads, s.race_window_ns, s.extra_reads) == (3, 20, 2)
+
+
+# ---- bounded state --------------------------------------------------------------------------
+
+
+def test_state_is_bounded_and_expires_to_zero() -> None:
+    m = Model(PROFILE_6_5, tail_ns=1_000)
+    peak: dict[str, int] = {}
+    rid = 0
+    for cycle in range(40):
+        base = cycle * 10_000
+        reqs, loads = [], []
+        for k in range(5):
+            name = f"mod{k}"
+            for j in range(4):
+                rid += 1
+                reqs.append(mkreq(rid, f"fs-{name}", base + j, base + 50 + j, 0))
+                loads.append(mkload(rid, base + 10 + j, base + 40, 0 if j == 0 else
+                                    -errno.EEXIST, name=name, ino=k + 1))  # fmt: skip
+        replay(m, reqs, loads)
+        for key, size in m.state_sizes().items():
+            peak[key] = max(peak.get(key, 0), size)
+    # Nothing in flight; only entries still in their tail remain, then expire clears them.
+    assert m.state_sizes()["pending_requests"] == 0
+    assert m.state_sizes()["entries"] == 5
+    assert peak["entries"] <= 5 and peak["expiry_queue"] <= 5
+    m.expire(10**12)
+    assert m.state_sizes() == {
+        "entries": 0, "expiry_queue": 0, "pending_requests": 0, "pending_loads": 0,
+        "inode_winners": 0, "loads_active": 0,
+    }  # fmt: skip
+    # Stats are aggregated, not lost.
+    assert m.modules()["fs-mod0"].requests == 160
+    assert m.modules()["fs-mod0"].firsts == 40
+
+
+def test_arrival_expires_old_entries_implicitly() -> None:
+    m = Model(PROFILE_6_1, tail_ns=100)
+    replay(m, [mkreq(i, f"n{i}", i, i + 10, 0) for i in range(1, 50)])
+    assert m.state_sizes()["entries"] == 49
+    m.request_arrive(mkreq(100, "other", 10_000, 10_010, 0))
+    assert m.state_sizes()["entries"] == 1
+    assert m.state_sizes()["expiry_queue"] == 0
+
+
+def test_sweep_forgets_loads_whose_exit_was_lost() -> None:
+    m = Model(PROFILE_6_5, stale_ns=10 * S)
+    m.load_start(mkload(1, 0, 1, 0))
+    assert m.state_sizes()["inode_winners"] == 1
+    m.load_start(mkload(2, 20 * S, 20 * S + 5, 0))  # a new winner, not a waiter
+    v = m.load_done(mkload(2, 20 * S, 20 * S + 5, 0))
+    assert (v.would_converge, v.outcome) == (False, "loaded")
+    assert m.state_sizes()["pending_loads"] == 0
+
+
+# ---- properties -----------------------------------------------------------------------------
+
+NAMES = ("fs-a", "fs-b", "net-pf-9")
+TAIL = 40  # even: with even arrivals and odd returns, no event ties an expiry
+
+req_spec = st.tuples(
+    st.sampled_from(NAMES),
+    st.booleans(),  # wait
+    st.integers(0, 30),  # duration
+    st.sampled_from([0, 256, -errno.ENOENT, 1]),
+)
+
+
+def build(specs: Sequence[tuple[str, bool, int, int]], gaps: Sequence[int]) -> list[Request]:
+    t = 0
+    out = []
+    for i, ((name, wait, dur, ret), gap) in enumerate(zip(specs, gaps, strict=False), start=1):
+        t += 2 * gap
+        out.append(mkreq(i, name, t, t + 2 * dur + 1, ret, wait=wait))
+    return out
+
+
+timelines = st.integers(1, 40).flatmap(
+    lambda n: st.tuples(
+        st.lists(req_spec, min_size=n, max_size=n),
+        st.lists(st.integers(0, 15), min_size=n, max_size=n),
+    )
+)
+
+
+def first_completion(reqs: Sequence[Request], verdicts: dict[int, RequestVerdict],
+                     anchor: Request) -> Request:  # fmt: skip
+    """The request whose announce completed `anchor`'s entry: the earliest return after the
+    anchor's arrival among same-name requests that ran modprobe (first or untracked)."""
+    assert anchor.tp_ns is not None
+    cands = [
+        r for r in reqs
+        if r.name == anchor.name and verdicts[r.id].verdict in ("first", "untracked")
+        and r.end_ns is not None and r.end_ns > anchor.tp_ns
+    ]  # fmt: skip
+    return min(cands, key=lambda r: (r.end_ns or 0, r.id))
+
+
+@settings(max_examples=300, deadline=None)
+@given(timelines, st.sampled_from(ANNOUNCES))
+def test_property_dups_semantics(
+    tl: tuple[list[tuple[str, bool, int, int]], list[int]], announce: Announce
+) -> None:
+    reqs = build(*tl)
+    profile = Profile("p", dups=False, idempotent=False, patient=True, announce=announce)
+    m = Model(profile, tail_ns=TAIL)
+    run = replay(m, reqs)
+    v = run.reqs
+    by_id = {r.id: r for r in reqs}
+    # While an entry lives (anchor arrival to completion + tail) nothing else of that name
+    # would run modprobe: every arrival in the window is a duplicate of that anchor.
+    for a in reqs:
+        if v[a.id].verdict != "first":
+            assert not (v[a.id].verdict == "untracked" and a.wait)
+            continue
+        done = first_completion(reqs, v, a)
+        assert done.end_ns is not None and a.tp_ns is not None
+        for r in reqs:
+            assert r.tp_ns is not None
+            if r.name == a.name and a.tp_ns < r.tp_ns < done.end_ns + TAIL:
+                assert (v[r.id].verdict, v[r.id].anchor_id) == ("duplicate", a.id)
+                if not r.wait:
+                    assert (v[r.id].predicted_ret, v[r.id].would_wait_ns) == (0, 0)
+                elif r.tp_ns < done.end_ns or announce == "first":
+                    # Woken by (or after, with later announces ignored) the first announce.
+                    assert v[r.id].predicted_ret == done.ret
+                    assert v[r.id].would_wait_ns == max(0, done.end_ns - r.tp_ns)
+                else:  # deferred: the latest announce before it arrived
+                    last = max(
+                        (x for x in reqs if x.name == a.name and x.end_ns is not None
+                         and done.end_ns <= x.end_ns < r.tp_ns
+                         and v[x.id].verdict in ("first", "untracked")),
+                        key=lambda x: (x.end_ns or 0, x.id),
+                    )  # fmt: skip
+                    assert v[r.id].predicted_ret == last.ret
+    # A duplicate always points at a wait request that was first.
+    for r in reqs:
+        if v[r.id].verdict == "duplicate":
+            anchor = v[r.id].anchor_id
+            assert anchor is not None and v[anchor].verdict == "first"
+            assert by_id[anchor].wait
+    # Counts add up.
+    mods = m.modules()
+    for name in {r.name for r in reqs}:
+        mine = [v[r.id] for r in reqs if r.name == name]
+        s = mods[name]
+        assert s.requests == len(mine) == s.firsts + s.duplicates + s.untracked
+        assert s.firsts == sum(x.verdict == "first" for x in mine)
+        assert s.duplicates == sum(x.verdict == "duplicate" for x in mine)
+        assert s.modprobe_needed == s.firsts + s.untracked
+        assert s.extra_modprobe == s.duplicates  # every request here ran one
+        assert s.dup_wait_ns == sum(x.would_wait_ns or 0 for x in mine)
+    assert all(x.predicted_ret is not None for x in v.values())
+    assert m.state_sizes()["pending_requests"] == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(timelines)
+def test_property_wait_duplicates_get_their_anchors_ret(
+    tl: tuple[list[tuple[str, bool, int, int]], list[int]],
+) -> None:
+    specs = [(name, True, dur, ret) for name, _, dur, ret in tl[0]]  # wait requests only
+    reqs = build(specs, tl[1])
+    m = Model(PROFILE_6_1, tail_ns=TAIL)
+    v = replay(m, reqs).reqs
+    rets = {r.id: r.ret for r in reqs}
+    for x in v.values():
+        if x.verdict == "duplicate":
+            assert x.anchor_id is not None
+            assert x.predicted_ret == rets[x.anchor_id]
+    # At most one live entry per name: firsts of a name never overlap their windows.
+    for name in NAMES:
+        firsts = sorted((r for r in reqs if r.name == name and v[r.id].verdict == "first"),
+                        key=lambda r: r.tp_ns or 0)  # fmt: skip
+        for a, b in itertools.pairwise(firsts):
+            assert a.end_ns is not None and b.tp_ns is not None
+            assert b.tp_ns >= a.end_ns + TAIL
+
+
+load_spec = st.tuples(
+    st.integers(1, 3),  # inode
+    st.sampled_from(["finit_module", "init_module"]),
+    st.integers(0, 20),  # gap
+    st.integers(0, 30),  # duration
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(load_spec, min_size=1, max_size=30))
+def test_property_idempotent_winners_never_overlap(
+    specs: list[tuple[int, str, int, int]],
+) -> None:
+    t = 0
+    loads = []
+    for i, (ino, syscall, gap, dur) in enumerate(specs, start=1):
+        t += 2 * gap
+        loads.append(mkload(i, t, t + 2 * dur + 1, 0, ino=ino, syscall=syscall,
+                            name=f"m{ino}", loaded=False))  # fmt: skip
+    m = Model(PROFILE_6_5)
+    v = replay(m, loads=loads).loads
+    by_id = {ld.id: ld for ld in loads}
+    for ld in loads:
+        x = v[ld.id]
+        if ld.syscall == "init_module":
+            assert not x.would_converge and x.outcome != "converged"
+            continue
+        if x.would_converge:
+            assert x.winner_id is not None
+            w = by_id[x.winner_id]
+            assert w.inode == ld.inode and not v[w.id].would_converge
+            assert w.end_ns is not None
+            assert w.start_ns <= ld.start_ns < w.end_ns  # arrived while the winner ran
+            assert x.outcome == "converged"
+    winners = [ld for ld in loads if ld.syscall == "finit_module" and not v[ld.id].would_converge]
+    for a in winners:
+        for b in winners:
+            if a.id < b.id and a.inode == b.inode:
+                assert a.end_ns is not None
+                assert b.start_ns >= a.end_ns  # no two winners of one inode at once
+    assert m.state_sizes()["inode_winners"] == 0
