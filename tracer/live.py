@@ -1,0 +1,199 @@
+"""The tracing loop shared by `live` and `record`: attach, stream, judge, summarise."""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from tracer import report
+from tracer.correlate import Correlator
+from tracer.events import Event, Kind
+from tracer.model import LoadVerdict, RequestVerdict
+from tracer.probes import Tracer
+from tracer.record import TraceWriter, make_header
+from tracer.session import Judge
+from tracer.stories import Load, Request, kmod_name
+
+# Events from different CPUs reach the ring buffer slightly out of order; hold
+# each this long and release in timestamp order.
+REORDER_NS = 20_000_000
+
+
+@dataclass(slots=True)
+class Options:
+    output: str | None = None  # trace file
+    duration: float | None = None
+    pid: int | None = None
+    module: str | None = None
+    timestamps: bool = False
+    json: bool = False
+    quiet: bool = False  # no per-story lines (record)
+    command: list[str] = field(default_factory=list)
+    ready_file: str | None = None
+
+
+class Filter:
+    def __init__(self, pid: int | None, module: str | None) -> None:
+        self.pid = pid
+        self.module = kmod_name(module) if module else None
+
+    def request(self, req: Request) -> bool:
+        if self.pid is not None and req.pid != self.pid:
+            return False
+        if self.module is not None:
+            names = {kmod_name(req.display_name), kmod_name(req.umh_name)}
+            return self.module in names
+        return True
+
+    def load(self, load: Load) -> bool:
+        if self.pid is not None and load.pid != self.pid:
+            return False
+        return self.module is None or load.module == self.module
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd we are ready (Type=notify); a no-op outside systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(message.encode(), addr)
+
+
+class Run:
+    def __init__(self, opts: Options, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr):
+        self.opts, self.out, self.err = opts, out, err
+        self.filter = Filter(opts.pid, opts.module)
+        self.tracer = Tracer(self._enqueue, notice=lambda m: print(m, file=err))
+        self.writer: TraceWriter | None = None
+        self.judge: Judge | None = None
+        self.correlator: Correlator | None = None
+        self._heap: list[tuple[int, int, Event]] = []
+        self._seq = 0
+        self._stop = False
+        self.t0_ns = time.monotonic_ns()
+        self.shown = 0
+        self.ksyms: dict[int, str] = {}  # call sites, resolved while kallsyms is ours to read
+
+    def _enqueue(self, ev: Event) -> None:
+        heapq.heappush(self._heap, (ev.ts_ns, self._seq, ev))
+        self._seq += 1
+
+    def _release(self, upto_ns: int | None) -> None:
+        while self._heap and (upto_ns is None or self._heap[0][0] <= upto_ns):
+            ev = heapq.heappop(self._heap)[2]
+            if ev.kind == Kind.REQ_ENTER and ev.ip not in self.ksyms:
+                self.ksyms[ev.ip] = self.tracer.ksym(ev.ip)
+            if self.writer is not None:
+                self.writer.event(ev)
+            assert self.correlator is not None
+            self.correlator.feed(ev)
+
+    def _show_request(self, req: Request, v: RequestVerdict | None) -> None:
+        if self.opts.quiet or not self.filter.request(req):
+            return
+        self.shown += 1
+        if self.opts.json:
+            self.out.write(json.dumps(report.request_json(req, v, self.ksyms)) + "\n")
+        else:
+            self.out.write(self._ts(req.start_ns) + report.request_line(req, v, self.t0_ns) + "\n")
+        self.out.flush()
+
+    def _show_load(self, load: Load, v: LoadVerdict | None) -> None:
+        if self.opts.quiet or not self.filter.load(load):
+            return
+        self.shown += 1
+        if self.opts.json:
+            self.out.write(json.dumps(report.load_json(load, v)) + "\n")
+        else:
+            self.out.write(self._ts(load.start_ns) + report.load_line(load, v, self.t0_ns) + "\n")
+        self.out.flush()
+
+    def _ts(self, mono_ns: int) -> str:
+        if not self.opts.timestamps:
+            return ""
+        wall = time.time() - (time.monotonic_ns() - mono_ns) / 1e9
+        return time.strftime("%H:%M:%S", time.localtime(wall)) + f".{int(wall * 1000) % 1000:03d} "
+
+    def _on_signal(self, _sig: int, _frame: Any) -> None:
+        self._stop = True
+
+    def run(self) -> int:
+        attached = self.tracer.attach()
+        features = attached.features
+        assert features is not None
+        self.judge = Judge(features.profile, self._show_request, self._show_load)
+        self.correlator = Correlator(self.judge)
+        if self.opts.output:
+            self.writer = TraceWriter(self.opts.output)
+            self.writer.write(make_header(
+                features.to_dict(), attached.hook_names(),
+                [f"{h.kind}:{h.target}: {why}" for h, why in attached.skipped]))
+        signal.signal(signal.SIGTERM, self._on_signal)
+        print(f"Attached {len(attached.hooks)} hooks in {attached.attach_s:.2f}s "
+              f"(kernel {features.release}, profile {features.profile.name}).", file=self.err)
+        if self.opts.ready_file:
+            with open(self.opts.ready_file, "w") as f:
+                f.write(f"{attached.attach_s:.3f}\n")
+        sd_notify("READY=1")
+        child = subprocess.Popen(self.opts.command) if self.opts.command else None
+        if not self.opts.quiet and not self.opts.json:
+            what = "until the command exits" if child else "Hit Ctrl-C to end"
+            print(f"Tracing module requests and loads... {what}.", file=self.err)
+            self.out.write(("TIME     " if self.opts.timestamps else "") + report.HEADER + "\n")
+        deadline = None if self.opts.duration is None else time.monotonic() + self.opts.duration
+        status = 0
+        try:
+            while not self._stop:
+                self.tracer.poll(100)
+                self._release(time.monotonic_ns() - REORDER_NS)
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                if child is not None and child.poll() is not None:
+                    status = child.returncode
+                    break
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self._finish(child)
+        return status
+
+    def _finish(self, child: subprocess.Popen[bytes] | None) -> None:
+        if child is not None and child.poll() is None:
+            child.terminate()
+            child.wait()
+        time.sleep(0.2)  # let in-flight events of the last calls land
+        self.tracer.drain()
+        self._release(None)
+        lost, missed = self.tracer.lost(), self.tracer.missed()
+        assert self.correlator is not None and self.judge is not None
+        trailer = {"lost": lost, "missed": missed, "events": self.correlator.events,
+                   "end_mono_ns": time.monotonic_ns(),
+                   "ksyms": {hex(k): v for k, v in self.ksyms.items()}}
+        if self.writer is not None:
+            self.writer.close(trailer)
+        self.tracer.close()
+        self.print_summary(lost, missed)
+
+    def print_summary(self, lost: int, missed: int) -> None:
+        assert self.judge is not None and self.correlator is not None
+        mods = self.judge.model.modules()
+        if self.filter.module is not None:
+            mods = {k: v for k, v in mods.items() if kmod_name(k) == self.filter.module}
+        err = self.err
+        print(f"\n{self.correlator.events} events, {lost} lost, {missed} missed probes.",
+              file=err)
+        if mods:
+            report.print_table(err, report.SUMMARY_COLUMNS, report.summary_rows(mods))
+        if lost or missed:
+            print("WARNING: events were dropped; counts above are lower bounds.", file=err)

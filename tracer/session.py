@@ -1,0 +1,78 @@
+"""Where events meet the model: one Sink for live use, one that collects for reports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from tracer.correlate import Correlator
+from tracer.events import Event
+from tracer.model import LoadVerdict, Model, Profile, RequestVerdict
+from tracer.stories import Load, Request
+
+RequestCallback = Callable[[Request, RequestVerdict | None], None]
+LoadCallback = Callable[[Load, LoadVerdict | None], None]
+
+
+class Judge:
+    """A Sink that runs the model at each moment and hands finished stories on."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        on_request: RequestCallback | None = None,
+        on_load: LoadCallback | None = None,
+    ) -> None:
+        self.model = Model(profile)
+        self.on_request = on_request
+        self.on_load = on_load
+        self._verdicts: dict[int, RequestVerdict] = {}
+        self.freed: list[tuple[int, str]] = []
+
+    def request_arrive(self, req: Request) -> None:
+        self.model.request_arrive(req)
+
+    def request_return(self, req: Request) -> None:
+        if req.tp_ns is not None:
+            self._verdicts[req.id] = self.model.request_done(req)
+
+    def request_complete(self, req: Request) -> None:
+        verdict = self._verdicts.pop(req.id, None)
+        if self.on_request is not None:
+            self.on_request(req, verdict)
+
+    def load_start(self, load: Load) -> None:
+        self.model.load_start(load)
+
+    def load_complete(self, load: Load) -> None:
+        verdict = self.model.load_done(load)
+        if self.on_load is not None:
+            self.on_load(load, verdict)
+
+    def module_free(self, ev: Event) -> None:
+        if len(self.freed) < 10_000:
+            self.freed.append((ev.ts_ns, ev.name))
+
+
+@dataclass(slots=True)
+class Replay:
+    """Every story of a finished trace, with its verdict, in completion order."""
+
+    requests: list[tuple[Request, RequestVerdict | None]] = field(default_factory=list)
+    loads: list[tuple[Load, LoadVerdict | None]] = field(default_factory=list)
+    judge: Judge | None = None
+    correlator: Correlator | None = None
+
+
+def replay(events: Iterable[Event], profile: Profile) -> Replay:
+    out = Replay()
+    judge = Judge(
+        profile,
+        on_request=lambda r, v: out.requests.append((r, v)),
+        on_load=lambda ld, v: out.loads.append((ld, v)),
+    )
+    corr = Correlator(judge)
+    for ev in sorted(events, key=lambda e: e.ts_ns):
+        corr.feed(ev)
+    out.judge, out.correlator = judge, corr
+    return out
