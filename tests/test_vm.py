@@ -1,0 +1,172 @@
+"""Real storms on real Debian kernels, traced in a VM, checked against the kernel's own
+tracefs events (the witness) and against the joins the kernel guarantees."""
+
+from __future__ import annotations
+
+import errno
+from collections import Counter
+
+import pytest
+
+from tests.conftest import VMRun
+from tracer.events import Event, Kind
+from tracer.kernel import Features
+from tracer.session import Replay, replay
+from tracer.stories import Load, Request, kmod_name
+
+pytestmark = pytest.mark.vm
+
+LOAD_ENTERS = {Kind.FINIT_ENTER, Kind.INIT_ENTER}
+
+
+def _replay(run: VMRun) -> Replay:
+    return replay(run.trace.events, Features.from_dict(run.trace.header["features"]).profile)
+
+
+def _in(run: VMRun, name: str, ts: int) -> bool:
+    sc = run.scenario(name)
+    return sc.start_ns <= ts <= sc.end_ns
+
+
+def _requests(run: VMRun, rep: Replay, scenario: str) -> list[Request]:
+    names = set(run.scenario(scenario).request_names)
+    return [r for r, _ in rep.requests if r.name in names and _in(run, scenario, r.start_ns)]
+
+
+def _loads(run: VMRun, rep: Replay, scenario: str) -> list[Load]:
+    return [ld for ld, _ in rep.loads if _in(run, scenario, ld.start_ns)]
+
+
+def _witness_count(run: VMRun, scenario: str, event: str, name: str | None = None) -> int:
+    return sum(1 for w in run.witness if w.event == event and _in(run, scenario, w.ts_ns)
+               and (name is None or w.name == name))
+
+
+def test_nothing_lost(vm_run: VMRun) -> None:
+    tr = vm_run.trace
+    assert tr.trailer is not None, "recording ended without a trailer"
+    assert tr.trailer["lost"] == 0
+    assert tr.trailer["missed"] == 0
+    assert tr.first_bad_line is None
+    assert vm_run.manifest["tracer_rc"] == 0
+    assert "kprobe:__request_module" in tr.header["hooks"]
+    assert "tracepoint:module:module_request" in tr.header["hooks"]
+
+
+def test_every_request_matches_the_witness(vm_run: VMRun) -> None:
+    """Each request name's count equals the kernel's module:module_request count."""
+    rep = _replay(vm_run)
+    for sc in vm_run.manifest["scenarios"]:  # type: ignore[attr-defined]
+        scenario = vm_run.scenario(sc["name"])
+        for name in scenario.request_names:
+            ours = [r for r in _requests(vm_run, rep, scenario.name) if r.name == name]
+            assert len(ours) == _witness_count(vm_run, scenario.name, "module_request", name), \
+                (scenario.name, name)
+            assert ours, f"{scenario.name}: no request for {name} seen"
+
+
+def test_every_load_attempt_matches_the_witness(vm_run: VMRun) -> None:
+    rep = _replay(vm_run)
+    for sc in vm_run.manifest["scenarios"]:  # type: ignore[attr-defined]
+        name = sc["name"]
+        ours = _loads(vm_run, rep, name)
+        for syscall in ("finit_module", "init_module"):
+            mine = Counter(ld.ret for ld in ours if ld.syscall == syscall)
+            theirs = Counter(w.ret for w in vm_run.witness if w.event == f"sys_exit_{syscall}"
+                             and _in(vm_run, name, w.ts_ns))
+            assert mine == theirs, (name, syscall)
+        loaded = sorted(kmod_name(ld.module) for ld in ours if ld.loaded)
+        witnessed = sorted(w.name for w in vm_run.witness
+                           if w.event == "module_load" and _in(vm_run, name, w.ts_ns))
+        assert loaded == witnessed, name
+
+
+def _check_storm_joins(run: VMRun, scenario: str, module: str, count: int | None) -> list[Request]:
+    rep = _replay(run)
+    reqs = _requests(run, rep, scenario)
+    if count is not None:
+        assert len(reqs) == count
+    by_id = {r.id: r for r in reqs}
+    pids = [r.modprobe_pid for r in reqs]
+    assert None not in pids, "a request without its modprobe"
+    assert len(set(pids)) == len(reqs), "two requests joined to one modprobe"
+    for r in reqs:
+        assert r.tp_ns is not None and r.queue_ns is not None and r.queue_ns >= 0
+        assert r.umh_path.endswith("modprobe") and r.umh_name == r.name
+        assert r.modprobe_exit is not None
+    # Every load made by one of these modprobes is joined to exactly its request.
+    spawned = {r.modprobe_pid: r.id for r in reqs}
+    loads = _loads(run, rep, scenario)
+    for ld in loads:
+        if ld.pid in spawned:
+            assert ld.request_id == spawned[ld.pid]
+            assert ld.id in by_id[spawned[ld.pid]].load_ids
+    ok = [ld for ld in loads if ld.loaded and ld.module == kmod_name(module)]
+    assert len(ok) == 1, f"{scenario}: {len(ok)} successful loads of {module}"
+    assert ok[0].ret == 0 and ok[0].request_id in by_id
+    assert ok[0].init_ret == 0 and ok[0].init_ns is not None
+    return reqs
+
+
+def test_kthread_storm_of_50(vm_run: VMRun) -> None:
+    reqs = _check_storm_joins(vm_run, "kthread-50", "dummy", 50)
+    assert all(r.wait and r.ret == 0 and r.comm.startswith("kmodstorm/") for r in reqs)
+    assert all(r.modprobe_exit == 0 for r in reqs)
+
+
+def test_kthread_storm_model_verdicts(vm_run: VMRun) -> None:
+    """All 50 arrive within one entry's life: one anchor, 49 duplicates that get its ret."""
+    rep = _replay(vm_run)
+    verdicts = [v for r, v in rep.requests if r.name == "dummy"
+                and _in(vm_run, "kthread-50", r.start_ns)]
+    assert all(v is not None for v in verdicts)
+    kinds = Counter(v.verdict for v in verdicts if v is not None)
+    assert kinds == {"first": 1, "duplicate": 49}
+    assert all(v.predicted_ret == 0 for v in verdicts if v is not None and v.verdict == "duplicate")
+    mods = rep.judge.model.modules() if rep.judge else {}
+    assert mods["dummy"].modprobe_needed == 1
+
+
+def test_missing_module_returns_256(vm_run: VMRun) -> None:
+    rep = _replay(vm_run)
+    reqs = _requests(vm_run, rep, "kthread-missing")
+    assert len(reqs) == 5
+    assert all(r.ret == 256 and r.modprobe_exit == 256 for r in reqs)
+    assert not [ld for ld in _loads(vm_run, rep, "kthread-missing")
+                if ld.comm == "modprobe"]
+
+
+def test_nowait_storm(vm_run: VMRun) -> None:
+    reqs = _check_storm_joins(vm_run, "kthread-nowait", "ifb", 10)
+    assert all(not r.wait and r.ret == 0 for r in reqs)
+
+
+@pytest.mark.parametrize("scenario,module", [("rtnl", "veth"), ("fs", "minix"),
+                                             ("socket", "appletalk")])
+def test_userspace_storms(vm_run: VMRun, scenario: str, module: str) -> None:
+    _check_storm_joins(vm_run, scenario, module, None)
+
+
+def test_modprobe_storm(vm_run: VMRun) -> None:
+    """udev-like: 8 modprobe xfs at once, no request_module; one load wins."""
+    rep = _replay(vm_run)
+    loads = [ld for ld in _loads(vm_run, rep, "modprobe") if ld.module == "xfs"]
+    assert loads, "no xfs load attempts"
+    assert all(ld.request_id is None for ld in loads)
+    assert sum(ld.loaded for ld in loads) == 1
+    for ld in loads:
+        assert ld.ret in (0, -errno.EEXIST), ld
+        if ld.syscall == "finit_module":
+            assert ld.file.startswith("xfs.ko") and ld.ino and ld.size > 1_000_000
+        else:
+            assert ld.size > 1_000_000  # the decompressed buffer
+
+
+def test_raw_event_joins(vm_run: VMRun) -> None:
+    """Independent of the correlator: every helper's load pid was spawned by a request."""
+    evs: list[Event] = vm_run.trace.events
+    spawned = {e.pid for e in evs if e.kind == Kind.UMH_SPAWN}
+    exited = {e.pid for e in evs if e.kind == Kind.HELPER_EXIT}
+    assert spawned == exited
+    umh = Counter(e.ptr for e in evs if e.kind == Kind.UMH_ENTER)
+    assert sum(umh.values()) == sum(1 for e in evs if e.kind == Kind.UMH_SPAWN)

@@ -1,0 +1,106 @@
+"""Runs inside the test VM: set up, start witness and tracer, run storms, collect.
+
+Started by `kmodtrace vm` as the guest's command. Writes into OUT (a directory
+shared with the host): trace.jsonl, witness.txt, manifest.json, dmesg.txt,
+tracer.log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from tracer import kernel, storms
+from tracer.witness import Witness
+
+
+def link_kernel_tree(root: Path) -> None:
+    """Make a cached kernel's headers appear where bcc and kbuild look for them."""
+    src = root / "usr" / "src"
+    if not src.is_dir():
+        return
+    for d in src.iterdir():
+        dest = Path("/usr/src") / d.name
+        if not dest.exists():
+            dest.symlink_to(d)
+
+
+def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise SystemExit(f"guest: tracer exited with {proc.returncode} before attaching")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit("guest: tracer did not attach in time")
+        time.sleep(0.1)
+
+
+def progress(msg: str) -> None:
+    print(f"[guest {time.monotonic():8.1f}s] {msg}", flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--cache", required=True, type=Path)
+    ap.add_argument("--kernel-root", type=Path)
+    ap.add_argument("--scenarios", default="default", help="default, or a JSON list")
+    ap.add_argument("--command", help="run this shell command instead of the storms")
+    args = ap.parse_args()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    if args.kernel_root:
+        link_kernel_tree(args.kernel_root)
+    release = platform.release()
+    scenarios = (storms.default_scenarios() if args.scenarios == "default"
+                 else [storms.Scenario(**d) for d in json.loads(args.scenarios)])
+    kmodstorm = None
+    if not args.command and any(s.kind == "kthread" for s in scenarios):
+        progress("building kmodstorm against this kernel's headers")
+        kmodstorm = storms.build_kmodstorm(release, args.cache / "kmodstorm")
+    tfs = kernel.tracefs()
+    witness = Witness(tfs) if tfs else None
+    if witness:
+        witness.start()
+    progress("starting tracer (bcc compiles the probes)")
+    ready = out / "ready"
+    ready.unlink(missing_ok=True)
+    with open(out / "tracer.log", "wb") as log:
+        tracer = subprocess.Popen(
+            [sys.executable, "-m", "tracer", "record", "-o", str(out / "trace.jsonl"),
+             "--ready-file", str(ready)], stdout=log, stderr=subprocess.STDOUT)
+        wait_for(ready, tracer, timeout=600)
+        progress(f"tracer attached in {ready.read_text().strip()}s")
+        manifest: dict[str, object] = {"kernel": release, "scenarios": []}
+        if args.command:
+            t0 = time.monotonic_ns()
+            rc = subprocess.run(args.command, shell=True, check=False).returncode
+            manifest["command"] = {"cmd": args.command, "rc": rc, "start_ns": t0,
+                                   "end_ns": time.monotonic_ns()}
+        for sc in scenarios if not args.command else []:
+            progress(f"storm {sc.name}: {sc.count} x {sc.kind} {sc.target}")
+            storms.run(sc, kmodstorm)
+            manifest["scenarios"].append(asdict(sc))  # type: ignore[attr-defined]
+        time.sleep(0.5)
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=120)
+        manifest["tracer_rc"] = tracer.returncode
+    if witness:
+        (out / "witness.txt").write_text(witness.stop())
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    dmesg = subprocess.run(["dmesg"], capture_output=True, text=True, check=False).stdout
+    (out / "dmesg.txt").write_text(dmesg)
+    progress("done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Host side of the test VM: pick and fetch a kernel, decide on KVM, boot virtme-ng.
+
+Kernels are stock Debian ones. "stable" is the one linux-image-amd64 names on this
+system (installed with apt if missing); "backports" is fetched with apt from
+bookworm-backports into a cache, using a private sources list and state
+directory, so the system's apt configuration is never changed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+Progress = Callable[[str], None]
+
+
+class VMError(RuntimeError):
+    """A one-line reason the VM cannot be run."""
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("KMODTRACE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "kmodtrace")
+    path = Path(base)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class KernelImage:
+    release: str
+    vmlinuz: Path
+    root: Path | None  # extracted packages for a cached kernel; None for the system's
+
+
+def _run(cmd: list[str], progress: Progress, what: str) -> str:
+    progress(what)
+    p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if p.returncode != 0:
+        tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
+        raise VMError(f"{what} failed: {' | '.join(tail)}")
+    return p.stdout
+
+
+def _depends_release(pkg_info: str) -> str | None:
+    m = re.search(r"linux-image-(\S+?)(?:\s|,|$)", pkg_info.split("Depends:", 1)[-1])
+    return m[1] if m else None
+
+
+def stable_kernel(progress: Progress) -> KernelImage:
+    """The kernel linux-image-amd64 names, installed (with its headers) if missing."""
+    need = ["linux-image-amd64", "linux-headers-amd64"]
+    status = subprocess.run(["dpkg-query", "-W", "-f=${Status}\n", *need], capture_output=True,
+                            text=True, check=False).stdout
+    if status.count("install ok installed") < len(need):
+        _run(["apt-get", "install", "-y", "--no-install-recommends", *need], progress,
+             "installing Debian's stable kernel and headers with apt")
+    info = _run(["dpkg-query", "-s", "linux-image-amd64"], progress, "reading linux-image-amd64")
+    release = _depends_release(info)
+    if release is None:
+        raise VMError("cannot tell which kernel linux-image-amd64 depends on")
+    vmlinuz = Path(f"/boot/vmlinuz-{release}")
+    if not vmlinuz.exists() or not Path(f"/lib/modules/{release}/build").exists():
+        _run(["apt-get", "install", "-y", f"linux-image-{release}", f"linux-headers-{release}"],
+             progress, f"installing linux-image-{release} and headers")
+    return KernelImage(release, vmlinuz, None)
+
+
+def _system_debian_uri() -> str:
+    """The Debian mirror this system already uses, so we add no host of our own."""
+    texts = []
+    for p in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
+        if p.is_file() and p.suffix in ("", ".list", ".sources"):
+            texts.append(p.read_text(errors="replace"))
+    for text in texts:
+        for m in re.finditer(r"^URIs:\s*(\S+)", text, re.M):
+            if m[1].rstrip("/").endswith("/debian"):
+                return m[1]
+        for m in re.finditer(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+bookworm\s", text, re.M):
+            return m[1]
+    raise VMError("no Debian mirror found in /etc/apt: cannot fetch a backports kernel")
+
+
+def backports_kernel(progress: Progress, suite: str = "bookworm-backports") -> KernelImage:
+    """The newest linux-image-amd64 of SUITE, extracted into the cache."""
+    base = cache_dir() / "apt" / suite
+    lists = base / "lists"
+    (lists / "partial").mkdir(parents=True, exist_ok=True)
+    (base / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+    sources = base / "sources.list"
+    sources.write_text(f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+                       f"{_system_debian_uri()} {suite} main\n")
+    opts = [f"-oDir::Etc::SourceList={sources}", "-oDir::Etc::SourceParts=/dev/null",
+            f"-oDir::State::Lists={lists}", f"-oDir::Cache={base / 'cache'}",
+            f"-oDir::Cache::archives={base / 'archives'}"]
+    _run(["apt-get", *opts, "update"], progress, f"reading {suite} package lists (private apt)")
+    info = _run(["apt-cache", *opts, "show", f"linux-image-amd64/{suite}"], progress,
+                f"finding the kernel of {suite}")
+    release = _depends_release(info.split("\n\n")[0])
+    if release is None:
+        raise VMError(f"no linux-image-amd64 in {suite}")
+    root = cache_dir() / "kernels" / release
+    vmlinuz = root / "boot" / f"vmlinuz-{release}"
+    if vmlinuz.exists() and (root / "lib" / "modules" / release / "modules.dep").exists():
+        return KernelImage(release, vmlinuz, root)
+    hdr = _run(["apt-cache", *opts, "depends", f"linux-headers-{release}"], progress,
+               "resolving header packages")
+    pkgs = {f"linux-image-{release}", f"linux-headers-{release}"}
+    pkgs |= set(re.findall(r"Depends: (linux-(?:headers|kbuild)-\S+)", hdr))
+    dl = base / "debs"
+    dl.mkdir(exist_ok=True)
+    progress(f"downloading {', '.join(sorted(pkgs))}")
+    p = subprocess.run(["apt-get", *opts, "download", *sorted(pkgs)], cwd=dl,
+                       capture_output=True, text=True, check=False)
+    if p.returncode != 0:
+        raise VMError(f"apt-get download failed: {p.stderr.strip().splitlines()[-1:]}")
+    tmp = root.with_name(root.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for deb in sorted(dl.glob(f"*{release.split('-')[0]}*.deb")):
+        _run(["dpkg-deb", "-x", str(deb), str(tmp)], progress, f"unpacking {deb.name}")
+    _run(["depmod", "-b", str(tmp), release], progress, "depmod")
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.rename(root)
+    return KernelImage(release, vmlinuz, root)
+
+
+def resolve_kernel(spec: str, progress: Progress) -> KernelImage:
+    if spec == "stable":
+        return stable_kernel(progress)
+    if spec == "backports":
+        return backports_kernel(progress)
+    path = Path(spec)
+    if path.is_file():
+        m = re.match(r"vmlinuz-(.+)", path.name)
+        if not m:
+            raise VMError(f"{spec}: expected a file named vmlinuz-RELEASE")
+        root = path.parent.parent if (path.parent.parent / "lib" / "modules").is_dir() else None
+        return KernelImage(m[1], path, root)
+    raise VMError(f"unknown kernel {spec!r}: use stable, backports or a path to vmlinuz-RELEASE")
+
+
+def kvm_usable(vmlinuz: Path, timeout: float = 20.0) -> bool:
+    """Whether a KVM guest really boots here: /dev/kvm can exist and still hang.
+
+    Boots the kernel with no root under KVM and waits for its first console line.
+    The verdict is cached for this host boot.
+    """
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = "unknown"
+    marker = cache_dir() / f"kvm-{boot}"
+    if marker.exists():
+        return marker.read_text() == "yes"
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        return False
+    proc = subprocess.Popen(
+        [qemu, "-accel", "kvm", "-m", "256", "-nographic", "-no-reboot", "-kernel",
+         str(vmlinuz), "-append", "console=ttyS0 panic=-1"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    ok = False
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    seen = b""
+    while time.monotonic() < deadline and proc.poll() is None:
+        chunk = proc.stdout.read() or b""
+        seen += chunk
+        if b"Linux version" in seen:
+            ok = True
+            break
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    marker.write_text("yes" if ok else "no")
+    return ok
+
+
+def vng_path() -> str:
+    exe = shutil.which("vng") or str(Path(sys.executable).parent / "vng")
+    if not os.path.exists(exe):
+        raise VMError("virtme-ng (vng) is not installed: pip install virtme-ng")
+    if shutil.which("qemu-system-x86_64") is None:
+        raise VMError("qemu-system-x86_64 is missing: apt-get install qemu-system-x86")
+    return exe
+
+
+def run_guest(
+    kern: KernelImage,
+    out: Path,
+    guest_args: list[str],
+    progress: Progress,
+    cpus: int = 2,
+    memory: str = "2G",
+    kvm: bool | None = None,
+    timeout: float = 1800,
+) -> int:
+    """Boot KERN and run tracer.guest with GUEST_ARGS; its progress streams to us."""
+    vng = vng_path()
+    if kvm is None:
+        progress("checking whether KVM works here")
+        kvm = kvm_usable(kern.vmlinuz)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = cache_dir()
+    python = str(Path(sys.executable))
+    inner = [python, "-m", "tracer.guest", "--out", str(out), "--cache", str(cache)]
+    if kern.root is not None:
+        inner += ["--kernel-root", str(kern.root)]
+    inner += guest_args
+    cmd = [vng, "--run", str(kern.vmlinuz), "--cpus", str(cpus), "--memory", memory,
+           "--rwdir", str(out), "--rwdir", str(cache), "--cwd", str(REPO),
+           "--exec", shlex.join(inner)]
+    if not kvm:
+        cmd.insert(3, "--disable-kvm")
+    progress(f"booting {kern.release} ({cpus} vCPUs, {'KVM' if kvm else 'software emulation'})")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    try:
+        p = subprocess.run(cmd, env=env, timeout=timeout, check=False, cwd=REPO,
+                           stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        raise VMError(f"the VM did not finish within {timeout:.0f}s") from e
+    return p.returncode
+
+
