@@ -80,7 +80,16 @@ class Event:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Event:
-        return cls(**{f: d[f] for f in _FIELD_NAMES if f in d})
+        """Build from a trace line; TypeError if a field has the wrong type."""
+        values: dict[str, Any] = {}
+        for name, ctype, _ in LAYOUT:
+            if name in d:
+                v = d[name]
+                want = str if ctype == "char" else int
+                if type(v) is not want:
+                    raise TypeError(f"field {name}: {type(v).__name__}, expected {want.__name__}")
+                values[name] = v
+        return cls(**values)
 
 
 def _layout() -> list[tuple[str, str, int]]:
@@ -97,7 +106,6 @@ def _layout() -> list[tuple[str, str, int]]:
 
 
 LAYOUT = _layout()
-_FIELD_NAMES = [f for f, _, _ in LAYOUT]
 _CTYPES = {"u32": ctypes.c_uint32, "u64": ctypes.c_uint64, "s64": ctypes.c_int64}
 
 

@@ -1,0 +1,74 @@
+"""The event layout is one fact: the dataclass, the generated C and the decoder agree."""
+
+from __future__ import annotations
+
+import ctypes
+import re
+from pathlib import Path
+
+from tracer.events import LAYOUT, CEvent, Event, Kind, c_definitions, decode
+
+BPF_SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "kmodtrace.bpf.c"
+
+
+def test_c_struct_lists_every_field_in_order() -> None:
+    text = c_definitions()
+    body = text[text.index("struct event {"):]
+    fields = re.findall(r"^\s+(?:u32|u64|s64|char) (\w+)", body, re.M)
+    assert fields == [name for name, _, _ in LAYOUT]
+    assert "char comm[16];" in body
+
+
+def test_kinds_are_defined_for_c() -> None:
+    text = c_definitions()
+    for k in Kind:
+        assert f"#define KIND_{k.name} {k.value}\n" in text
+
+
+def test_bpf_program_uses_only_defined_fields_and_kinds() -> None:
+    src = BPF_SOURCE.read_text()
+    names = {name for name, _, _ in LAYOUT}
+    used = set(re.findall(r"\be->(\w+)", src))
+    assert used and used <= names, used - names
+    kinds = set(re.findall(r"KIND_(\w+)", src))
+    assert kinds <= {k.name for k in Kind}
+    # Every kind the correlator understands is produced somewhere in C.
+    assert kinds == {k.name for k in Kind}
+
+
+def test_ctypes_layout_is_naturally_aligned() -> None:
+    # clang lays the C struct out with natural alignment; so must ctypes.
+    offset = 0
+    for name, ctype, size in LAYOUT:
+        align = 1 if ctype == "char" else (4 if ctype == "u32" else 8)
+        offset = (offset + align - 1) // align * align
+        assert getattr(CEvent, name).offset == offset, name
+        offset += size if ctype == "char" else align
+    assert ctypes.sizeof(CEvent) == (offset + 7) // 8 * 8
+
+
+def test_decode_round_trip_from_raw_bytes() -> None:
+    c = CEvent(ts_ns=123, kind=Kind.FINIT_EXIT, pid=7, tid=8, ret=-17, comm=b"modprobe",
+               name=b"xfs", path=b"xfs.ko")
+    ev = decode(bytes(c))
+    assert ev == Event(ts_ns=123, kind=int(Kind.FINIT_EXIT), pid=7, tid=8, ret=-17,
+                       comm="modprobe", name="xfs", path="xfs.ko")
+    assert ev.kind_name == "FINIT_EXIT"
+
+
+def test_decode_from_a_pointer_like_bcc_passes() -> None:
+    c = CEvent(kind=Kind.REQ_TP, name=b"fs-xfs", ip=0xFFFFFFFF81000000)
+    ev = decode(ctypes.cast(ctypes.pointer(c), ctypes.c_void_p).value)
+    assert ev.name == "fs-xfs" and ev.ip == 0xFFFFFFFF81000000
+
+
+def test_full_width_strings_and_bad_utf8_survive() -> None:
+    c = CEvent(kind=Kind.REQ_TP, comm=b"x" * 16, name=b"\xff" + b"a" * 63)
+    ev = decode(bytes(c))
+    assert ev.comm == "x" * 16
+    assert ev.name.endswith("a" * 63) and len(ev.name) == 64
+
+
+def test_dict_round_trip_ignores_unknown_keys() -> None:
+    ev = Event(ts_ns=5, kind=3, name="net-pf-5", wait=1)
+    assert Event.from_dict(ev.to_dict() | {"type": "event", "future": 1}) == ev
