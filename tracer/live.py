@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from tracer import report
+from tracer import report, requester
 from tracer.correlate import Correlator
 from tracer.events import Event, Kind
 from tracer.model import LoadVerdict, RequestVerdict
@@ -25,6 +25,9 @@ from tracer.stories import Load, Request, kmod_name
 # Events from different CPUs reach the ring buffer slightly out of order; hold
 # each this long and release in timestamp order.
 REORDER_NS = 20_000_000
+MAX_PROCS = 100_000
+# Where a requester or loader first shows up: describe it while it still lives.
+_STARTS = frozenset({Kind.REQ_ENTER, Kind.FINIT_ENTER, Kind.INIT_ENTER})
 
 
 @dataclass(slots=True)
@@ -84,6 +87,8 @@ class Run:
         self.t0_ns = time.monotonic_ns()
         self.shown = 0
         self.ksyms: dict[int, str] = {}  # call sites, resolved while kallsyms is ours to read
+        # (pid, comm) -> (cmdline, parent chain), read while the process lives
+        self.procs: dict[tuple[int, str], tuple[str, tuple[str, ...]]] = {}
 
     def _enqueue(self, ev: Event) -> None:
         heapq.heappush(self._heap, (ev.ts_ns, self._seq, ev))
@@ -94,17 +99,32 @@ class Run:
             ev = heapq.heappop(self._heap)[2]
             if ev.kind == Kind.REQ_ENTER and ev.ip not in self.ksyms:
                 self.ksyms[ev.ip] = self.tracer.ksym(ev.ip)
+            if ev.kind in _STARTS and (ev.pid, ev.comm) not in self.procs:
+                self._describe(ev)
             if self.writer is not None:
                 self.writer.event(ev)
             assert self.correlator is not None
             self.correlator.feed(ev)
+
+    def _describe(self, ev: Event) -> None:
+        if len(self.procs) > MAX_PROCS:
+            self.procs.clear()
+        cmdline, parents = self.procs[(ev.pid, ev.comm)] = requester.describe(ev.pid)
+        if self.writer is not None:
+            self.writer.write({"type": "proc", "pid": ev.pid, "comm": ev.comm,
+                               "cmdline": cmdline, "parents": list(parents)})
+
+    def _proc_json(self, pid: int, comm: str) -> dict[str, Any]:
+        cmdline, parents = self.procs.get((pid, comm), ("", ()))
+        return {"cmdline": cmdline, "parents": list(parents)}
 
     def _show_request(self, req: Request, v: RequestVerdict | None) -> None:
         if self.opts.quiet or not self.filter.request(req):
             return
         self.shown += 1
         if self.opts.json:
-            self.out.write(json.dumps(report.request_json(req, v, self.ksyms)) + "\n")
+            d = report.request_json(req, v, self.ksyms) | self._proc_json(req.pid, req.comm)
+            self.out.write(json.dumps(d) + "\n")
         else:
             self.out.write(self._ts(req.start_ns) + report.request_line(req, v, self.t0_ns) + "\n")
         self.out.flush()
@@ -114,7 +134,8 @@ class Run:
             return
         self.shown += 1
         if self.opts.json:
-            self.out.write(json.dumps(report.load_json(load, v)) + "\n")
+            d = report.load_json(load, v) | self._proc_json(load.pid, load.comm)
+            self.out.write(json.dumps(d) + "\n")
         else:
             self.out.write(self._ts(load.start_ns) + report.load_line(load, v, self.t0_ns) + "\n")
         self.out.flush()

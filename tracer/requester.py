@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import psutil
 
 
-@lru_cache(maxsize=4096)
 def describe(pid: int) -> tuple[str, tuple[str, ...]]:
     """(cmdline, parent chain as "comm[pid]" up to init); empty once it has exited."""
     try:
