@@ -132,6 +132,7 @@ class Tracer:
         cflags = [
             f"-DRINGBUF_PAGES={self.ringbuf_pages}",
             f"-DMAX_HELPERS={max(self.maxactive * 4, 1024)}",
+            "-w",  # kernel headers trip clang warnings that bury our own messages
         ]
         kprobes: list[Hook] = []
         for hook in HOOKS:

@@ -125,6 +125,7 @@ def backports_kernel(progress: Progress, suite: str = "bookworm-backports") -> K
         raise VMError(f"apt-get download failed: {p.stderr.strip().splitlines()[-1:]}")
     tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     for deb in sorted(dl.glob(f"*{release.split('-')[0]}*.deb")):
         _run(["dpkg-deb", "-x", str(deb), str(tmp)], progress, f"unpacking {deb.name}")
     _run(["depmod", "-b", str(tmp), release], progress, "depmod")
