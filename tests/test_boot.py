@@ -1,0 +1,416 @@
+"""kmodtrace-boot.service: a unit systemd accepts, ordered before udev, installed and removed
+cleanly on a scratch root; the settle logic that ends a boot recording; finding a boot."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tracer import boot
+
+UNIT_REL = "etc/systemd/system/kmodtrace-boot.service"
+LINK_REL = "etc/systemd/system/sysinit.target.wants/kmodtrace-boot.service"
+
+
+def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
+    """Sections -> key -> every value given (systemd allows repeated keys)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            out.setdefault(section, {})
+            continue
+        key, _, value = line.partition("=")
+        out[section].setdefault(key, []).append(value)
+    return out
+
+
+def words(unit: dict[str, dict[str, list[str]]], section: str, key: str) -> list[str]:
+    return [w for v in unit[section].get(key, []) for w in v.split()]
+
+
+def exe() -> list[str]:
+    """A real executable: systemd-analyze verify checks that ExecStart's binary exists."""
+    argv = boot.default_exe()
+    assert os.access(argv[0], os.X_OK), argv
+    return argv
+
+
+# --- systemd accepts the unit ---------------------------------------------------------------
+
+
+def analyze_verify(unit_dir: Path) -> tuple[int, list[str]]:
+    """systemd-analyze verify the unit and sysinit.target with unit_dir first in the unit path.
+
+    Verifying sysinit.target with the enable link in unit_dir builds the boot transaction
+    that contains our unit, so ordering cycles show up too. Returns the exit status and the
+    output lines about our unit.
+    """
+    sa = shutil.which("systemd-analyze")
+    if sa is None:
+        pytest.fail("systemd-analyze is missing: install Debian's `systemd` package "
+                    "(apt-get install -y systemd)")
+    env = dict(os.environ, SYSTEMD_UNIT_PATH=f"{unit_dir}:", SYSTEMD_LOG_LEVEL="notice")
+    p = subprocess.run([sa, "verify", "--man=no", str(unit_dir / boot.UNIT_NAME),
+                        "sysinit.target"], capture_output=True, text=True, env=env,
+                       timeout=120, check=False)
+    lines = [ln for ln in (p.stdout + p.stderr).splitlines() if "kmodtrace" in ln]
+    return p.returncode, lines
+
+
+def test_installed_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    boot.install(root=str(tmp_path), exe=exe(), run_systemctl=False)
+    rc, complaints = analyze_verify(tmp_path / "etc/systemd/system")
+    assert rc == 0 and complaints == [], complaints
+
+
+@pytest.mark.parametrize("breakage", ["missing-exe", "cycle", "bad-specifier"])
+def test_verify_harness_catches_broken_units(tmp_path: Path, breakage: str) -> None:
+    """The check above is not vacuous: the same harness rejects broken variants."""
+    boot.install(root=str(tmp_path), exe=exe(), run_systemctl=False)
+    unit = tmp_path / UNIT_REL
+    text = unit.read_text()
+    if breakage == "missing-exe":
+        text = text.replace(f"ExecStart={exe()[0]}", "ExecStart=/nonexistent/kmodtrace")
+    elif breakage == "cycle":  # we are Before=sysinit.target
+        text = text.replace("[Service]", "After=sysinit.target\n\n[Service]")
+    else:
+        text = text.replace("boot-%b", "boot-%Q")
+    unit.write_text(text)
+    rc, complaints = analyze_verify(tmp_path / "etc/systemd/system")
+    assert rc != 0 or complaints, f"{breakage} went unnoticed"
+
+
+# --- what the unit says -----------------------------------------------------------------------
+
+
+def test_ordering_and_readiness_directives() -> None:
+    u = parse_unit(boot.unit_text(exe()))
+    assert u["Unit"]["DefaultDependencies"] == ["no"]
+    before = words(u, "Unit", "Before")
+    for dep in ("systemd-udevd.service", "systemd-udev-trigger.service",
+                "systemd-modules-load.service", "sysinit.target", "shutdown.target"):
+        assert dep in before, dep
+    for mount in ("sys-kernel-tracing.mount", "sys-kernel-debug.mount"):
+        assert mount in words(u, "Unit", "After") and mount in words(u, "Unit", "Wants")
+    assert "shutdown.target" in words(u, "Unit", "Conflicts")
+    svc = u["Service"]
+    assert svc["Type"] == ["notify"] and svc["NotifyAccess"] == ["main"]
+    timeout = int(svc["TimeoutStartSec"][0])
+    assert 0 < timeout <= 120
+    assert u["Install"]["WantedBy"] == ["sysinit.target"]
+    # Anything that needs /var or a mount namespace would order us after udev: a cycle.
+    for hazard in ("LogsDirectory", "StateDirectory", "RequiresMountsFor", "ProtectSystem",
+                   "PrivateTmp", "ProtectHome", "ProtectKernelModules", "ProtectKernelTunables"):
+        assert hazard not in svc and hazard not in u["Unit"], hazard
+    caps = words(u, "Service", "CapabilityBoundingSet")
+    assert {"CAP_SYS_ADMIN", "CAP_BPF", "CAP_PERFMON"} <= set(caps)
+
+
+def test_exec_start_records_to_run_until_settled() -> None:
+    argv = exe()
+    u = parse_unit(boot.unit_text(argv, settle_s=7, max_s=123))
+    cmd = shlex.split(u["Service"]["ExecStart"][0])
+    assert cmd[:len(argv)] == argv
+    assert cmd[len(argv):] == ["record", "--output=/run/kmodtrace/boot-%b.jsonl",
+                               "--until-settled=7", "--duration=123"]
+    assert u["Service"]["RuntimeDirectory"] == ["kmodtrace"]
+
+
+def test_exec_start_is_understood_by_the_record_command() -> None:
+    """The recorder takes every option the unit passes (none falls through as COMMAND)."""
+    from tracer.cli import main
+
+    argv = exe()
+    cmd = shlex.split(parse_unit(boot.unit_text(argv))["Service"]["ExecStart"][0])
+    record = main.commands["record"]
+    ctx = record.make_context("record", cmd[len(argv) + 1:])
+    assert ctx.params["command"] == ()
+    assert ctx.params["output"] == "/run/kmodtrace/boot-%b.jsonl"
+    assert ctx.params["until_settled"] == boot.SETTLE_S
+    assert ctx.params["duration"] == boot.MAX_S
+
+
+def test_not_installed_package_runs_with_pythonpath(tmp_path: Path) -> None:
+    u = parse_unit(boot.unit_text(["/usr/bin/python3", "-m", "tracer"]))
+    env = u["Service"]["Environment"][0].strip('"')
+    assert env == f"PYTHONPATH={Path(boot.__file__).resolve().parent.parent}"
+    assert "Environment" not in parse_unit(boot.unit_text("/usr/bin/kmodtrace"))["Service"]
+
+
+def test_exe_with_odd_characters_is_quoted() -> None:
+    u = parse_unit(boot.unit_text("/opt/my tools/100%/kmodtrace"))
+    assert u["Service"]["ExecStart"][0].startswith('"/opt/my tools/100%%/kmodtrace" record ')
+    with pytest.raises(ValueError, match="absolute"):
+        boot.unit_text("kmodtrace")
+
+
+def test_exec_stop_post_moves_the_trace(tmp_path: Path) -> None:
+    u = parse_unit(boot.unit_text(exe()))
+    script = boot.collect_script(boot.run_file(), boot.LOG_DIR)
+    assert u["Service"]["ExecStopPost"] == [f"/bin/sh -c '{script}'"]
+    # The same script on scratch paths.
+    src, log = tmp_path / "run" / "boot-abc.jsonl", tmp_path / "log" / "kmodtrace"
+    src.parent.mkdir()
+    run = boot.collect_script(str(src), str(log))
+    p = subprocess.run(["/bin/sh", "-c", run], capture_output=True, text=True, check=False)
+    assert p.returncode == 0 and not log.exists(), p.stderr  # nothing recorded: no-op
+    src.write_text('{"type":"header"}\n')
+    p = subprocess.run(["/bin/sh", "-c", run], capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stderr
+    assert not src.exists() and (log / src.name).read_text() == '{"type":"header"}\n'
+    assert stat.S_IMODE(log.stat().st_mode) == 0o700
+
+
+# --- install / uninstall ----------------------------------------------------------------------
+
+
+def listing(root: Path) -> list[tuple[str, str]]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out.append((rel, "-> " + os.readlink(p)))
+            elif p.is_dir():
+                out.append((rel, f"dir {stat.S_IMODE(p.stat().st_mode):o}"))
+            else:
+                out.append((rel, p.read_text()))
+    return sorted(out)
+
+
+@pytest.fixture
+def no_systemctl(monkeypatch: pytest.MonkeyPatch) -> None:
+    def forbidden(*a: object, **k: object) -> None:
+        raise AssertionError(f"ran a command on a scratch root: {a}")
+    monkeypatch.setattr(subprocess, "run", forbidden)
+
+
+@pytest.mark.usefixtures("no_systemctl")
+@pytest.mark.parametrize("populated", [False, True])
+def test_install_uninstall_round_trip(tmp_path: Path, populated: bool) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    if populated:
+        (root / "etc/systemd/system/multi-user.target.wants").mkdir(parents=True)
+        (root / "etc/systemd/system/foo.service").write_text("[Service]\nExecStart=/bin/true\n")
+        (root / "etc/hostname").write_text("box\n")
+        logs = root / "var/log/kmodtrace"
+        logs.mkdir(parents=True)
+        (logs / "boot-0123456789abcdef0123456789abcdef.jsonl").write_text("{}\n")
+    before = listing(root)
+    argv = exe()
+
+    changed = boot.install(root=str(root), exe=argv)
+    assert str(root / UNIT_REL) in changed and str(root / LINK_REL) in changed
+    assert (root / UNIT_REL).read_text() == boot.unit_text(argv)
+    assert stat.S_IMODE((root / UNIT_REL).stat().st_mode) == 0o644
+    assert os.readlink(root / LINK_REL) == "/etc/systemd/system/kmodtrace-boot.service"
+    assert boot.install(root=str(root), exe=argv) == []
+    st = boot.status(root=str(root), exe=argv)
+    assert st["installed"] and st["enabled"] and st["current"] and st["warnings"] == []
+    assert st["systemd"] is None
+    assert len(st["traces"]) == (1 if populated else 0)
+
+    notes: list[str] = []
+    removed = boot.uninstall(root=str(root), notice=notes.append)
+    assert str(root / UNIT_REL) in removed and str(root / LINK_REL) in removed
+    assert listing(root) == before  # traces kept, nothing of ours left
+    if populated:
+        assert any("kept 1 recorded boot trace" in n for n in notes), notes
+    assert boot.uninstall(root=str(root)) == []
+    assert not boot.status(root=str(root))["installed"]
+
+
+@pytest.mark.usefixtures("no_systemctl")
+def test_install_repairs_a_stale_unit_and_link(tmp_path: Path) -> None:
+    argv = exe()
+    boot.install(root=str(tmp_path), exe=argv)
+    (tmp_path / UNIT_REL).write_text("[Service]\nExecStart=/old/kmodtrace\n")
+    (tmp_path / LINK_REL).unlink()
+    (tmp_path / LINK_REL).symlink_to("/somewhere/else.service")
+    st = boot.status(root=str(tmp_path), exe=argv)
+    assert st["installed"] and not st["current"] and not st["enabled"]
+    assert any("differs" in w for w in st["warnings"])
+    assert sorted(boot.install(root=str(tmp_path), exe=argv)) == sorted(
+        [str(tmp_path / UNIT_REL), str(tmp_path / LINK_REL)])
+    st = boot.status(root=str(tmp_path), exe=argv)
+    assert st["current"] and st["enabled"]
+
+
+@pytest.mark.usefixtures("no_systemctl")
+def test_install_without_enable_and_foreign_file(tmp_path: Path) -> None:
+    argv = exe()
+    boot.install(root=str(tmp_path), exe=argv, enable=False)
+    assert (tmp_path / UNIT_REL).is_file() and not (tmp_path / LINK_REL).parent.exists()
+    assert not boot.status(root=str(tmp_path), exe=argv)["enabled"]
+    (tmp_path / LINK_REL).parent.mkdir()
+    (tmp_path / LINK_REL).write_text("not a link")
+    with pytest.raises(boot.BootError, match="not a symlink"):
+        boot.install(root=str(tmp_path), exe=argv)
+
+
+def test_parse_show() -> None:
+    out = "ActiveState=inactive\nResult=success\nExecMainStatus=0\n\nbogus line\n"
+    assert boot.parse_show(out) == {"ActiveState": "inactive", "Result": "success",
+                                    "ExecMainStatus": "0"}
+
+
+# --- SettleWatcher ------------------------------------------------------------------------------
+
+
+class Fake:
+    def __init__(self) -> None:
+        self.t = 100.0
+        self.queue = True
+        self.booted = True
+        self.boot_checks = 0
+
+    def clock(self) -> float:
+        return self.t
+
+    def queue_exists(self) -> bool:
+        return self.queue
+
+    def boot_done(self) -> bool:
+        self.boot_checks += 1
+        return self.booted
+
+    def watcher(self, idle_s: float = 5, max_s: float = 60) -> boot.SettleWatcher:
+        return boot.SettleWatcher(idle_s, max_s, clock=self.clock,
+                                  queue_exists=self.queue_exists, boot_done=self.boot_done)
+
+
+def run_until(f: Fake, w: boot.SettleWatcher, step: float, until: float) -> float | None:
+    """Poll every step seconds until t reaches until; the elapsed time of the first True."""
+    start = w.start
+    while f.t <= until:
+        if w.poll():
+            return f.t - start
+        f.t += step
+    return None
+
+
+def test_not_settled_while_udev_has_a_queue() -> None:
+    f = Fake()
+    w = f.watcher(idle_s=5, max_s=60)
+    assert run_until(f, w, 0.5, f.t + 50) is None and w.reason is None
+
+
+def test_settled_after_idle_s_without_a_queue() -> None:
+    f = Fake()
+    w = f.watcher(idle_s=5, max_s=60)
+    f.t += 10
+    assert not w.poll()
+    f.queue = False  # at t0+10 the queue empties
+    assert run_until(f, w, 0.5, f.t + 20) == pytest.approx(15)
+    assert w.reason == "settled" and w.poll()  # latched
+
+
+def test_a_new_queue_restarts_the_idle_time() -> None:
+    f = Fake()
+    w = f.watcher(idle_s=5, max_s=60)
+    f.queue = False
+    assert run_until(f, w, 1, f.t + 4) is None  # 4 s quiet
+    f.queue = True  # a late device
+    assert not w.poll()
+    f.queue = False
+    assert run_until(f, w, 1, f.t + 30) == pytest.approx(5 + 5)
+
+
+def test_forced_after_max_s() -> None:
+    f = Fake()
+    w = f.watcher(idle_s=5, max_s=30)
+    assert run_until(f, w, 0.25, f.t + 100) == pytest.approx(30)
+    assert w.reason == "max-duration"
+
+
+def test_no_queue_before_udev_runs_is_not_settled() -> None:
+    """Early boot: udev has not started (no queue file) and systemd is still starting."""
+    f = Fake()
+    f.queue, f.booted = False, False
+    w = f.watcher(idle_s=5, max_s=120)
+    assert run_until(f, w, 0.1, f.t + 40) is None
+    assert f.boot_checks <= 41  # asked at most once a second, not on every poll
+    f.booted = True
+    assert run_until(f, w, 0.1, f.t + 20) == pytest.approx(40 + 1 + 5, abs=0.3)
+
+
+# --- finding a boot -------------------------------------------------------------------------------
+
+IDS = ["aaaa1111" + "0" * 24, "aaaa2222" + "0" * 24, "bbbb3333" + "0" * 24]
+
+
+def make_boots(d: Path) -> list[Path]:
+    d.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, bid in enumerate(IDS):  # IDS[2] is the newest
+        p = d / f"boot-{bid}.jsonl"
+        p.write_text("x" * (i + 1))
+        os.utime(p, (1_000_000 + i * 100, 1_000_000 + i * 100))
+        paths.append(p)
+    (d / "notes.txt").write_text("not a trace")
+    return paths
+
+
+def test_find_boot_trace_newest_and_relative(tmp_path: Path) -> None:
+    old, mid, new = make_boots(tmp_path)
+    assert boot.find_boot_trace(tmp_path, None, run_dir=None) == new
+    assert boot.find_boot_trace(tmp_path, "0", run_dir=None) == new
+    assert boot.find_boot_trace(tmp_path, "-1", run_dir=None) == mid
+    assert boot.find_boot_trace(tmp_path, "-2", run_dir=None) == old
+    with pytest.raises(ValueError, match=r"only 3 boot trace\(s\)"):
+        boot.find_boot_trace(tmp_path, "-3", run_dir=None)
+
+
+def test_find_boot_trace_by_id(tmp_path: Path) -> None:
+    old, mid, new = make_boots(tmp_path)
+    assert boot.find_boot_trace(tmp_path, IDS[1], run_dir=None) == mid
+    assert boot.find_boot_trace(tmp_path, "aaaa1", run_dir=None) == old
+    assert boot.find_boot_trace(tmp_path, "BBBB", run_dir=None) == new
+    uuid = f"{IDS[0][:8]}-{IDS[0][8:12]}-{IDS[0][12:16]}-{IDS[0][16:20]}-{IDS[0][20:]}"
+    assert boot.find_boot_trace(tmp_path, uuid, run_dir=None) == old  # /proc's form
+    with pytest.raises(ValueError, match="ambiguous") as e:
+        boot.find_boot_trace(tmp_path, "aaaa", run_dir=None)
+    assert IDS[0] in str(e.value) and IDS[1] in str(e.value)
+    with pytest.raises(ValueError, match="no boot trace for boot 'cccc'"):
+        boot.find_boot_trace(tmp_path, "cccc", run_dir=None)
+    with pytest.raises(ValueError, match="not a boot id"):
+        boot.find_boot_trace(tmp_path, "../etc", run_dir=None)
+
+
+def test_find_boot_trace_empty_and_pending(tmp_path: Path) -> None:
+    log, run = tmp_path / "log", tmp_path / "run"
+    with pytest.raises(ValueError, match="no boot traces"):
+        boot.find_boot_trace(log, None, run_dir=run)
+    make_boots(log)
+    run.mkdir()
+    pending = run / "boot-cccc4444.jsonl"  # this boot, still recording
+    pending.write_text("y")
+    assert boot.find_boot_trace(log, None, run_dir=run) == pending
+    moved_copy = run / f"boot-{IDS[0]}.jsonl"  # same boot in both: the log copy counts
+    moved_copy.write_text("z")
+    assert boot.find_boot_trace(log, IDS[0], run_dir=run) == log / f"boot-{IDS[0]}.jsonl"
+    assert len(boot.boot_traces(log, run)) == 4
+
+
+@pytest.mark.usefixtures("no_systemctl")
+def test_status_lists_boots_newest_first(tmp_path: Path) -> None:
+    logs = tmp_path / "var/log/kmodtrace"
+    make_boots(logs)
+    st = boot.status(root=str(tmp_path), exe=exe())
+    assert not st["installed"] and not st["enabled"]
+    assert [t["boot"] for t in st["traces"]] == IDS[::-1]
+    assert [t["size"] for t in st["traces"]] == [3, 2, 1]
+    assert st["traces"][0]["mtime"] == 1_000_200 and not st["traces"][0]["pending"]

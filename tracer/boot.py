@@ -1,0 +1,491 @@
+"""Boot tracing: a systemd unit that records module loading from early boot until it settles.
+
+`kmodtrace boot install` writes `kmodtrace-boot.service` and enables it for sysinit.target;
+at the next boot it starts before systemd-udevd and systemd-modules-load (the two big
+sources of module loads), tells systemd it is ready once every probe is attached
+(Type=notify), and stops by itself once boot has settled. Modules loaded in the initramfs
+or by PID 1 before the unit starts are not seen.
+
+Where the trace goes: at that point of boot the root file system is usually still
+read-only and /var may not be mounted, so the recorder writes to /run/kmodtrace (tmpfs)
+and ExecStopPost= moves the finished trace to /var/log/kmodtrace. A trace left in
+/run/kmodtrace (the move failed, or the recorder still runs) is listed too.
+
+A unit that needs /var (LogsDirectory=, RequiresMountsFor=) or a mount namespace
+(ProtectSystem=, PrivateTmp=, ...) would pull in mounts that are themselves ordered after
+udev: an ordering cycle that systemd breaks by dropping a job. So the hardening here is
+capabilities and seccomp only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+UNIT_NAME = "kmodtrace-boot.service"
+UNIT_DIR = "/etc/systemd/system"
+WANTED_BY = "sysinit.target"
+LOG_DIR = "/var/log/kmodtrace"
+RUN_DIR = "/run/kmodtrace"  # RuntimeDirectory=kmodtrace
+UDEV_QUEUE = "/run/udev/queue"  # systemd-udevd keeps it while events are queued
+
+SETTLE_S = 10  # udev queue empty (and boot finished) this long: settled
+MAX_S = 300  # stop anyway after this long
+START_TIMEOUT_S = 60  # a tracer that never attaches cannot hold up boot longer
+STOP_TIMEOUT_S = 20
+
+CAPABILITIES = ("CAP_SYS_ADMIN", "CAP_BPF", "CAP_PERFMON", "CAP_SYSLOG", "CAP_SYS_RESOURCE",
+                "CAP_DAC_OVERRIDE")
+SHOW_PROPERTIES = ("ActiveState", "SubState", "Result", "ExecMainStatus", "ExecMainStartTimestamp",
+                   "ExecMainExitTimestamp")
+
+_TRACE_RE = re.compile(r"^boot-(.+)\.jsonl$")
+
+Notice = Callable[[str], None]
+
+
+class BootError(RuntimeError):
+    """Install/uninstall cannot proceed (a foreign file is in the way)."""
+
+
+# --- the unit ------------------------------------------------------------------------------
+
+
+def default_exe() -> list[str]:
+    """The command that runs kmodtrace: the console script next to this Python, or -m."""
+    script = Path(sys.executable).parent / "kmodtrace"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script.absolute())]
+    return [str(Path(sys.executable).absolute()), "-m", "tracer"]
+
+
+def _argv(exe: str | Sequence[str] | None) -> list[str]:
+    argv = default_exe() if exe is None else [exe] if isinstance(exe, str) else list(exe)
+    if not argv or not os.path.isabs(argv[0]):
+        raise ValueError(f"the tracer command must start with an absolute path: {argv!r}")
+    return argv
+
+
+def _escape(word: str) -> str:
+    """One word of a systemd command line: specifiers and variables kept literal."""
+    word = word.replace("%", "%%").replace("$", "$$")
+    if word and not re.search(r"[\s\"'\\;]", word):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def run_file(run_dir: str = RUN_DIR) -> str:
+    """Where the recorder writes during boot (%b: the boot id, 32 hex digits)."""
+    return f"{run_dir}/boot-%b.jsonl"
+
+
+def collect_script(src: str, log_dir: str) -> str:
+    """sh script that moves a finished trace into log_dir (nothing to do if there is none)."""
+    for p in (src, log_dir):
+        if not re.fullmatch(r"[A-Za-z0-9_./%+-]+", p):
+            raise ValueError(f"path not allowed in the unit: {p!r}")
+    return (f"[ -e {src} ] || exit 0; mkdir -p -m 0700 {log_dir} && "
+            f"mv -f {src} {log_dir}/")
+
+
+def unit_text(exe: str | Sequence[str] | None = None, log_dir: str = LOG_DIR,
+              settle_s: int = SETTLE_S, max_s: int = MAX_S,
+              start_timeout_s: int = START_TIMEOUT_S) -> str:
+    """The text of kmodtrace-boot.service.
+
+    exe: the kmodtrace executable (a str) or the argv prefix that runs it (e.g.
+    [python, "-m", "tracer"]); default default_exe().
+    """
+    argv = _argv(exe)
+    out = run_file()
+    env = ""
+    if argv[1:] == ["-m", "tracer"]:  # not installed: find the package where it is now
+        pkg_parent = str(Path(__file__).resolve().parent.parent)
+        env = f"Environment={_escape('PYTHONPATH=' + pkg_parent)}\n"
+    cmd = " ".join(_escape(a) for a in argv)
+    script = collect_script(out, log_dir)
+    return f"""\
+# Installed by `kmodtrace boot install`; `kmodtrace boot uninstall` removes it.
+# Records module requests and loads from early boot (before udev and
+# systemd-modules-load) until boot settles; the trace ends up in {log_dir}.
+# To skip it for one boot: systemd.mask={UNIT_NAME} on the kernel command line.
+[Unit]
+Description=kmodtrace: record module loading during boot
+DefaultDependencies=no
+Wants=sys-kernel-tracing.mount sys-kernel-debug.mount
+After=sys-kernel-tracing.mount sys-kernel-debug.mount
+Before=systemd-udevd.service systemd-udev-trigger.service systemd-modules-load.service
+Before={WANTED_BY} shutdown.target
+Conflicts=shutdown.target
+
+[Service]
+Type=notify
+NotifyAccess=main
+{env}ExecStart={cmd} record --output={out} --until-settled={settle_s} --duration={max_s}
+ExecStopPost=/bin/sh -c '{script}'
+TimeoutStartSec={start_timeout_s}
+TimeoutStopSec={STOP_TIMEOUT_S}
+Restart=no
+RuntimeDirectory={Path(RUN_DIR).name}
+RuntimeDirectoryMode=0700
+RuntimeDirectoryPreserve=yes
+UMask=0077
+LimitMEMLOCK=infinity
+CapabilityBoundingSet={" ".join(CAPABILITIES)}
+NoNewPrivileges=yes
+LockPersonality=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+RestrictNamespaces=yes
+RestrictAddressFamilies=AF_UNIX AF_NETLINK
+SystemCallArchitectures=native
+
+[Install]
+WantedBy={WANTED_BY}
+"""
+
+
+# --- stopping once boot has settled ------------------------------------------------------
+
+
+def udev_queue_exists() -> bool:
+    return os.path.exists(UDEV_QUEUE)
+
+
+def systemd_boot_finished() -> bool:
+    """False while systemd is still starting units; True once it is up (or not systemd)."""
+    if not os.path.isdir("/run/systemd/system"):
+        return True
+    try:
+        p = subprocess.run(["systemctl", "is-system-running"], capture_output=True, text=True,
+                           timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return True  # cannot tell: rely on the udev queue and max_s
+    return p.stdout.strip() not in ("initializing", "starting")
+
+
+class SettleWatcher:
+    """Decides when a boot recording may stop: poll() it from the tracing loop.
+
+    poll() turns True (and stays True) once the udev queue has been empty, and boot
+    finished, continuously for idle_s; or once max_s have passed since construction.
+    `reason` then says which ("settled" or "max-duration").
+
+    Why boot_done: before systemd-udevd runs there is no queue file either, so an absent
+    queue alone would "settle" at once. boot_done() (systemctl is-system-running past
+    "starting"; True where systemd is not running) is asked at most every check_every_s
+    until it says True.
+    """
+
+    def __init__(self, idle_s: float, max_s: float = math.inf,
+                 clock: Callable[[], float] = time.monotonic,
+                 queue_exists: Callable[[], bool] = udev_queue_exists,
+                 boot_done: Callable[[], bool] = systemd_boot_finished,
+                 check_every_s: float = 1.0) -> None:
+        self.idle_s, self.max_s = idle_s, max_s
+        self._clock, self._queue_exists, self._boot_done = clock, queue_exists, boot_done
+        self._check_every_s = check_every_s
+        self.start = clock()
+        self._booted = False
+        self._next_check = self.start
+        self._quiet_since: float | None = None
+        self.reason: str | None = None
+
+    def poll(self) -> bool:
+        if self.reason is not None:
+            return True
+        now = self._clock()
+        if now - self.start >= self.max_s:
+            self.reason = "max-duration"
+            return True
+        if not self._booted and now >= self._next_check:
+            self._booted = self._boot_done()
+            self._next_check = now + self._check_every_s
+        if not self._booted or self._queue_exists():
+            self._quiet_since = None
+            return False
+        if self._quiet_since is None:
+            self._quiet_since = now
+        if now - self._quiet_since >= self.idle_s:
+            self.reason = "settled"
+            return True
+        return False
+
+
+# --- install / uninstall -------------------------------------------------------------------
+
+
+def _paths(root: str | os.PathLike[str]) -> tuple[Path, Path]:
+    base = Path(root) / UNIT_DIR.lstrip("/")
+    return base / UNIT_NAME, base / f"{WANTED_BY}.wants" / UNIT_NAME
+
+
+def _link_target() -> str:
+    return f"{UNIT_DIR}/{UNIT_NAME}"  # what `systemctl enable` writes (absolute, in-root)
+
+
+def _systemd_running(root: str | os.PathLike[str]) -> bool:
+    return os.path.realpath(root) == "/" and os.path.isdir("/run/systemd/system")
+
+
+def _daemon_reload(notice: Notice | None) -> None:
+    try:
+        p = subprocess.run(["systemctl", "daemon-reload"], capture_output=True, text=True,
+                           timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        if notice:
+            notice(f"systemctl daemon-reload failed: {e}")
+        return
+    if p.returncode != 0 and notice:
+        notice(f"systemctl daemon-reload failed: {p.stderr.strip()}")
+
+
+def _mkdirs(d: Path, changed: list[str]) -> None:
+    missing = [p for p in [d, *d.parents] if not p.exists()]
+    for p in reversed(missing):
+        p.mkdir(mode=0o755)
+        changed.append(str(p))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _exe_warnings(argv: list[str], root: str | os.PathLike[str]) -> list[str]:
+    if os.path.realpath(root) != "/":
+        return []
+    warn = []
+    exe = argv[0]
+    if not os.access(exe, os.X_OK):
+        warn.append(f"{exe} is not executable here")
+    else:
+        try:
+            if os.stat(exe).st_dev != os.stat("/").st_dev:
+                warn.append(f"{exe} is not on the root file system: at early boot its file "
+                            "system may not be mounted yet, and the unit would fail")
+        except OSError as e:
+            warn.append(f"{exe}: {e}")
+    return warn
+
+
+def install(root: str = "/", exe: str | Sequence[str] | None = None, enable: bool = True,
+            run_systemctl: bool = True, notice: Notice | None = None) -> list[str]:
+    """Write the unit (and its sysinit.target.wants link); return the paths changed.
+
+    Idempotent: a second call returns []. The enable link is made here, so it works on a
+    scratch root without systemctl; `systemctl daemon-reload` runs only for root "/" on a
+    system running systemd.
+    """
+    argv = _argv(exe)
+    unit, link = _paths(root)
+    changed: list[str] = []
+    _mkdirs(unit.parent, changed)
+    text = unit_text(argv)
+    if unit.is_symlink() or not unit.is_file() or unit.read_text() != text:
+        if unit.is_symlink():
+            unit.unlink()
+        _write_atomic(unit, text)
+        changed.append(str(unit))
+    if enable:
+        target = _link_target()
+        if not (link.is_symlink() and os.readlink(link) == target):
+            if link.exists() and not link.is_symlink():
+                raise BootError(f"{link} exists and is not a symlink; not touching it")
+            _mkdirs(link.parent, changed)
+            if link.is_symlink():
+                link.unlink()
+            link.symlink_to(target)
+            changed.append(str(link))
+    for w in _exe_warnings(argv, root):
+        if notice:
+            notice(f"warning: {w}")
+    if changed and run_systemctl and _systemd_running(root):
+        _daemon_reload(notice)
+    return changed
+
+
+def uninstall(root: str = "/", run_systemctl: bool = True,
+              notice: Notice | None = None) -> list[str]:
+    """Remove the unit and its enable link (and the directories left empty by that).
+
+    Returns the paths removed ([] if nothing was installed). Recorded traces in
+    /var/log/kmodtrace and /run/kmodtrace are kept; notice() says where they are.
+    """
+    unit, link = _paths(root)
+    removed: list[str] = []
+    for p in (link, unit):
+        if p.is_symlink() or p.exists():
+            if p.is_dir() and not p.is_symlink():
+                raise BootError(f"{p} is a directory; not touching it")
+            p.unlink()
+            removed.append(str(p))
+    # Directories install may have made, bottom up, while empty.
+    top = Path(root)
+    for d in [link.parent, *link.parent.parents]:
+        if d == top or not d.is_relative_to(top):
+            break
+        try:
+            d.rmdir()
+        except OSError:
+            break
+        removed.append(str(d))
+    traces = boot_traces(Path(root) / LOG_DIR.lstrip("/"), Path(root) / RUN_DIR.lstrip("/"))
+    if notice and traces:
+        where = sorted({str(t.parent) for t in traces})
+        notice(f"kept {len(traces)} recorded boot trace(s) in {', '.join(where)}")
+    if removed and run_systemctl and _systemd_running(root):
+        _daemon_reload(notice)
+    return removed
+
+
+# --- status and recorded boots ---------------------------------------------------------------
+
+
+def boot_id_of(path: Path) -> str:
+    m = _TRACE_RE.match(path.name)
+    if m is None:
+        raise ValueError(f"{path.name} is not a boot trace name (boot-ID.jsonl)")
+    return m.group(1)
+
+
+def _norm_id(boot: str) -> str:
+    return boot.replace("-", "").lower()
+
+
+def boot_traces(log_dir: str | os.PathLike[str] = LOG_DIR,
+                run_dir: str | os.PathLike[str] | None = RUN_DIR) -> list[Path]:
+    """Every boot-*.jsonl in log_dir (and run_dir), newest first (by mtime).
+
+    A boot id present in both (a move in progress) counts once, the log_dir copy.
+    """
+    seen: dict[str, Path] = {}
+    for d in [log_dir] + ([run_dir] if run_dir is not None else []):
+        try:
+            entries = sorted(Path(d).iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for p in entries:
+            if _TRACE_RE.match(p.name) and p.is_file():
+                seen.setdefault(_norm_id(boot_id_of(p)), p)
+    paths = list(seen.values())
+    return sorted(paths, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+
+
+def find_boot_trace(log_dir: str | os.PathLike[str] = LOG_DIR, boot: str | None = None,
+                    run_dir: str | os.PathLike[str] | None = RUN_DIR) -> Path:
+    """The trace of one boot.
+
+    boot None or "0": the newest; "-N": N boots before it (journalctl style, by mtime);
+    anything else: a boot id (dashes and case ignored) or a unique prefix of one.
+    """
+    traces = boot_traces(log_dir, run_dir)
+    where = str(log_dir) + (f" or {run_dir}" if run_dir is not None else "")
+    if not traces:
+        raise ValueError(f"no boot traces (boot-*.jsonl) in {where}: is `kmodtrace boot "
+                         "install` done and has the machine booted since?")
+    if boot is None:
+        boot = "0"
+    boot = boot.strip()
+    if re.fullmatch(r"0|-[0-9]+", boot):
+        n = -int(boot)
+        if n >= len(traces):
+            raise ValueError(f"boot {boot}: only {len(traces)} boot trace(s) in {where} "
+                             f"(0 .. -{len(traces) - 1})")
+        return traces[n]
+    want = _norm_id(boot)
+    if not want or not re.fullmatch(r"[0-9a-z]+", want):
+        raise ValueError(f"boot {boot!r}: not a boot id, a prefix of one, 0 or -N")
+    exact = [p for p in traces if _norm_id(boot_id_of(p)) == want]
+    if exact:
+        return exact[0]
+    hits = [p for p in traces if _norm_id(boot_id_of(p)).startswith(want)]
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        known = ", ".join(boot_id_of(p) for p in traces[:5])
+        more = f" (and {len(traces) - 5} more)" if len(traces) > 5 else ""
+        raise ValueError(f"no boot trace for boot {boot!r} in {where}; recorded: {known}{more}")
+    raise ValueError(f"boot {boot!r} is ambiguous: it matches "
+                     f"{', '.join(boot_id_of(p) for p in hits)}")
+
+
+def parse_show(text: str) -> dict[str, str]:
+    """`systemctl show -p A,B` output (A=x lines) as a dict."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _current_boot_id() -> str | None:
+    try:
+        return _norm_id(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    except OSError:
+        return None
+
+
+def status(root: str = "/", exe: str | Sequence[str] | None = None) -> dict[str, Any]:
+    """What is installed, whether it is current, the recorded boots, and the unit's state.
+
+    Keys: unit (path), installed, enabled, current (the unit is what install would write
+    now), traces (newest first: path, boot, size, mtime, pending = still in /run), warnings,
+    systemd (ActiveState, Result, ExecMainStatus... or None where not asked/possible).
+    """
+    unit, link = _paths(root)
+    installed = unit.is_file()
+    try:
+        expected: str | None = unit_text(exe)
+    except ValueError:
+        expected = None
+    current = installed and expected is not None and unit.read_text() == expected
+    enabled = link.is_symlink() and os.readlink(link) in (_link_target(), f"../{UNIT_NAME}")
+    here = os.path.realpath(root) == "/"
+    this_boot = _current_boot_id() if here else None
+    run_dir = Path(root) / RUN_DIR.lstrip("/")
+    traces = []
+    for p in boot_traces(Path(root) / LOG_DIR.lstrip("/"), run_dir):
+        st = p.stat()
+        bid = boot_id_of(p)
+        traces.append({"path": str(p), "boot": bid, "size": st.st_size, "mtime": st.st_mtime,
+                       "pending": p.parent == run_dir,
+                       "this_boot": this_boot is not None and _norm_id(bid) == this_boot})
+    warnings: list[str] = []
+    if installed and not current:
+        warnings.append(f"{unit} differs from what `kmodtrace boot install` would write now; "
+                        "install again to update it")
+    if installed and not enabled:
+        warnings.append(f"{UNIT_NAME} is installed but not enabled for {WANTED_BY}")
+    if installed:
+        try:
+            warnings += _exe_warnings(_argv(exe), root)
+        except ValueError as e:
+            warnings.append(str(e))
+    systemd: dict[str, str] | None = None
+    if _systemd_running(root):
+        try:
+            props = ",".join(SHOW_PROPERTIES)
+            shown = subprocess.run(["systemctl", "show", UNIT_NAME, "-p", props],
+                                   capture_output=True, text=True, timeout=30, check=False)
+            systemd = parse_show(shown.stdout) if shown.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired):
+            systemd = None
+    return {"unit": str(unit), "installed": installed, "enabled": enabled, "current": current,
+            "traces": traces, "warnings": warnings, "systemd": systemd}
