@@ -67,18 +67,24 @@ def live(pid: int | None, module: str | None, timestamps: bool, as_json: bool,
 @click.option("-d", "--duration", type=click.FloatRange(min=0.1), help="stop after SECONDS")
 @click.option("--ready-file", type=click.Path(dir_okay=False),
               help="write the attach time here once every probe is attached")
+@click.option("--until-settled", type=click.FloatRange(min=0.1), metavar="SECONDS",
+              help="stop once boot finished and udev's queue stayed empty this long")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def record(output: str, duration: float | None, ready_file: str | None,
-           command: tuple[str, ...]) -> None:
+           until_settled: float | None, command: tuple[str, ...]) -> None:
     """Record a trace to FILE, around COMMAND if given (kmodtrace record -o F -- CMD...)."""
     _trace(Options(output=output, duration=duration, quiet=True, command=list(command),
-                   ready_file=ready_file))
+                   ready_file=ready_file, until_settled=until_settled))
 
 
 @main.command(name="report")
 @click.argument("trace_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="machine-readable report")
-def report_cmd(trace_file: str, as_json: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="machine-readable report (see README)")
+@click.option("--perfetto", type=click.Path(dir_okay=False),
+              help="also write Chrome trace JSON for ui.perfetto.dev")
+@click.option("--plot", type=click.Path(dir_okay=False), help="also draw the timeline (.png/.svg)")
+def report_cmd(trace_file: str, as_json: bool, perfetto: str | None = None,
+               plot: str | None = None) -> None:
     """Judge a recorded trace offline: the same model as `live`."""
     try:
         trace = read_trace(trace_file)
@@ -87,6 +93,19 @@ def report_cmd(trace_file: str, as_json: bool) -> None:
     profile = Features.from_dict(trace.header.get("features", {})).profile
     rep = replay(trace.events, profile)
     assert rep.judge is not None
+    if perfetto:
+        from tracer.perfetto import write_chrome_trace
+
+        write_chrome_trace(rep, trace.header, perfetto)
+        click.echo(f"wrote {perfetto} (open it in ui.perfetto.dev)", err=True)
+    if plot:
+        from tracer.plot import plot as draw
+
+        try:
+            draw(rep, plot, title=f"kmodtrace: {trace.header.get('kernel', '')}")
+        except ValueError as e:
+            _fail(str(e))
+        click.echo(f"wrote {plot}", err=True)
     lost = (trace.trailer or {}).get("lost")
     if as_json:
         out = {
@@ -140,3 +159,99 @@ def vm(kernel_spec: str, out: str | None, cpus: int, memory: str, kvm: bool | No
         _fail(f"the guest failed (exit {rc}); see {outdir}/tracer.log")
     _progress(f"results in {outdir}")
     report_cmd.callback(str(trace), False)  # type: ignore[misc]
+
+
+@main.group()
+def boot() -> None:
+    """Record module loading from early boot with a systemd unit."""
+
+
+@boot.command("install")
+@click.option("--root", default="/", show_default=True, help="install into another root")
+def boot_install(root: str) -> None:
+    """Install and enable kmodtrace-boot.service (idempotent)."""
+    from tracer import boot as bootmod
+
+    try:
+        changed = bootmod.install(root=root, notice=lambda m: click.echo(m, err=True))
+    except bootmod.BootError as e:
+        _fail(str(e))
+    click.echo("\n".join(f"wrote {p}" for p in changed) or "already installed")
+
+
+@boot.command("uninstall")
+@click.option("--root", default="/", show_default=True)
+def boot_uninstall(root: str) -> None:
+    """Remove what install wrote; recorded traces are kept (idempotent)."""
+    from tracer import boot as bootmod
+
+    changed = bootmod.uninstall(root=root, notice=lambda m: click.echo(m, err=True))
+    click.echo("\n".join(f"removed {p}" for p in changed) or "not installed")
+
+
+@boot.command("status")
+@click.option("--root", default="/", show_default=True)
+def boot_status(root: str) -> None:
+    """Whether the unit is installed and enabled, and the recorded boots."""
+    from tracer import boot as bootmod
+
+    st = bootmod.status(root=root)
+    click.echo(f"{st['unit']}: {'installed' if st['installed'] else 'not installed'}, "
+               f"{'enabled' if st['enabled'] else 'not enabled'}"
+               + ("" if st["current"] or not st["installed"] else ", out of date"))
+    for w in st["warnings"]:
+        click.echo(f"warning: {w}")
+    if st.get("systemd"):
+        click.echo(" ".join(f"{k}={v}" for k, v in st["systemd"].items()))
+    for t in st["traces"]:
+        click.echo(f"{t['boot']}  {t['size']:>10}  {time.ctime(t['mtime'])}  {t['path']}"
+                   + ("  (this boot)" if t["this_boot"] else ""))
+
+
+@boot.command("show")
+@click.argument("which", required=False)
+@click.option("--json", "as_json", is_flag=True)
+def boot_show(which: str | None, as_json: bool) -> None:
+    """Report the last boot's trace, or WHICH: a boot id (prefix), 0, -1, ..."""
+    from tracer import boot as bootmod
+
+    try:
+        path = bootmod.find_boot_trace(bootmod.LOG_DIR, which)
+    except ValueError as e:
+        _fail(str(e))
+    click.echo(f"boot trace {path}", err=True)
+    report_cmd.callback(str(path), as_json)  # type: ignore[misc]
+
+
+@main.command()
+@click.option("-k", "--kernel", "kernel_spec", default="stable", show_default=True,
+              help="kernel for the VM figures (see `kmodtrace vm`)")
+@click.option("--no-vm", is_flag=True, help="only the offline replay figure")
+@click.option("--events", default=1_000_000, show_default=True, help="replay trace size")
+@click.option("--sizes", default="1000,10000", show_default=True,
+              help="request storm sizes for the loss figure")
+@click.option("--modprobes", default=1000, show_default=True,
+              help="concurrent modprobes for the loss figure")
+@click.option("--overhead-count", default=1000, show_default=True,
+              help="requests per storm for the overhead figure")
+@click.option("-o", "--out", type=click.Path(file_okay=False), help="VM results directory")
+def bench(kernel_spec: str, no_vm: bool, events: int, sizes: str, modprobes: int,
+          overhead_count: int, out: str | None) -> None:
+    """Print the benchmark figures: attach time, loss, overhead, replay speed, memory."""
+    from tracer import bench as benchmod
+    from tracer import vm as vmmod
+
+    replay_fig = benchmod.replay_speed(events, _progress)
+    vm_fig = None
+    if not no_vm:
+        outdir = Path(out or f"out/bench-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+        try:
+            vm_fig = benchmod.vm_figures(kernel_spec, outdir, _progress, sizes, modprobes,
+                                         overhead_count)
+        except vmmod.VMError as e:
+            _fail(str(e))
+        assert vm_fig is not None
+        click.echo(f"kernel {vm_fig['kernel']}, {vm_fig['cpus']} vCPUs; raw figures in "
+                   f"{outdir}/bench.json")
+    for line in benchmod.render(replay_fig, vm_fig):
+        click.echo(line)

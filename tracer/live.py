@@ -41,6 +41,7 @@ class Options:
     quiet: bool = False  # no per-story lines (record)
     command: list[str] = field(default_factory=list)
     ready_file: str | None = None
+    until_settled: float | None = None  # stop once udev and boot settle this long
 
 
 class Filter:
@@ -86,6 +87,7 @@ class Run:
         self._stop = False
         self.t0_ns = time.monotonic_ns()
         self.shown = 0
+        self.stop_reason = ""
         self.ksyms: dict[int, str] = {}  # call sites, resolved while kallsyms is ours to read
         # (pid, comm) -> (cmdline, parent chain), read while the process lives
         self.procs: dict[tuple[int, str], tuple[str, tuple[str, ...]]] = {}
@@ -173,6 +175,11 @@ class Run:
             print(f"Tracing module requests and loads... {what}.", file=self.err)
             self.out.write(("TIME     " if self.opts.timestamps else "") + report.HEADER + "\n")
         deadline = None if self.opts.duration is None else time.monotonic() + self.opts.duration
+        watcher = None
+        if self.opts.until_settled is not None:
+            from tracer.boot import SettleWatcher  # imported here: boot tracing only
+
+            watcher = SettleWatcher(self.opts.until_settled)
         status = 0
         try:
             while not self._stop:
@@ -182,6 +189,9 @@ class Run:
                     break
                 if child is not None and child.poll() is not None:
                     status = child.returncode
+                    break
+                if watcher is not None and watcher.poll():
+                    self.stop_reason = watcher.reason or "settled"
                     break
         except KeyboardInterrupt:
             pass
@@ -200,7 +210,8 @@ class Run:
         assert self.correlator is not None and self.judge is not None
         trailer = {"lost": lost, "missed": missed, "events": self.correlator.events,
                    "end_mono_ns": time.monotonic_ns(),
-                   "ksyms": {hex(k): v for k, v in self.ksyms.items()}}
+                   "ksyms": {hex(k): v for k, v in self.ksyms.items()},
+                   "stop_reason": self.stop_reason}
         if self.writer is not None:
             self.writer.close(trailer)
         self.tracer.close()
