@@ -207,8 +207,9 @@ def run_guest(
     memory: str = "2G",
     kvm: bool | None = None,
     timeout: float = 1800,
+    module: str = "tracer.guest",
 ) -> int:
-    """Boot KERN and run tracer.guest with GUEST_ARGS; its progress streams to us."""
+    """Boot KERN and run MODULE (the guest side) with GUEST_ARGS; its progress streams to us."""
     vng = vng_path()
     if kvm is None:
         progress("checking whether KVM works here")
@@ -216,7 +217,7 @@ def run_guest(
     out.mkdir(parents=True, exist_ok=True)
     cache = cache_dir()
     python = str(Path(sys.executable))
-    inner = [python, "-m", "tracer.guest", "--out", str(out), "--cache", str(cache)]
+    inner = [python, "-m", module, "--out", str(out), "--cache", str(cache)]
     if kern.root is not None:
         inner += ["--kernel-root", str(kern.root)]
     inner += guest_args
