@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,10 +22,11 @@ class VMRun:
     out: Path
     trace: Trace
     witness: list[WitnessEvent]
-    manifest: dict[str, object]
+    manifest: dict[str, Any]
+    live: list[dict[str, Any]]  # the stories `kmodtrace live --json` printed in the guest
 
     def scenario(self, name: str) -> Scenario:
-        for d in self.manifest["scenarios"]:  # type: ignore[attr-defined]
+        for d in self.manifest["scenarios"]:
             if d["name"] == name:
                 return Scenario(**d)
         raise KeyError(name)
@@ -37,13 +39,15 @@ def _boot(spec: str, tmp_path_factory: pytest.TempPathFactory) -> VMRun:
     kern = vm.resolve_kernel(spec, progress)
     out = tmp_path_factory.mktemp(f"vm-{spec}")
     rc = vm.run_guest(kern, out, [], progress, timeout=1500)
-    assert rc == 0, f"guest failed with {rc}: {(out / 'tracer.log').read_text()[-2000:]}"
+    logs = "".join(p.read_text()[-2000:] for p in out.glob("*.log"))
+    assert rc == 0, f"guest failed with {rc}: {logs}"
     return VMRun(
         kernel=kern,
         out=out,
         trace=read_trace(str(out / "trace.jsonl")),
         witness=parse((out / "witness.txt").read_text()),
         manifest=json.loads((out / "manifest.json").read_text()),
+        live=[json.loads(line) for line in (out / "live.out").read_text().splitlines()],
     )
 
 

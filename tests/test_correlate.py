@@ -188,3 +188,22 @@ def test_recorded_trace_matches_its_witness() -> None:
     assert mine == theirs
     manifest = json.loads((DATA / "manifest.json").read_text())
     assert manifest["scenarios"][0]["name"] == "kthread-50"
+
+
+def test_recorded_612_storm_uses_init_module_and_the_patient_check() -> None:
+    """Debian 6.12's kmod decompresses .ko.xz itself and calls init_module()."""
+    from tracer.kernel import Features
+
+    trace = read_trace(str(Path(__file__).parent / "data" / "vm-6.12" / "trace.jsonl"))
+    profile = Features.from_dict(trace.header["features"]).profile
+    assert (profile.idempotent, profile.patient) == (True, True)
+    rep = replay(trace.events, profile)
+    xfs = [(ld, v) for ld, v in rep.loads if ld.module == "xfs"]
+    assert len(xfs) == 8 and all(ld.syscall == "init_module" for ld, _ in xfs)
+    assert sum(ld.loaded for ld, _ in xfs) == 1
+    failed = [v for ld, v in xfs if not ld.loaded]
+    assert all(v is not None and v.outcome == "EEXIST" and v.rule == "patient-becoming"
+               for v in failed)
+    # init_module never converges by inode, and a becoming failure costs len bytes
+    assert all(v is not None and not v.would_converge for v in failed)
+    assert all(v is not None and v.wasted_bytes == ld.size for (ld, v) in xfs if not ld.loaded)

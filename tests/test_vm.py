@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import VMRun
 from tracer.events import Event, Kind
 from tracer.kernel import Features
+from tracer.record import read_trace
 from tracer.session import Replay, replay
 from tracer.stories import Load, Request, kmod_name
 
@@ -56,7 +57,7 @@ def test_nothing_lost(vm_run: VMRun) -> None:
 def test_every_request_matches_the_witness(vm_run: VMRun) -> None:
     """Each request name's count equals the kernel's module:module_request count."""
     rep = _replay(vm_run)
-    for sc in vm_run.manifest["scenarios"]:  # type: ignore[attr-defined]
+    for sc in vm_run.manifest["scenarios"]:
         scenario = vm_run.scenario(sc["name"])
         for name in scenario.request_names:
             ours = [r for r in _requests(vm_run, rep, scenario.name) if r.name == name]
@@ -67,7 +68,7 @@ def test_every_request_matches_the_witness(vm_run: VMRun) -> None:
 
 def test_every_load_attempt_matches_the_witness(vm_run: VMRun) -> None:
     rep = _replay(vm_run)
-    for sc in vm_run.manifest["scenarios"]:  # type: ignore[attr-defined]
+    for sc in vm_run.manifest["scenarios"]:
         name = sc["name"]
         ours = _loads(vm_run, rep, name)
         for syscall in ("finit_module", "init_module"):
@@ -170,3 +171,46 @@ def test_raw_event_joins(vm_run: VMRun) -> None:
     assert spawned == exited
     umh = Counter(e.ptr for e in evs if e.kind == Kind.UMH_ENTER)
     assert sum(umh.values()) == sum(1 for e in evs if e.kind == Kind.UMH_SPAWN)
+
+
+def test_live_verdicts_equal_the_offline_report(vm_run: VMRun) -> None:
+    """What `live` said in the guest is what `report` says on the host from the recording."""
+    rep = _replay(vm_run)
+    offline_r = {(r.tid, r.start_ns): (v.verdict if v else None, r.ret) for r, v in rep.requests}
+    offline_l = {(ld.tid, ld.start_ns): (v.outcome if v else None, v.wasted_bytes if v else None)
+                 for ld, v in rep.loads}
+    live_r = {(d["tid"], d["start_ns"]): (d["verdict"], d["ret"])
+              for d in vm_run.live if d["type"] == "request"}
+    live_l = {(d["tid"], d["start_ns"]): (d["verdict"], d["wasted_bytes"])
+              for d in vm_run.live if d["type"] == "load"}
+    assert len(live_r) >= 89 and len(live_l) >= 50
+    assert live_r == offline_r
+    assert live_l == offline_l
+
+
+def test_killed_recording_keeps_what_it_wrote(vm_run: VMRun) -> None:
+    """kill -9 after a storm: no trailer, and every request of the storm is in the file."""
+    killed = read_trace(str(vm_run.out / "killed.jsonl"))
+    assert killed.trailer is None
+    sc = vm_run.manifest["killed"]
+    ours = [e for e in killed.events if e.kind == Kind.REQ_TP and e.name == sc["target"]]
+    theirs = [w for w in vm_run.witness if w.event == "module_request"
+              and w.name == sc["target"]]
+    assert len(ours) == len(theirs) == sc["count"]
+    rep = replay(killed.events, Features.from_dict(killed.header["features"]).profile)
+    assert sum(1 for r, _ in rep.requests if r.name == sc["target"]) == sc["count"]
+
+
+def test_failed_loads_cost_what_the_profile_says(vm_run: VMRun) -> None:
+    """6.1 fails EEXIST after allocating (2 x len); 6.4+ checks early (len)."""
+    rep = _replay(vm_run)
+    profile = Features.from_dict(vm_run.trace.header["features"]).profile
+    failed = [(ld, v) for ld, v in rep.loads if v is not None and v.outcome == "EEXIST"
+              and _in(vm_run, "modprobe", ld.start_ns)]
+    assert len(failed) >= 5
+    for ld, v in failed:
+        if profile.patient:
+            assert v.rule in ("patient-becoming", "patient-load")
+            assert v.wasted_bytes in (ld.size, 2 * ld.size)
+        else:
+            assert v.rule == "exists" and v.wasted_bytes == 2 * ld.size

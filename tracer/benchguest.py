@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tracer import kernel, storms
-from tracer.guest import link_kernel_tree, progress, wait_for
+from tracer import guest, kernel, storms
+from tracer.guest import link_kernel_tree, progress
 from tracer.record import read_trace
 from tracer.witness import Witness, parse
 
@@ -37,15 +37,10 @@ def attach_execsnoop(timeout: float = 600) -> float:
 
 
 def start_tracer(out: Path, name: str) -> tuple[subprocess.Popen[bytes], float]:
-    ready = out / f"{name}.ready"
-    ready.unlink(missing_ok=True)
+    """A recorder into OUT/NAME.jsonl and the seconds it took to attach."""
     t0 = time.monotonic()
-    log = open(out / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the tracer
-    p = subprocess.Popen([sys.executable, "-m", "tracer", "record", "-o",
-                          str(out / f"{name}.jsonl"), "--ready-file", str(ready)],
-                         stdout=log, stderr=subprocess.STDOUT)
-    wait_for(ready, p, timeout=600)
-    return p, time.monotonic() - t0
+    proc = guest.start_tracer(out, ["record", "-o", str(out / f"{name}.jsonl")], name)
+    return proc, time.monotonic() - t0
 
 
 def stop_tracer(p: subprocess.Popen[bytes]) -> None:

@@ -47,8 +47,10 @@ def _trace(opts: Options) -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON lines, one per story")
 @click.option("-d", "--duration", type=click.FloatRange(min=0.1), help="stop after SECONDS")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="also record to FILE")
+@click.option("--ready-file", type=click.Path(dir_okay=False),
+              help="write the attach time here once every probe is attached")
 def live(pid: int | None, module: str | None, timestamps: bool, as_json: bool,
-         duration: float | None, output: str | None) -> None:
+         duration: float | None, output: str | None, ready_file: str | None) -> None:
     """Print one line per request and load as they finish; a summary at exit.
 
     \b
@@ -58,7 +60,7 @@ def live(pid: int | None, module: str | None, timestamps: bool, as_json: bool,
       kmodtrace live --json -d 30 # JSON lines for 30 seconds
     """
     _trace(Options(output=output, duration=duration, pid=pid, module=module,
-                   timestamps=timestamps, json=as_json))
+                   timestamps=timestamps, json=as_json, ready_file=ready_file))
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -156,7 +158,7 @@ def vm(kernel_spec: str, out: str | None, cpus: int, memory: str, kvm: bool | No
         _fail(str(e))
     trace = outdir / "trace.jsonl"
     if rc != 0 or not trace.exists():
-        _fail(f"the guest failed (exit {rc}); see {outdir}/tracer.log")
+        _fail(f"the guest failed (exit {rc}); see the logs in {outdir}")
     _progress(f"results in {outdir}")
     report_cmd.callback(str(trace), False)  # type: ignore[misc]
 

@@ -1,8 +1,9 @@
 """Runs inside the test VM: set up, start witness and tracer, run storms, collect.
 
 Started by `kmodtrace vm` as the guest's command. Writes into OUT (a directory
-shared with the host): trace.jsonl, witness.txt, manifest.json, dmesg.txt,
-tracer.log.
+shared with the host): trace.jsonl (the recording), live.out (the live JSON
+stories), killed.jsonl (a recording ended by SIGKILL), witness.txt (tracefs),
+manifest.json (storm timings), dmesg.txt and the tracers' logs (*.log).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from tracer import kernel, storms
 from tracer.witness import Witness
@@ -47,6 +49,18 @@ def progress(msg: str) -> None:
     print(f"[guest {time.monotonic():8.1f}s] {msg}", flush=True)
 
 
+def start_tracer(out: Path, args: list[str], name: str) -> subprocess.Popen[bytes]:
+    """Start `kmodtrace ARGS`, stdout to OUT/NAME.out, stderr to NAME.log; return once attached."""
+    ready = out / f"{name}.ready"
+    ready.unlink(missing_ok=True)
+    with open(out / f"{name}.out", "wb") as stdout, open(out / f"{name}.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "tracer", *args, "--ready-file",
+                                 str(ready)], stdout=stdout, stderr=log)
+    wait_for(ready, proc, timeout=600)
+    progress(f"tracer attached in {ready.read_text().strip()}s")
+    return proc
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True, type=Path)
@@ -71,28 +85,32 @@ def main() -> int:
     if witness:
         witness.start()
     progress("starting tracer (bcc compiles the probes)")
-    ready = out / "ready"
-    ready.unlink(missing_ok=True)
-    with open(out / "tracer.log", "wb") as log:
-        tracer = subprocess.Popen(
-            [sys.executable, "-m", "tracer", "record", "-o", str(out / "trace.jsonl"),
-             "--ready-file", str(ready)], stdout=log, stderr=subprocess.STDOUT)
-        wait_for(ready, tracer, timeout=600)
-        progress(f"tracer attached in {ready.read_text().strip()}s")
-        manifest: dict[str, object] = {"kernel": release, "scenarios": []}
-        if args.command:
-            t0 = time.monotonic_ns()
-            rc = subprocess.run(args.command, shell=True, check=False).returncode
-            manifest["command"] = {"cmd": args.command, "rc": rc, "start_ns": t0,
-                                   "end_ns": time.monotonic_ns()}
-        for sc in scenarios if not args.command else []:
-            progress(f"storm {sc.name}: {sc.count} x {sc.kind} {sc.target}")
-            storms.run(sc, kmodstorm)
-            manifest["scenarios"].append(asdict(sc))  # type: ignore[attr-defined]
-        time.sleep(0.5)
-        tracer.send_signal(signal.SIGINT)
-        tracer.wait(timeout=120)
-        manifest["tracer_rc"] = tracer.returncode
+    manifest: dict[str, Any] = {"kernel": release, "scenarios": []}
+    # `live --json` both prints the judged stories (live.out) and records the trace, so
+    # the host can check that its offline report reaches the same verdicts.
+    tracer = start_tracer(out, ["live", "--json", "-o", str(out / "trace.jsonl")], "live")
+    if args.command:
+        t0 = time.monotonic_ns()
+        rc = subprocess.run(args.command, shell=True, check=False).returncode
+        manifest["command"] = {"cmd": args.command, "rc": rc, "start_ns": t0,
+                               "end_ns": time.monotonic_ns()}
+    for sc in scenarios if not args.command else []:
+        progress(f"storm {sc.name}: {sc.count} x {sc.kind} {sc.target}")
+        storms.run(sc, kmodstorm)
+        manifest["scenarios"].append(asdict(sc))
+    time.sleep(0.5)
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(timeout=120)
+    manifest["tracer_rc"] = tracer.returncode
+    if not args.command and kmodstorm is not None:
+        # A recording killed with SIGKILL mid-way must keep every event written so far.
+        progress("killed recording: a storm, then kill -9")
+        tracer = start_tracer(out, ["record", "-o", str(out / "killed.jsonl")], "killed")
+        sc = storms.Scenario("killed", "kthread", "kmt-killed-storm", 20)
+        storms.run(sc, kmodstorm)
+        tracer.kill()
+        tracer.wait()
+        manifest["killed"] = asdict(sc)
     if witness:
         (out / "witness.txt").write_text(witness.stop())
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
