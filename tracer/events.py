@@ -42,6 +42,9 @@ class Kind(enum.IntEnum):
     MODINIT_ENTER = 13  # kprobe do_init_module
     MODINIT_EXIT = 14  # kretprobe do_init_module: ret
     MOD_FREE = 15  # tracepoint module:module_free: name
+    # Only on kernels with CONFIG_MODULE_DEBUG_AUTOLOAD_DUPS (the oracle):
+    DUP_VERDICT = 16  # kretprobe kmod_dup_request_exists_wait: wait = duplicate?, ret = dup_ret
+    DUP_ANNOUNCE = 17  # kprobe kmod_dup_request_announce: name, ret
 
 
 NAME_LEN: int = 64
@@ -81,14 +84,11 @@ class Event:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Event:
         """Build from a trace line; TypeError if a field has the wrong type."""
-        values: dict[str, Any] = {}
-        for name, ctype, _ in LAYOUT:
-            if name in d:
-                v = d[name]
-                want = str if ctype == "char" else int
-                if type(v) is not want:
-                    raise TypeError(f"field {name}: {type(v).__name__}, expected {want.__name__}")
-                values[name] = v
+        values = {k: d[k] for k in _FIELD_TYPES.keys() & d.keys()}
+        for name, v in values.items():
+            if type(v) is not _FIELD_TYPES[name]:
+                raise TypeError(f"field {name}: {type(v).__name__}, "
+                                f"expected {_FIELD_TYPES[name].__name__}")
         return cls(**values)
 
 
@@ -106,6 +106,7 @@ def _layout() -> list[tuple[str, str, int]]:
 
 
 LAYOUT = _layout()
+_FIELD_TYPES: dict[str, type] = {n: str if c == "char" else int for n, c, _ in LAYOUT}
 _CTYPES = {"u32": ctypes.c_uint32, "u64": ctypes.c_uint64, "s64": ctypes.c_int64}
 
 

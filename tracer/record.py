@@ -7,14 +7,15 @@ line they could not parse.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
+
+import orjson
 
 from tracer import __version__
 from tracer.events import Event
@@ -51,14 +52,15 @@ def make_header(features: dict[str, Any], hooks: list[str], skipped: list[str]) 
 
 
 class TraceWriter:
+    """One write(2) per line and no user-space buffer: a kill loses at most that line."""
+
     def __init__(self, path: str) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
-        self._f: IO[str] = os.fdopen(fd, "w", buffering=1)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(self._fd, 0o600)  # an existing file keeps its mode otherwise
         self.path = path
 
     def write(self, obj: dict[str, Any]) -> None:
-        self._f.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        os.write(self._fd, orjson.dumps(obj) + b"\n")
 
     def event(self, ev: Event) -> None:
         d = {k: v for k, v in ev.to_dict().items() if v != _DEFAULTS[k] or k == "kind"}
@@ -67,7 +69,7 @@ class TraceWriter:
 
     def close(self, trailer: dict[str, Any]) -> None:
         self.write({"type": "trailer", **trailer})
-        self._f.close()
+        os.close(self._fd)
 
 
 class TraceFormatError(ValueError):
@@ -98,7 +100,7 @@ def read_trace(path: str) -> Trace:
     trace: Trace | None = None
     for n, line in iter_lines(path):
         try:
-            obj = json.loads(line)
+            obj = orjson.loads(line)
             if not isinstance(obj, dict):
                 raise ValueError("not an object")
         except ValueError as e:
