@@ -154,15 +154,21 @@ static __always_inline void loading_begin(void)
     loading.update(&tid, &empty);
 }
 
-static __always_inline void loading_end(struct event *e)
+// The (f)init_module exit: its result, and the name the kernel looked up inside it.
+static __always_inline int loading_end(u32 kind, long ret)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct loading_t *l = loading.lookup(&tid);
-    if (!l)
-        return;
-    if (e)
-        __builtin_memcpy(e->name, l->name, sizeof(e->name));
-    loading.delete(&tid);
+    struct event *e = reserve(kind);
+    if (e) {
+        e->ret = ret;
+        if (l)
+            __builtin_memcpy(e->name, l->name, sizeof(e->name));
+        events.ringbuf_submit(e, 0);
+    }
+    if (l)
+        loading.delete(&tid);
+    return 0;
 }
 
 #ifdef HAVE_TP_SYS_ENTER_FINIT_MODULE
@@ -220,30 +226,14 @@ TRACEPOINT_PROBE(syscalls, sys_enter_init_module)
 #ifdef HAVE_TP_SYS_EXIT_FINIT_MODULE
 TRACEPOINT_PROBE(syscalls, sys_exit_finit_module)
 {
-    struct event *e = reserve(KIND_FINIT_EXIT);
-    if (!e) {
-        loading_end(0);
-        return 0;
-    }
-    e->ret = args->ret;
-    loading_end(e);
-    events.ringbuf_submit(e, 0);
-    return 0;
+    return loading_end(KIND_FINIT_EXIT, args->ret);
 }
 #endif
 
 #ifdef HAVE_TP_SYS_EXIT_INIT_MODULE
 TRACEPOINT_PROBE(syscalls, sys_exit_init_module)
 {
-    struct event *e = reserve(KIND_INIT_EXIT);
-    if (!e) {
-        loading_end(0);
-        return 0;
-    }
-    e->ret = args->ret;
-    loading_end(e);
-    events.ringbuf_submit(e, 0);
-    return 0;
+    return loading_end(KIND_INIT_EXIT, args->ret);
 }
 #endif
 
@@ -305,6 +295,46 @@ int modinit_exit(struct pt_regs *ctx)
     if (!e)
         return 0;
     e->ret = (int)PT_REGS_RC(ctx);
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
+// The kernel's own verdicts, where dups.c is built in (the oracle kernel).
+BPF_HASH(dup_ret_ptr, u32, u64, MAX_HELPERS); // tid -> the int *dup_ret argument
+
+int dup_check_enter(struct pt_regs *ctx, char *name, bool wait, int *dup_ret)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 ptr = (u64)dup_ret;
+    dup_ret_ptr.update(&tid, &ptr);
+    return 0;
+}
+
+int dup_check_exit(struct pt_regs *ctx)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 *ptr = dup_ret_ptr.lookup(&tid);
+    struct event *e = reserve(KIND_DUP_VERDICT);
+    if (e) {
+        e->wait = (u32)(PT_REGS_RC(ctx) & 1);
+        int dup_ret = 0;
+        // *dup_ret is only written for duplicates; it is final when the call returns
+        if (ptr && e->wait)
+            bpf_probe_read_kernel(&dup_ret, sizeof(dup_ret), (void *)*ptr);
+        e->ret = dup_ret;
+        events.ringbuf_submit(e, 0);
+    }
+    dup_ret_ptr.delete(&tid);
+    return 0;
+}
+
+int dup_announce(struct pt_regs *ctx, char *name, int ret)
+{
+    struct event *e = reserve(KIND_DUP_ANNOUNCE);
+    if (!e)
+        return 0;
+    bpf_probe_read_kernel_str(e->name, sizeof(e->name), name);
+    e->ret = ret;
     events.ringbuf_submit(e, 0);
     return 0;
 }

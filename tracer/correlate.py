@@ -60,6 +60,7 @@ class Correlator:
             Kind.MODINIT_ENTER: self._modinit_enter,
             Kind.MODINIT_EXIT: self._modinit_exit,
             Kind.MOD_FREE: self.sink.module_free,
+            Kind.DUP_VERDICT: self._dup_verdict,
         }
 
     def _id(self) -> int:
@@ -115,6 +116,12 @@ class Correlator:
             self._returned[req.modprobe_pid] = req  # nowait: modprobe still runs
         else:
             self.sink.request_complete(req)
+
+    def _dup_verdict(self, ev: Event) -> None:
+        req = self._requests_by_tid.get(ev.tid)
+        if req is not None:
+            req.kernel_dup = bool(ev.wait)
+            req.kernel_dup_ret = ev.ret if ev.wait else None
 
     def _umh_enter(self, ev: Event) -> None:
         req = self._requests_by_tid.get(ev.tid)

@@ -28,6 +28,10 @@ class Features:
     # kernel/module/dups.c, CONFIG_MODULE_DEBUG_AUTOLOAD_DUPS: commit "module: add
     # debugging auto-load duplicate module support" (6.4).
     dups: bool
+    # dups.c completing entries from a work item, where a later announce can still
+    # overwrite dup_ret (kmod_dup_request_complete, the 6.4-era form; Debian's 6.12
+    # has it); newer trees complete on the first announce.
+    dups_deferred: bool
     # idempotent() is static and inlined; init_module_from_file() came in the same
     # series, commit 9b9879fc0327 "modules: catch concurrent module loads, treat
     # them as idempotent" (6.5 era).
@@ -44,12 +48,15 @@ class Features:
     def profile(self) -> Profile:
         base = PROFILE_6_5 if self.idempotent else PROFILE_6_4 if self.patient else PROFILE_6_1
         name = base.name + ("+dups" if self.dups else "")
+        announce = base.announce
+        if self.dups:
+            announce = "deferred" if self.dups_deferred else "first"
         return Profile(
             name=name,
             dups=self.dups,
             idempotent=self.idempotent,
             patient=self.patient,
-            announce=base.announce,
+            announce=announce,
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -61,6 +68,7 @@ class Features:
         return cls(
             release=str(d.get("release", "")),
             dups=bool(d.get("dups")),
+            dups_deferred=bool(d.get("dups_deferred")),
             idempotent=bool(d.get("idempotent")),
             patient=bool(d.get("patient")),
             module_stats=bool(d.get("module_stats")),
@@ -77,6 +85,7 @@ def detect(has_symbol: Callable[[str], bool]) -> Features:
     return Features(
         release=platform.release(),
         dups=has_symbol("kmod_dup_request_exists_wait"),
+        dups_deferred=has_symbol("kmod_dup_request_complete"),
         idempotent=idempotent,
         patient=patient,
         module_stats=has_symbol("try_add_failed_module"),

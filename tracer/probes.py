@@ -38,6 +38,8 @@ class Hook:
     target: str  # symbol, or "category:event"
     fn: str  # BPF function (kprobes) or HAVE_TP_ macro suffix (tracepoints)
     why: str
+    # Debug-only hooks (dups.c) are absent from every distribution kernel: no notice.
+    quiet: bool = False
 
 
 HOOKS: tuple[Hook, ...] = (
@@ -57,6 +59,12 @@ HOOKS: tuple[Hook, ...] = (
     Hook("kprobe", "do_init_module", "modinit_enter", "init start"),
     Hook("kretprobe", "do_init_module", "modinit_exit", "init result"),
     Hook("tracepoint", "module:module_free", "", "modules freed"),
+    Hook("kprobe", "kmod_dup_request_exists_wait", "dup_check_enter", "kernel dup verdicts",
+         quiet=True),
+    Hook("kretprobe", "kmod_dup_request_exists_wait", "dup_check_exit", "kernel dup verdicts",
+         quiet=True),
+    Hook("kprobe", "kmod_dup_request_announce", "dup_announce", "kernel dup announces",
+         quiet=True),
 )
 
 
@@ -172,7 +180,8 @@ class Tracer:
 
     def _skip(self, hook: Hook, why: str) -> None:
         self.attached.skipped.append((hook, why))
-        self.notice(f"skipping {hook.kind} {hook.target} ({hook.why}): {why}")
+        if not hook.quiet:
+            self.notice(f"skipping {hook.kind} {hook.target} ({hook.why}): {why}")
 
     def _callback(self, _ctx: Any, data: Any, _size: int) -> None:
         self.on_event(decode(data))

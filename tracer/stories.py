@@ -106,6 +106,9 @@ class Request:
     modprobe_pid: int | None = None
     modprobe_exit: int | None = None  # exit code passed to do_exit (a wait status)
     load_ids: list[int] = field(default_factory=list)
+    # Where dups.c is built in: the kernel's own verdict and the value it returned
+    kernel_dup: bool | None = None
+    kernel_dup_ret: int | None = None
     id: int = 0
 
     @property
