@@ -49,6 +49,13 @@ def progress(msg: str) -> None:
     print(f"[guest {time.monotonic():8.1f}s] {msg}", flush=True)
 
 
+def save_module_stats(dest: Path) -> None:
+    """CONFIG_MODULE_STATS counters, where the kernel has them (the oracle)."""
+    src = Path("/sys/kernel/debug/modules/stats")
+    if src.exists():
+        dest.write_text(src.read_text())
+
+
 def start_tracer(out: Path, args: list[str], name: str) -> subprocess.Popen[bytes]:
     """Start `kmodtrace ARGS`, stdout to OUT/NAME.out, stderr to NAME.log; return once attached."""
     ready = out / f"{name}.ready"
@@ -61,6 +68,24 @@ def start_tracer(out: Path, args: list[str], name: str) -> subprocess.Popen[byte
     return proc
 
 
+def boot_wait(out: Path, timeout: float = 900) -> int:
+    """Wait for the recorder the init wrapper started to write its trailer."""
+    trace = out / "boot.jsonl"
+    deadline = time.monotonic() + timeout
+    progress("boot recorder running; waiting for boot to settle")
+    while time.monotonic() < deadline:
+        if trace.exists() and b'"type":"trailer"' in trace.read_bytes()[-4096:]:
+            break
+        time.sleep(0.5)
+    else:
+        progress("boot recorder did not finish in time")
+        return 1
+    dmesg = subprocess.run(["dmesg"], capture_output=True, text=True, check=False).stdout
+    (out / "dmesg.txt").write_text(dmesg)
+    progress("boot trace complete")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True, type=Path)
@@ -68,18 +93,26 @@ def main() -> int:
     ap.add_argument("--kernel-root", type=Path)
     ap.add_argument("--scenarios", default="default", help="default, or a JSON list")
     ap.add_argument("--command", help="run this shell command instead of the storms")
+    ap.add_argument("--boot-wait", action="store_true",
+                    help="the boot recorder runs already (vm --boot): wait for it to finish")
     args = ap.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    if args.boot_wait:
+        return boot_wait(out)
     if args.kernel_root:
         link_kernel_tree(args.kernel_root)
     release = platform.release()
-    scenarios = (storms.default_scenarios() if args.scenarios == "default"
-                 else [storms.Scenario(**d) for d in json.loads(args.scenarios)])
+    if args.scenarios in ("default", "oracle"):
+        scenarios = (storms.default_scenarios() if args.scenarios == "default"
+                     else storms.oracle_scenarios())
+    else:
+        scenarios = [storms.Scenario(**d) for d in json.loads(args.scenarios)]
     kmodstorm = None
     if not args.command and any(s.kind == "kthread" for s in scenarios):
         progress("building kmodstorm against this kernel's headers")
         kmodstorm = storms.build_kmodstorm(release, args.cache / "kmodstorm")
+    save_module_stats(out / "stats-before.txt")
     tfs = kernel.tracefs()
     witness = Witness(tfs) if tfs else None
     if witness:
@@ -102,6 +135,7 @@ def main() -> int:
     tracer.send_signal(signal.SIGINT)
     tracer.wait(timeout=120)
     manifest["tracer_rc"] = tracer.returncode
+    save_module_stats(out / "stats-after.txt")
     if not args.command and kmodstorm is not None:
         # A recording killed with SIGKILL mid-way must keep every event written so far.
         progress("killed recording: a storm, then kill -9")

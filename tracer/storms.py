@@ -68,6 +68,8 @@ class Scenario:
     target: str  # module / link kind / fs type / family number
     count: int
     nowait: bool = False
+    mixed: bool = False  # kthread storms: odd threads nowait, even ones wait
+    pause_before: float = 0.0  # seconds to sleep first (to land inside or past dups' tail)
     # Filled in by run(): CLOCK_MONOTONIC, the clock bpf_ktime_get_ns() uses.
     start_ns: int = 0
     end_ns: int = 0
@@ -82,6 +84,7 @@ class Scenario:
             "fs": [f"fs-{self.target}"],
             "socket": [f"net-pf-{self.target}"],
             "modprobe": [],
+            "selftest": [],
         }[self.kind]
 
 
@@ -105,12 +108,15 @@ def build_kmodstorm(release: str, cache: Path) -> Path:
 
 
 def run(sc: Scenario, kmodstorm: Path | None) -> None:
+    time.sleep(sc.pause_before)
     sc.start_ns = time.monotonic_ns()
     if sc.kind == "kthread":
         assert kmodstorm is not None
         args = ["insmod", str(kmodstorm), f"name={sc.target}", f"count={sc.count}"]
         if sc.nowait:
             args.append("nowait=1")
+        if sc.mixed:
+            args.append("mixed=1")
         sc.statuses = [subprocess.run(args, check=False).returncode]
         time.sleep(1.0)  # nowait requests and their modprobes finish after init returns
         subprocess.run(["rmmod", "kmodstorm"], check=False)
@@ -123,12 +129,37 @@ def run(sc: Scenario, kmodstorm: Path | None) -> None:
             _exec(["mount", "-t", sc.target, "none", "/tmp/kmt-mnt"]) for _ in range(sc.count)])
     elif sc.kind == "socket":
         sc.statuses = fork_together([_socket(int(sc.target)) for _ in range(sc.count)])
+    elif sc.kind == "selftest":
+        # The kernel's own stress test of request_module()/get_fs_type(), with test_kmod
+        script = Path(f"/lib/modules/{os.uname().release}/build/source/tools/testing/"
+                      "selftests/kmod/kmod.sh")
+        sc.statuses = [subprocess.run(["bash", str(script), "-t", test], cwd=script.parent,
+                                      check=False, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL).returncode
+                       for test in sc.target.split(",")]
     elif sc.kind == "modprobe":
         sc.statuses = fork_together([_exec(["modprobe", sc.target]) for _ in range(sc.count)])
     else:
         raise ValueError(f"unknown storm kind {sc.kind}")
     time.sleep(0.5)  # let helpers spawned by nowait requests finish
     sc.end_ns = time.monotonic_ns()
+
+
+def oracle_scenarios() -> list[Scenario]:
+    """Storms for the parity run: every dups.c rule, on the oracle kernel's modules."""
+    return [
+        Scenario("selftest", "selftest", "0001,0003,0004,0008", 1),
+        Scenario("wait-50", "kthread", "dummy", 50),
+        Scenario("missing", "kthread", "kmt-no-such-module", 5),
+        Scenario("mixed", "kthread", "veth", 20, mixed=True),
+        Scenario("nowait", "kthread", "minix", 10, nowait=True),
+        Scenario("throttle-60", "kthread", "appletalk", 60),
+        Scenario("tail-inside", "kthread", "dummy", 5, pause_before=5.0),
+        Scenario("modprobe", "modprobe", "xfs", 8),
+        Scenario("rtnl", "rtnl", "veth", 4),
+        # entries are deleted 60 s after completion: this one must anchor anew
+        Scenario("tail-after", "kthread", "dummy", 5, pause_before=65.0),
+    ]
 
 
 def default_scenarios() -> list[Scenario]:

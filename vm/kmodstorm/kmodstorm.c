@@ -4,7 +4,7 @@
  * the same moment, as lib/test_kmod.c does, then return. A storm generator for
  * kmodtrace's tests: kernel-side concurrency that no userspace storm matches.
  *
- *   insmod kmodstorm.ko name=dummy count=50 [nowait=1]
+ *   insmod kmodstorm.ko name=dummy count=50 [nowait=1 | mixed=1]
  *
  * Module init waits until every thread has returned, logs the return values
  * and stays loaded; rmmod it before the next storm.
@@ -25,6 +25,9 @@ MODULE_PARM_DESC(count, "number of kernel threads, one request each");
 static bool nowait;
 module_param(nowait, bool, 0444);
 MODULE_PARM_DESC(nowait, "use request_module_nowait()");
+static bool mixed;
+module_param(mixed, bool, 0444);
+MODULE_PARM_DESC(mixed, "odd threads use request_module_nowait(), even ones request_module()");
 
 static DECLARE_COMPLETION(all_ready);
 static DECLARE_COMPLETION(go);
@@ -39,7 +42,10 @@ static int storm_thread(void *data)
 	if (atomic_inc_return(&ready) == count)
 		complete(&all_ready);
 	wait_for_completion(&go);
-	results[i] = nowait ? request_module_nowait("%s", name) : request_module("%s", name);
+	if (nowait || (mixed && (i & 1)))
+		results[i] = request_module_nowait("%s", name);
+	else
+		results[i] = request_module("%s", name);
 	if (atomic_dec_and_test(&remaining))
 		complete(&all_done);
 	return 0;
@@ -83,7 +89,7 @@ static int __init kmodstorm_init(void)
 			other++;
 	}
 	pr_info("kmodstorm: %d %s requests for %s: %d returned 0, %d other (first %d)\n",
-		count, nowait ? "nowait" : "wait", name, zero, other, results[0]);
+		count, mixed ? "mixed" : nowait ? "nowait" : "wait", name, zero, other, results[0]);
 	kfree(results);
 	results = NULL;
 	return 0;

@@ -1,0 +1,63 @@
+"""Parity with the kernel itself: the oracle kernel (Debian's linux-source-6.12 with
+MODULE_DEBUG_AUTOLOAD_DUPS and MODULE_STATS) judges every request; the model must agree.
+
+The first run builds the oracle kernel (cached in ~/.cache/kmodtrace/oracle; about
+20 minutes on 2 cores): `kmodtrace parity --build-only` does the same by hand.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tracer import oracle, parity, vm
+from tracer.kernel import Features
+from tracer.record import read_trace
+from tracer.session import replay
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture(scope="module")
+def oracle_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if os.geteuid() != 0:
+        pytest.fail("the oracle needs root (apt, kernel build, QEMU)")
+    progress = lambda m: print(f"[oracle] {m}", flush=True)  # noqa: E731
+    kern = oracle.build(progress)
+    out = tmp_path_factory.mktemp("oracle")
+    rc = vm.run_guest(kern, out, ["--scenarios", "oracle"], progress, timeout=2400)
+    logs = "".join(p.read_text()[-2000:] for p in out.glob("*.log"))
+    assert rc == 0, f"oracle guest failed with {rc}: {logs}"
+    return out
+
+
+def test_parity_is_n_of_n(oracle_out: Path) -> None:
+    par = parity.run(oracle_out)
+    report = "\n".join(parity.render(par))
+    assert par.ok, report
+    assert par.requests_checked >= 150, report
+    assert par.stats_checked >= 5, report
+
+
+def test_every_kernel_duplicate_is_logged_once(oracle_out: Path) -> None:
+    """The kernel's dmesg line per duplicate equals the duplicates its kretprobe returned."""
+    trace = read_trace(str(oracle_out / "trace.jsonl"))
+    rep = replay(trace.events, Features.from_dict(trace.header["features"]).profile)
+    kernel_dups = Counter(r.name for r, _ in rep.requests if r.kernel_dup)
+    dmesg = (oracle_out / "dmesg.txt").read_text()
+    logged = Counter(line.rsplit(" ", 1)[1] for line in dmesg.splitlines()
+                     if "module-autoload: duplicate request for module" in line)
+    assert kernel_dups and kernel_dups == logged
+
+
+def test_duplicates_run_no_modprobe_on_the_oracle(oracle_out: Path) -> None:
+    trace = read_trace(str(oracle_out / "trace.jsonl"))
+    rep = replay(trace.events, Features.from_dict(trace.header["features"]).profile)
+    for req, _ in rep.requests:
+        if req.kernel_dup:
+            assert req.modprobe_pid is None and req.umh_start_ns is None
+        elif req.kernel_dup is False:
+            assert req.modprobe_pid is not None

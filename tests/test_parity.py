@@ -1,0 +1,78 @@
+"""Parity machinery: the MODULE_STATS parser and the per-request comparison."""
+
+from __future__ import annotations
+
+from tracer.events import Event, Kind
+from tracer.model import PROFILE_6_5, profile_with_dups
+from tracer.parity import Parity, check_requests, check_stats, parse_stats, render
+from tracer.session import replay
+
+# The layout kernel/module/stats.c's read_file_mod_stats() prints ("%25s\t%u\n" ...).
+STATS = "".join(f"{k:>25}\t{v}\n" for k, v in [
+    ("Mods ever loaded", 66), ("Mods failed on kread", 0), ("Mods failed on decompress", 0),
+    ("Mods failed on becoming", 7), ("Mods failed on load", 0), ("Total module size", 1),
+    ("Total mod text size", 2), ("Failed kread bytes", 0), ("Failed decompress bytes", 0),
+    ("Failed becoming bytes", 700), ("Failed kmod bytes", 0),
+    ("Virtual mem wasted bytes", 700)]) + "Duplicate failed modules:\n" + \
+    f"{'Module-name':>25}\t{'How-many-times':>15}\t{'Reason':>25}\n" + \
+    f"{'xfs':>25}\t{7:>15}\t{'Becoming':>25}\n"
+
+
+def test_parse_stats() -> None:
+    st = parse_stats(STATS)
+    assert st.counters["Virtual mem wasted bytes"] == 700
+    assert st.counters["Mods failed on becoming"] == 7
+    assert st.dup_failed == {"xfs": (7, "Becoming")}
+
+
+def _storm(n: int, dup_rets: list[int | None]) -> list[Event]:
+    """N wait requests for one name; the kernel's verdicts as dup_rets (None: not a dup)."""
+    evs: list[Event] = []
+    for i in range(n):
+        t = 1000 + i
+        evs += [Event(ts_ns=t, kind=Kind.REQ_ENTER, pid=i + 1, tid=i + 1, wait=1),
+                Event(ts_ns=t + 1, kind=Kind.REQ_TP, pid=i + 1, tid=i + 1, wait=1, name="x"),
+                Event(ts_ns=t + 2, kind=Kind.DUP_VERDICT, pid=i + 1, tid=i + 1,
+                      wait=int(dup_rets[i] is not None), ret=dup_rets[i] or 0),
+                Event(ts_ns=10_000 + i, kind=Kind.REQ_EXIT, pid=i + 1, tid=i + 1,
+                      ret=256 if dup_rets[i] is None else dup_rets[i] or 0)]
+    return evs
+
+
+def test_agreeing_storm_is_n_of_n() -> None:
+    evs = _storm(4, [None, 256, 256, 256])
+    par = Parity()
+    check_requests(replay(evs, profile_with_dups(PROFILE_6_5)), evs, par)
+    assert (par.requests_checked, par.requests_agree, par.mismatches) == (4, 4, [])
+    assert render(par)[0].startswith("requests: 4 of 4")
+
+
+def test_a_wrong_verdict_is_reported_with_context() -> None:
+    evs = _storm(3, [None, None, 256])  # the kernel calls #2 a first: the model cannot
+    par = Parity()
+    check_requests(replay(evs, profile_with_dups(PROFILE_6_5)), evs, par)
+    assert par.requests_agree == 2 and len(par.mismatches) == 1
+    assert "kernel says not a duplicate" in par.mismatches[0].detail
+    assert par.mismatches[0].context and not par.ok
+
+
+def test_a_wrong_return_value_is_reported() -> None:
+    evs = _storm(2, [None, 0])  # kernel hands the duplicate 0, the anchor returned 256
+    par = Parity()
+    check_requests(replay(evs, profile_with_dups(PROFILE_6_5)), evs, par)
+    assert "model predicts ret 256, kernel returned 0" in par.mismatches[0].detail
+
+
+def test_stats_differences() -> None:
+    from tracer.model import StatsSummary
+
+    before = parse_stats(STATS.replace("\t7\n", "\t0\n").replace("700", "0")
+                         .replace(f"{7:>15}", f"{0:>15}"))
+    after = parse_stats(STATS)
+    ours = StatsSummary(wasted_bytes=700, becoming_bytes=700, invalid_bytes=0,
+                        failed_becoming=7, failed_load=0, dup_failed={},
+                        bytes_saved_idempotent=0)
+    par = Parity()
+    check_stats(ours, before, after, par)
+    assert par.stats_checked == 6 and par.stats_agree == 5
+    assert par.mismatches[0].what == "duplicate failed module xfs"

@@ -1,0 +1,147 @@
+"""The oracle kernel: Debian's linux-source-6.12 built with the kernel's own dups checks.
+
+CONFIG_MODULE_DEBUG_AUTOLOAD_DUPS and CONFIG_MODULE_STATS make the kernel report its
+own verdicts, which the parity report compares with the model's. The build uses
+virtme-ng's small config plus the items below, is cached by source version and
+config, and installs nothing into the system: the tree under the cache is the
+kernel image, its modules (INSTALL_MOD_PATH) and its headers (the build tree).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tracer import vm
+
+SOURCE_PACKAGE = "linux-source-6.12"
+BUILD_DEPS = ["flex", "bison", "bc", "libelf-dev", "libssl-dev", "dwarves", "xz-utils",
+              "rsync", "cpio"]
+CONFIG = [
+    "CONFIG_MODULES=y", "CONFIG_MODULE_UNLOAD=y", "CONFIG_DEBUG_FS=y",
+    "CONFIG_MODULE_DEBUG=y", "CONFIG_MODULE_DEBUG_AUTOLOAD_DUPS=y", "CONFIG_MODULE_STATS=y",
+    "CONFIG_KPROBES=y", "CONFIG_KPROBE_EVENTS=y", "CONFIG_BPF=y", "CONFIG_BPF_SYSCALL=y",
+    "CONFIG_BPF_EVENTS=y", "CONFIG_FTRACE=y", "CONFIG_FTRACE_SYSCALLS=y",
+    "CONFIG_DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT=y", "CONFIG_DEBUG_INFO_BTF=y",
+    "CONFIG_IKHEADERS=n", "CONFIG_TEST_KMOD=m", "CONFIG_TEST_LKM=m",
+    # the storms' modules
+    "CONFIG_DUMMY=m", "CONFIG_IFB=m", "CONFIG_VETH=m", "CONFIG_MINIX_FS=m", "CONFIG_XFS_FS=m",
+    "CONFIG_LIBCRC32C=m", "CONFIG_ATALK=m", "CONFIG_LLC2=m",
+    # uncompressed modules: kmod's modprobe calls finit_module, so idempotent() is exercised
+    "CONFIG_MODULE_COMPRESS_NONE=y", "CONFIG_MODULE_SIG=n",
+]
+
+
+def _apt_opts(base: Path) -> list[str]:
+    return [f"-oDir::Etc::SourceList={base / 'sources.list'}", "-oDir::Etc::SourceParts=/dev/null",
+            f"-oDir::State::Lists={base / 'lists'}", f"-oDir::Cache={base / 'cache'}",
+            f"-oDir::Cache::archives={base / 'archives'}"]
+
+
+def fetch_source(progress: vm.Progress) -> tuple[str, Path]:
+    """(version, unpacked source tree) of linux-source-6.12 from bookworm-backports."""
+    vm.backports_kernel(progress)  # sets up the private apt state (and caches 6.12)
+    base = vm.cache_dir() / "apt" / "bookworm-backports"
+    opts = _apt_opts(base)
+    info = subprocess.run(["apt-cache", *opts, "show", SOURCE_PACKAGE], capture_output=True,
+                          text=True, check=True).stdout.split("\n\n")[0]
+    m = re.search(r"^Version: (\S+)", info, re.M)
+    if m is None:
+        raise vm.VMError(f"{SOURCE_PACKAGE} not found in bookworm-backports")
+    version = m[1]
+    tree = vm.cache_dir() / "oracle" / f"src-{version}"
+    if (tree / "Makefile").exists():
+        return version, tree
+    dl = base / "debs"
+    dl.mkdir(exist_ok=True)
+    progress(f"downloading {SOURCE_PACKAGE} {version} (150 MB)")
+    subprocess.run(["apt-get", *opts, "download", f"{SOURCE_PACKAGE}={version}"], cwd=dl,
+                   check=True, capture_output=True)
+    deb = next(dl.glob(f"{SOURCE_PACKAGE}_*.deb"))
+    unpack = vm.cache_dir() / "oracle" / "deb"
+    shutil.rmtree(unpack, ignore_errors=True)
+    unpack.mkdir(parents=True)
+    progress("unpacking the source package")
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(unpack)], check=True)
+    tarball = next((unpack / "usr" / "src").glob("linux-source-*.tar.xz"))
+    tmp = tree.with_name(tree.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    progress(f"extracting {tarball.name}")
+    subprocess.run(["tar", "-xf", str(tarball), "-C", str(tmp), "--strip-components=1"],
+                   check=True)
+    shutil.rmtree(unpack)
+    tmp.rename(tree)
+    return version, tree
+
+
+def config_key(version: str) -> str:
+    return hashlib.sha256(("\n".join([version, *CONFIG])).encode()).hexdigest()[:12]
+
+
+def build(progress: vm.Progress, jobs: int | None = None) -> vm.KernelImage:
+    """Build (or find cached) the oracle kernel; returns it ready for run_guest()."""
+    version, src = fetch_source(progress)
+    key = config_key(version)
+    root = vm.cache_dir() / "oracle" / f"root-{key}"
+    done = root / "release"
+    if done.exists():
+        release = done.read_text().strip()
+        return vm.KernelImage(release, root / "boot" / f"vmlinuz-{release}", root)
+    missing = [p for p in BUILD_DEPS if subprocess.run(
+        ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True,
+        check=False).stdout != "install ok installed"]
+    if missing:
+        progress(f"installing build dependencies: {' '.join(missing)}")
+        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *missing],
+                       check=True, capture_output=True)
+    build_dir = vm.cache_dir() / "oracle" / f"build-{key}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    # vng --kconfig calls virtme-configkernel, which sits beside it in the venv
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    vng = vm.vng_path()
+    progress("configuring (virtme-ng's config plus the oracle's items)")
+    cfg = [a for item in CONFIG for a in ("--configitem", item)]
+    subprocess.run([vng, "--kconfig", *cfg, f"O={build_dir}"], cwd=src, check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+    jobs = jobs or (os.cpu_count() or 2) + 1
+    progress(f"building with make -j{jobs} (about 15 minutes on 2 cores)")
+    t0 = time.monotonic()
+    _make(["-j", str(jobs), "bzImage", "modules"], src, build_dir, progress)
+    progress(f"built in {time.monotonic() - t0:.0f}s; installing modules into the cache")
+    release = subprocess.run(["make", "-s", "kernelrelease", f"O={build_dir}"], cwd=src,
+                             capture_output=True, text=True, check=True).stdout.strip()
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "boot").mkdir(parents=True)
+    _make(["modules_install", f"INSTALL_MOD_PATH={root}", "INSTALL_MOD_STRIP=1"], src,
+          build_dir, progress)
+    shutil.copy(build_dir / "arch" / "x86" / "boot" / "bzImage", root / "boot" /
+                f"vmlinuz-{release}")
+    # bcc and kbuild in the guest look in /lib/modules/REL/build: the build tree
+    build_link = root / "lib" / "modules" / release / "build"
+    build_link.unlink(missing_ok=True)
+    build_link.symlink_to(build_dir)
+    done.write_text(release + "\n")
+    return vm.KernelImage(release, root / "boot" / f"vmlinuz-{release}", root)
+
+
+def _make(targets: list[str], src: Path, build_dir: Path, progress: vm.Progress) -> None:
+    """Run make, showing one line of progress every 30 s instead of its whole output."""
+    proc = subprocess.Popen(["make", f"O={build_dir}", *targets], cwd=src,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    last, tail = time.monotonic(), list[str]()
+    for line in proc.stdout:
+        tail = [*tail[-20:], line]
+        if time.monotonic() - last > 30:
+            progress(f"make: {line.strip()[:100]}")
+            last = time.monotonic()
+    if proc.wait() != 0:
+        sys.stderr.writelines(tail)
+        raise vm.VMError(f"make {' '.join(targets)} failed (exit {proc.returncode})")

@@ -1,0 +1,156 @@
+"""Parity of the model with the kernel's own dups.c and MODULE_STATS (the oracle kernel).
+
+Per request: the model's verdict (duplicate or not) and the value a duplicate returns,
+against what kmod_dup_request_exists_wait() decided and wrote to *dup_ret. Per run: the
+model's MODULE_STATS figures against the difference of /sys/kernel/debug/modules/stats
+before and after the storms. Every mismatch is printed with the events around it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tracer.events import Event
+from tracer.model import StatsSummary
+from tracer.session import Replay
+
+
+@dataclass(slots=True)
+class ModuleStatsFile:
+    counters: dict[str, int] = field(default_factory=dict)
+    dup_failed: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+
+def parse_stats(text: str) -> ModuleStatsFile:
+    """Parse kernel/module/stats.c's read_file_mod_stats() output."""
+    out = ModuleStatsFile()
+    in_table = False
+    for line in text.splitlines():
+        if line.startswith("Duplicate failed modules:"):
+            in_table = True
+            continue
+        parts = [p.strip() for p in line.split("\t") if p.strip()]
+        if in_table:
+            if len(parts) >= 3 and parts[1].isdigit():
+                out.dup_failed[parts[0]] = (int(parts[1]), parts[2])
+        elif len(parts) == 2 and re.fullmatch(r"\d+", parts[1]):
+            out.counters[parts[0]] = int(parts[1])
+    return out
+
+
+@dataclass(slots=True)
+class Mismatch:
+    what: str
+    detail: str
+    context: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Parity:
+    requests_checked: int = 0
+    requests_agree: int = 0
+    stats_checked: int = 0
+    stats_agree: int = 0
+    mismatches: list[Mismatch] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches and self.requests_checked > 0
+
+
+def _context(events: list[Event], ts: int, window_ns: int = 2_000_000) -> list[str]:
+    near = [e for e in events if abs(e.ts_ns - ts) <= window_ns][:12]
+    return [f"{e.ts_ns} {e.kind_name} pid={e.pid} tid={e.tid} name={e.name!r} ret={e.ret}"
+            for e in near]
+
+
+def check_requests(rep: Replay, events: list[Event], par: Parity) -> None:
+    for req, v in rep.requests:
+        if req.kernel_dup is None or req.tp_ns is None:
+            continue  # rejected before the dups check, or not traced by the kernel
+        par.requests_checked += 1
+        model_dup = v is not None and v.verdict == "duplicate"
+        problems = []
+        if model_dup != req.kernel_dup:
+            problems.append(f"model says {v.verdict if v else None}, kernel says "
+                            f"{'duplicate' if req.kernel_dup else 'not a duplicate'}")
+        elif model_dup and v is not None and v.predicted_ret != req.kernel_dup_ret:
+            problems.append(f"model predicts ret {v.predicted_ret}, kernel returned "
+                            f"{req.kernel_dup_ret}")
+        if problems:
+            par.mismatches.append(Mismatch(
+                f"request #{req.id} {req.name} (pid {req.pid}, {'wait' if req.wait else 'nowait'})",
+                "; ".join(problems), _context(events, req.tp_ns)))
+        else:
+            par.requests_agree += 1
+
+
+def check_stats(model: StatsSummary, before: ModuleStatsFile, after: ModuleStatsFile,
+                par: Parity) -> None:
+    def delta(key: str) -> int:
+        return after.counters.get(key, 0) - before.counters.get(key, 0)
+
+    pairs = [
+        ("Virtual mem wasted bytes", model.wasted_bytes),
+        ("Failed becoming bytes", model.becoming_bytes),
+        ("Failed kmod bytes", model.invalid_bytes),
+        ("Mods failed on becoming", model.failed_becoming),
+        ("Mods failed on load", model.failed_load),
+    ]
+    for key, ours in pairs:
+        par.stats_checked += 1
+        if delta(key) == ours:
+            par.stats_agree += 1
+        else:
+            par.mismatches.append(Mismatch(f"MODULE_STATS {key}",
+                                           f"model {ours}, kernel {delta(key)}"))
+    names = set(model.dup_failed) | set(after.dup_failed)
+    for name in sorted(names):
+        kernel_n = after.dup_failed.get(name, (0, ""))[0] - before.dup_failed.get(name, (0, ""))[0]
+        ours_row = model.dup_failed.get(name)
+        ours_n = ours_row.count if ours_row else 0
+        par.stats_checked += 1
+        if kernel_n == ours_n:
+            par.stats_agree += 1
+        else:
+            par.mismatches.append(Mismatch(f"duplicate failed module {name}",
+                                           f"model {ours_n}, kernel {kernel_n}"))
+
+
+def render(par: Parity) -> list[str]:
+    lines = [f"requests: {par.requests_agree} of {par.requests_checked} verdicts and return "
+             f"values agree with the kernel's dups.c",
+             f"MODULE_STATS: {par.stats_agree} of {par.stats_checked} figures agree"]
+    for m in par.mismatches:
+        lines.append(f"MISMATCH {m.what}: {m.detail}")
+        lines += [f"    {c}" for c in m.context]
+    lines.append("PARITY " + ("OK" if par.ok else "FAILED"))
+    return lines
+
+
+def run(outdir: Path) -> Parity:
+    """Parity of one oracle run's results directory (trace.jsonl, stats-*.txt)."""
+    from tracer.kernel import Features
+    from tracer.record import read_trace
+    from tracer.session import replay
+
+    trace = read_trace(str(outdir / "trace.jsonl"))
+    features = Features.from_dict(trace.header.get("features", {}))
+    par = Parity()
+    if not features.dups:
+        par.mismatches.append(Mismatch("kernel", f"{features.release} has no dups.c: "
+                                       "not an oracle kernel"))
+        return par
+    rep = replay(trace.events, features.profile)
+    check_requests(rep, trace.events, par)
+    before, after = outdir / "stats-before.txt", outdir / "stats-after.txt"
+    if before.exists() and after.exists():
+        assert rep.judge is not None
+        check_stats(rep.judge.model.stats(), parse_stats(before.read_text()),
+                    parse_stats(after.read_text()), par)
+    else:
+        par.mismatches.append(Mismatch("MODULE_STATS", "no stats files: CONFIG_MODULE_STATS "
+                                       "or debugfs missing"))
+    return par
