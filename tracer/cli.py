@@ -257,3 +257,39 @@ def bench(kernel_spec: str, no_vm: bool, events: int, sizes: str, modprobes: int
                    f"{outdir}/bench.json")
     for line in benchmod.render(replay_fig, vm_fig):
         click.echo(line)
+
+
+@main.command()
+@click.option("-o", "--out", type=click.Path(file_okay=False), help="results directory")
+@click.option("--build-only", is_flag=True, help="build (or find) the oracle kernel and stop")
+@click.option("--trace-dir", type=click.Path(file_okay=False, exists=True),
+              help="check an earlier oracle run's results instead of booting")
+def parity(out: str | None, build_only: bool, trace_dir: str | None) -> None:
+    """Prove the model against the oracle kernel's own dups.c and MODULE_STATS.
+
+    Builds Debian's linux-source-6.12 with MODULE_DEBUG_AUTOLOAD_DUPS and MODULE_STATS
+    once (cached; about 20 minutes on 2 cores), boots it, runs the oracle storms and
+    prints per-request and per-run parity. Exit status 1 on any mismatch.
+    """
+    from tracer import oracle  # imported here: heavy and rarely used
+    from tracer import parity as paritymod  # imported here: rarely used
+    from tracer import vm as vmmod  # imported here: rarely used
+
+    if trace_dir is None:
+        try:
+            kern = oracle.build(_progress)
+            if build_only:
+                click.echo(f"oracle kernel {kern.release}: {kern.vmlinuz}")
+                return
+            outdir = Path(out or f"out/parity-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+            rc = vmmod.run_guest(kern, outdir, ["--scenarios", "oracle"], _progress)
+        except vmmod.VMError as e:
+            _fail(str(e))
+        if rc != 0:
+            _fail(f"the oracle guest failed (exit {rc}); see the logs in {outdir}")
+    else:
+        outdir = Path(trace_dir)
+    par = paritymod.run(outdir)
+    for line in paritymod.render(par):
+        click.echo(line)
+    sys.exit(0 if par.ok else 1)

@@ -208,6 +208,7 @@ def run_guest(
     kvm: bool | None = None,
     timeout: float = 1800,
     module: str = "tracer.guest",
+    extra_env: dict[str, str] | None = None,
 ) -> int:
     """Boot KERN and run MODULE (the guest side) with GUEST_ARGS; its progress streams to us."""
     vng = vng_path()
@@ -228,6 +229,7 @@ def run_guest(
         cmd.insert(3, "--disable-kvm")
     progress(f"booting {kern.release} ({cpus} vCPUs, {'KVM' if kvm else 'software emulation'})")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    env.update(extra_env or {})
     try:
         p = subprocess.run(cmd, env=env, timeout=timeout, check=False, cwd=REPO,
                            stdin=subprocess.DEVNULL)
