@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from tracer import report
 from tracer.model import LoadVerdict, RequestVerdict
 from tracer.perfetto import load_group, request_group
 from tracer.session import Replay
@@ -53,12 +54,7 @@ DUP_COLOR: Final = "#e41a1c"
 
 def human_bytes(n: int) -> str:
     """1536 -> '1.5 KiB'."""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
+    return report.human_bytes(n, sep=" ")
 
 
 def load_category(v: LoadVerdict | None) -> str:

@@ -104,7 +104,7 @@ def load_json(load: Load, v: LoadVerdict | None) -> dict[str, Any]:
 
 
 SUMMARY_COLUMNS = ("MODULE", "REQS", "DUPS", "MODPROBE", "LOADS", "OK", "FAILED", "CONVERGED",
-                   "WASTED", "RACE(ms)")
+                   "XREADS", "WASTED", "RACE(ms)", "DUPWAIT(ms)", "COST(ms)")
 
 
 def summary_rows(mods: dict[str, ModuleStats]) -> list[tuple[str, ...]]:
@@ -114,18 +114,20 @@ def summary_rows(mods: dict[str, ModuleStats]) -> list[tuple[str, ...]]:
         loads = m.loads_ok + sum(m.load_failures.values()) + m.converged
         rows.append((name, str(m.requests), str(m.duplicates),
                      f"{m.modprobe_spawns}/{m.modprobe_needed}", str(loads), str(m.loads_ok),
-                     failed, str(m.converged), human_bytes(m.wasted_bytes),
-                     _ms(m.race_window_ns)))
+                     failed, str(m.converged), str(m.extra_reads),
+                     human_bytes(m.wasted_bytes), _ms(m.race_window_ns), _ms(m.dup_wait_ns),
+                     f"{m.extra_ms:.1f}"))
     return rows
 
 
-def human_bytes(n: int) -> str:
+def human_bytes(n: int, sep: str = "") -> str:
+    """1536 -> '1.5KiB' (tables) or, with sep=" ", '1.5 KiB' (legends)."""
     size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{n}{sep}B" if unit == "B" else f"{size:.1f}{sep}{unit}"
         size /= 1024
-    return f"{n}B"
+    return f"{size:.1f}{sep}GiB"
 
 
 def print_table(out: IO[str], columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
@@ -142,4 +144,6 @@ def module_json(m: ModuleStats) -> dict[str, Any]:
         "loads_ok": m.loads_ok, "load_failures": dict(m.load_failures),
         "converged": m.converged, "wasted_bytes": m.wasted_bytes,
         "race_window_ns": m.race_window_ns, "dup_wait_ns": m.dup_wait_ns,
+        "extra_modprobe": m.extra_modprobe, "extra_reads": m.extra_reads,
+        "extra_ms": m.extra_ms,
     }
