@@ -144,19 +144,27 @@ def report_cmd(trace_file: str, as_json: bool, perfetto: str | None = None,
 @click.option("--memory", default="2G", show_default=True)
 @click.option("--kvm/--no-kvm", default=None, help="default: use KVM only if a probe boot works")
 @click.option("-c", "--command", help="trace this shell command instead of the demo storms")
+@click.option("--boot", "boot_trace", is_flag=True,
+              help="trace the guest's boot from before udev's coldplug instead")
 def vm(kernel_spec: str, out: str | None, cpus: int, memory: str, kvm: bool | None,
-       command: str | None) -> None:
-    """Boot a stock Debian kernel in virtme-ng, trace storms (or COMMAND), report."""
-    from tracer import vm as vmmod
+       command: str | None, boot_trace: bool) -> None:
+    """Boot a stock Debian kernel in virtme-ng, trace storms (or COMMAND, or the boot)."""
+    from tracer import vm as vmmod  # imported here: keeps live/record start-up small
 
     try:
         kern = vmmod.resolve_kernel(kernel_spec, _progress)
         outdir = Path(out or f"out/vm-{kern.release}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-        args = ["--command", command] if command else []
-        rc = vmmod.run_guest(kern, outdir, args, _progress, cpus=cpus, memory=memory, kvm=kvm)
+        if boot_trace:
+            from tracer import vmboot  # imported here: only for --boot
+
+            rc = vmboot.run_boot(kern, outdir, _progress, kvm=kvm)
+        else:
+            args = ["--command", command] if command else []
+            rc = vmmod.run_guest(kern, outdir, args, _progress, cpus=cpus, memory=memory,
+                                 kvm=kvm)
     except vmmod.VMError as e:
         _fail(str(e))
-    trace = outdir / "trace.jsonl"
+    trace = outdir / ("boot.jsonl" if boot_trace else "trace.jsonl")
     if rc != 0 or not trace.exists():
         _fail(f"the guest failed (exit {rc}); see the logs in {outdir}")
     _progress(f"results in {outdir}")

@@ -27,12 +27,11 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug
-mount -t tmpfs tmpfs /tmp
 # the results directory is a virtme share: mount it now, virtme-ng-init will again later
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     virtme_initmount*=*) tag=${{arg%%=*}}; path=/${{arg#*=}}
-      case "$tag" in *_*) continue;; esac
+      case "$tag" in virtme_initmount*_*) continue;; esac  # _fstype, _access
       [ "$path" = "{out}" ] && mount -t 9p -o trans=virtio,version=9p2000.L,access=any \
         "virtme.initmount${{tag#virtme_initmount}}" "$path";;
   esac
