@@ -49,9 +49,12 @@ int req_enter(struct pt_regs *ctx)
     bpf_probe_read_kernel_str(e->name, sizeof(e->name), (void *)PT_REGS_PARM2(ctx));
     // Most callers pass the name as the first vararg ("%s", "fs-%s").
     bpf_probe_read_kernel_str(e->path, sizeof(e->path), (void *)PT_REGS_PARM3(ctx));
-    // The call site, read from the stack at entry: module:module_request's own
-    // ip is the kretprobe trampoline once __request_module is kretprobed.
-    bpf_probe_read_kernel(&e->ip, sizeof(e->ip), (void *)PT_REGS_SP(ctx));
+    // The call site. module:module_request's ip, and the return address on the
+    // stack, are the kretprobe trampoline once __request_module is kretprobed; the
+    // kernel's unwinder recovers the real one (frame 0 is __request_module itself).
+    u64 frames[2] = {};
+    if (bpf_get_stack(ctx, frames, sizeof(frames), 0) == sizeof(frames))
+        e->ip = frames[1];
     events.ringbuf_submit(e, 0);
     return 0;
 }
