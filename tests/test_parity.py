@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from tracer.events import Event, Kind
-from tracer.model import PROFILE_6_5, profile_with_dups
+from tracer.model import DUP_TAIL_NS, PROFILE_6_5, TIE_NS, Model, profile_with_dups
 from tracer.parity import Parity, check_requests, check_stats, parse_stats, render
 from tracer.session import replay
+from tracer.stories import Request
 
 # The layout kernel/module/stats.c's read_file_mod_stats() prints ("%25s\t%u\n" ...).
 STATS = "".join(f"{k:>25}\t{v}\n" for k, v in [
@@ -76,3 +77,63 @@ def test_stats_differences() -> None:
     check_stats(ours, before, after, par)
     assert par.stats_checked == 6 and par.stats_agree == 5
     assert par.mismatches[0].what == "duplicate failed module xfs"
+
+
+# Where the trace cannot order events, the model marks the verdict and, with an
+# oracle (the kernel's own verdict), follows the kernel. Nowhere else is it consulted.
+
+def _req(rid: int, tp: int, end: int, ret: int, wait: bool = True) -> Request:
+    return Request(pid=rid, tid=rid, comm="t", ppid=1, wait=wait, start_ns=tp - 10,
+                   name="x", tp_ns=tp, end_ns=end, ret=ret, id=rid)
+
+
+def _never(req: Request) -> bool | None:
+    raise AssertionError(f"oracle consulted for request {req.id}")
+
+
+def test_tie_follows_the_kernels_order() -> None:
+    a, b = _req(1, 1_000_000, 9_000_000, 256), _req(2, 1_050_000, 9_500_000, 0)
+    m = Model(PROFILE_6_5, oracle=lambda r: {1: True, 2: False}[r.id])
+    va, vb = m.request_arrive(a), m.request_arrive(b)
+    assert (vb.verdict, vb.indeterminate) == ("first", "tie")
+    assert (va.verdict, va.anchor_id, va.indeterminate) == ("duplicate", 2, "tie")
+    m.request_done(b)
+    assert va.predicted_ret == 0  # the kernel's anchor returned 0
+    assert m.modules()["x"].duplicates == 1 and m.modules()["x"].firsts == 1
+
+
+def test_tie_without_an_oracle_keeps_the_tracepoint_order() -> None:
+    a, b = _req(1, 1_000_000, 9_000_000, 256), _req(2, 1_050_000, 9_500_000, 0)
+    m = Model(PROFILE_6_5)
+    va, vb = m.request_arrive(a), m.request_arrive(b)
+    assert (va.verdict, vb.verdict, vb.indeterminate) == ("first", "duplicate", "tie")
+
+
+def test_no_tie_beyond_tie_ns() -> None:
+    m = Model(PROFILE_6_5, oracle=_never)
+    m.request_arrive(_req(1, 1_000_000, 9_000_000, 0))
+    vb = m.request_arrive(_req(2, 1_000_000 + TIE_NS, 9_500_000, 0))
+    assert (vb.verdict, vb.indeterminate) == ("duplicate", None)
+
+
+def test_tail_boundary_is_the_kernels_call() -> None:
+    a = _req(1, 1_000, 2_000_000, 0)
+    late = DUP_TAIL_NS + 2_000_000 + 500_000_000  # 0.5 s into the delete timer's slack
+    for kernel_says, verdict in ((True, "duplicate"), (False, "first"), (None, "first")):
+        m = Model(PROFILE_6_5, oracle=lambda r, k=kernel_says: k)  # type: ignore[misc]
+        m.request_arrive(a)
+        m.request_done(a)
+        v = m.request_arrive(_req(2, late, late + 10, 0))
+        assert (v.verdict, v.indeterminate) == (verdict, "tail-boundary"), kernel_says
+
+
+def test_past_the_slack_the_entry_is_gone_without_asking() -> None:
+    a = _req(1, 1_000, 2_000_000, 0)
+    m = Model(PROFILE_6_5, oracle=_never)
+    m.request_arrive(a)
+    m.request_done(a)
+    late = 2_000_000 + DUP_TAIL_NS + DUP_TAIL_NS // 8
+    v = m.request_arrive(_req(2, late, late + 10, 0))
+    assert (v.verdict, v.indeterminate) == ("first", None)
+    m.expire(late + 2 * DUP_TAIL_NS)
+    m.request_done(_req(2, late, late + 10, 0))

@@ -47,7 +47,7 @@ class Features:
     @property
     def profile(self) -> Profile:
         base = PROFILE_6_5 if self.idempotent else PROFILE_6_4 if self.patient else PROFILE_6_1
-        name = base.name + ("+dups" if self.dups else "")
+        name = base.name + ("/dups" if self.dups else "")
         announce = base.announce
         if self.dups:
             announce = "deferred" if self.dups_deferred else "first"

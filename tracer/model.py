@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import errno
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Final, Literal
 
@@ -66,6 +67,8 @@ Rule = Literal["idempotent", "patient-becoming", "patient-load", "exists"]
 NS_PER_S: Final = 1_000_000_000
 # dups.c: kmod_dup_request_complete() queues delete_work 60 * HZ after completion.
 DUP_TAIL_NS: Final = 60 * NS_PER_S
+# Two arrivals for one name this close: their order at kmod_dup_mutex is not observable.
+TIE_NS: Final = 200_000
 # include/uapi/linux/module.h: finit_module() flag, the kernel decompresses the file.
 MODULE_INIT_COMPRESSED_FILE: Final = 4
 # Not the kernel's: an in-flight request or load older than this is taken as a lost event
@@ -132,6 +135,10 @@ class RequestVerdict:
     # Only when actual.dups: whether the kernel did what the model predicts (the duplicate
     # returned predicted_ret without modprobe; a first/untracked one ran modprobe).
     oracle_agrees: bool | None = None
+    # Where the trace cannot tell the kernel's order: "tie" (another request for the name
+    # arrived within TIE_NS) or "tail-boundary" (inside the delete timer's slack). With an
+    # oracle the kernel's own verdict decided; without one, the model's best guess stands.
+    indeterminate: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +317,8 @@ class _Acc:
 class _Entry:
     """struct kmod_dup_req (dups.c): one tracked request string."""
 
-    __slots__ = ("acc", "anchor_id", "created_ns", "done_ns", "dup_ret", "name", "waiters")
+    __slots__ = ("acc", "anchor_id", "anchor_v", "created_ns", "done_ns", "dup_ret", "name",
+                 "waiters")
 
     def __init__(self, name: str, anchor_id: int, created_ns: int, acc: _Acc) -> None:
         self.name = name
@@ -320,6 +328,7 @@ class _Entry:
         self.dup_ret = 0
         self.waiters: list[RequestVerdict] = []  # wait duplicates asleep on the completion
         self.acc = acc
+        self.anchor_v: RequestVerdict | None = None
 
 
 class _Winner:
@@ -374,9 +383,16 @@ class Model:
         tail_ns: int = DUP_TAIL_NS,
         *,
         stale_ns: int | None = DEFAULT_STALE_NS,
+        oracle: Callable[[Request], bool | None] | None = None,
     ) -> None:
         self.actual = actual
         self.tail_ns = tail_ns
+        # dups.c deletes entries from delayed work queued for 60 s: the timer wheel fires
+        # it up to 1/8 of the timeout late (its bucket granularity at that level).
+        self.slack_ns = tail_ns // 8
+        # The kernel's own verdict, where traced (the oracle kernel): consulted only
+        # when the order of events is not observable.
+        self.oracle = oracle
         self.stale_ns = stale_ns
         self._first_only = actual.announce == "first"
         self._acc: dict[str, _Acc] = {}
@@ -469,13 +485,39 @@ class Model:
             self.expire(t)
         acc = self._stats_for(name)
         ent = self._entries.get(name)
+        indeterminate = None
         if ent is not None and ent.done_ns is not None and ent.done_ns + self.tail_ns <= t:
-            del self._entries[name]  # its delete_work has run (queue order lagged)
-            ent = None
+            # delete_work is due. Past the timer's slack it has surely run; inside it,
+            # only the kernel knows: the model takes it as run unless the oracle says no.
+            if t < ent.done_ns + self.tail_ns + self.slack_ns:
+                indeterminate = "tail-boundary"
+                if self._oracle_says(req) is not True:
+                    ent = None
+            else:
+                ent = None
+            if ent is None:
+                del self._entries[name]
+        elif (ent is not None and ent.anchor_v is not None and req.wait
+              and ent.anchor_v.arrive_ns is not None and t - ent.anchor_v.arrive_ns < TIE_NS):
+            # Two tracepoints microseconds apart on two CPUs: which took kmod_dup_mutex
+            # first is not observable. The oracle may say this one did: swap anchors.
+            indeterminate = "tie"
+            if self._oracle_says(req) is False:
+                self._demote_anchor(ent, req.id)
+                acc.duplicates += 1  # the old anchor; this request takes its place as first
+                ent.anchor_id = req.id
+                v = RequestVerdict(req.id, name, True, "first", t)
+                ent.anchor_v = v
+                v.indeterminate = indeterminate
+                acc.requests += 1
+                acc.race_arrive(t)
+                self._pending_reqs[req.id] = (v, acc)
+                return v
         if ent is None:
             if req.wait:  # the first request_module(): add an entry, run modprobe
                 ent = self._entries[name] = _Entry(name, req.id, t, acc)
                 v = RequestVerdict(req.id, name, True, "first", t)
+                ent.anchor_v = v
                 acc.firsts += 1
             else:  # request_module_nowait() with no entry: "cannot track duplicates"
                 v = RequestVerdict(req.id, name, False, "untracked", t)
@@ -491,10 +533,24 @@ class Model:
             else:  # wait_for_completion_state(&first_req_done)
                 v = RequestVerdict(req.id, name, True, "duplicate", t, ent.anchor_id)
                 ent.waiters.append(v)
+        v.indeterminate = indeterminate
         acc.requests += 1
         acc.race_arrive(t)
         self._pending_reqs[req.id] = (v, acc)
         return v
+
+    def _oracle_says(self, req: Request) -> bool | None:
+        """The kernel's verdict for REQ (True: duplicate), where it was traced."""
+        return None if self.oracle is None else self.oracle(req)
+
+    def _demote_anchor(self, ent: _Entry, new_anchor: int) -> None:
+        """The kernel let another request anchor ENT: its old anchor becomes a waiter."""
+        old = ent.anchor_v
+        assert old is not None
+        old.verdict = "duplicate"
+        old.anchor_id = new_anchor
+        old.indeterminate = "tie"
+        ent.waiters.append(old)
 
     def request_done(self, req: Request) -> RequestVerdict:
         """At the __request_module return; a first or untracked request announces."""
@@ -570,7 +626,7 @@ class Model:
             if oracle and w.done:
                 w.oracle_agrees = not w.modprobe_saved and w.actual_ret == ret
         ent.waiters = []
-        expiry = t + self.tail_ns
+        expiry = t + self.tail_ns + self.slack_ns  # kept through the timer's slack
         self._expiry.append((expiry, name, ent))
         self._next_expiry = min(self._next_expiry, expiry)
 

@@ -93,6 +93,7 @@ def build(progress: vm.Progress, jobs: int | None = None) -> vm.KernelImage:
     done = root / "release"
     if done.exists():
         release = done.read_text().strip()
+        link_trees(root, release, vm.cache_dir() / "oracle" / f"build-{key}", src)
         return vm.KernelImage(release, root / "boot" / f"vmlinuz-{release}", root)
     missing = [p for p in BUILD_DEPS if subprocess.run(
         ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True,
@@ -123,12 +124,19 @@ def build(progress: vm.Progress, jobs: int | None = None) -> vm.KernelImage:
           build_dir, progress)
     shutil.copy(build_dir / "arch" / "x86" / "boot" / "bzImage", root / "boot" /
                 f"vmlinuz-{release}")
-    # bcc and kbuild in the guest look in /lib/modules/REL/build: the build tree
-    build_link = root / "lib" / "modules" / release / "build"
-    build_link.unlink(missing_ok=True)
-    build_link.symlink_to(build_dir)
+    link_trees(root, release, build_dir, src)
     done.write_text(release + "\n")
     return vm.KernelImage(release, root / "boot" / f"vmlinuz-{release}", root)
+
+
+def link_trees(root: Path, release: str, build_dir: Path, src: Path) -> None:
+    """bcc and kbuild look in /lib/modules/REL/build (generated headers, O= tree) and
+    /lib/modules/REL/source (the source headers): point them at the cache."""
+    moddir = root / "lib" / "modules" / release
+    for name, target in (("build", build_dir), ("source", src)):
+        link = moddir / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
 
 
 def _make(targets: list[str], src: Path, build_dir: Path, progress: vm.Progress) -> None:

@@ -22,8 +22,9 @@ class Judge:
         profile: Profile,
         on_request: RequestCallback | None = None,
         on_load: LoadCallback | None = None,
+        oracle: Callable[[Request], bool | None] | None = None,
     ) -> None:
-        self.model = Model(profile)
+        self.model = Model(profile, oracle=oracle)
         self.on_request = on_request
         self.on_load = on_load
         self._verdicts: dict[int, RequestVerdict] = {}
@@ -64,12 +65,14 @@ class Replay:
     correlator: Correlator | None = None
 
 
-def replay(events: Iterable[Event], profile: Profile) -> Replay:
+def replay(events: Iterable[Event], profile: Profile,
+           oracle: Callable[[Request], bool | None] | None = None) -> Replay:
     out = Replay()
     judge = Judge(
         profile,
         on_request=lambda r, v: out.requests.append((r, v)),
         on_load=lambda ld, v: out.loads.append((ld, v)),
+        oracle=oracle,
     )
     corr = Correlator(judge)
     for ev in sorted(events, key=lambda e: e.ts_ns):
