@@ -98,6 +98,9 @@ def render(replay: dict[str, float], vmres: dict[str, Any] | None) -> list[str]:
         ">= 300,000 ev/s", replay["file_events_per_s"] >= 300_000)
     if vmres is not None:
         a, b = vmres["rss_start_kib"], vmres["rss_end_kib"]
-        row("5. tracer RSS start -> end of storms", f"{a / 1024:.1f} -> {b / 1024:.1f} MiB",
+        row("5. tracer anonymous RSS start -> end", f"{a / 1024:.1f} -> {b / 1024:.1f} MiB",
             "flat (<= +10%)", b <= a * 1.1)
+        va, vb = vmres.get("vmrss_start_kib", 0), vmres.get("vmrss_end_kib", 0)
+        lines.append(f"   (VmRSS {va / 1024:.1f} -> {vb / 1024:.1f} MiB: includes the ring "
+                     f"buffer's pages, resident once written)")
     return lines

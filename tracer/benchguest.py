@@ -26,8 +26,10 @@ from tracer.witness import Witness, parse
 def attach_execsnoop(timeout: float = 600) -> float:
     """Seconds from start until bcc's execsnoop prints its header (it does after attach)."""
     t0 = time.monotonic()
+    # execsnoop is Python too: unbuffered, or its header sits in a pipe buffer
     p = subprocess.Popen(["execsnoop-bpfcc"], stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True)
+                         stderr=subprocess.DEVNULL, text=True,
+                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
     assert p.stdout is not None
     p.stdout.readline()
     dt = time.monotonic() - t0
@@ -48,9 +50,11 @@ def stop_tracer(p: subprocess.Popen[bytes]) -> None:
     p.wait(timeout=300)
 
 
-def rss_kib(pid: int) -> int:
+def rss_kib(pid: int, field: str = "RssAnon") -> int:
+    """Anonymous RSS: the tracer's own heap. VmRSS also counts the BPF ring buffer's
+    pages (mapped twice, 2 x 64 MiB), which become resident as a storm writes them."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
 
@@ -103,6 +107,7 @@ def main() -> int:
     witness.start()
     tracer, _ = start_tracer(out, "loss")
     res["rss_start_kib"] = rss_kib(tracer.pid)
+    res["vmrss_start_kib"] = rss_kib(tracer.pid, "VmRSS")
     loss: list[dict[str, Any]] = []
     sizes = [int(s) for s in args.sizes.split(",") if s]
     scenarios = [storms.Scenario(f"kthread-{s}", "kthread", "kmt-bench-none", s) for s in sizes]
@@ -114,6 +119,7 @@ def main() -> int:
         storms.run(sc, ko)
         loss.append({"name": sc.name, "start_ns": sc.start_ns, "end_ns": sc.end_ns})
     res["rss_end_kib"] = rss_kib(tracer.pid)
+    res["vmrss_end_kib"] = rss_kib(tracer.pid, "VmRSS")
     stop_tracer(tracer)
     wit = parse(witness.stop())
     trace = read_trace(str(out / "loss.jsonl"))

@@ -101,7 +101,9 @@ class Run:
             ev = heapq.heappop(self._heap)[2]
             if ev.kind == Kind.REQ_ENTER and ev.ip not in self.ksyms:
                 self.ksyms[ev.ip] = self.tracer.ksym(ev.ip)
-            if ev.kind in _STARTS and (ev.pid, ev.comm) not in self.procs:
+            # kthreadd's children (pid 2) have no cmdline to read: skipping them keeps a
+            # kernel-thread storm from costing a /proc walk per thread
+            if ev.kind in _STARTS and ev.ppid != 2 and (ev.pid, ev.comm) not in self.procs:
                 self._describe(ev)
             if self.writer is not None:
                 self.writer.event(ev)
