@@ -28,7 +28,8 @@ def oracle_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     progress = lambda m: print(f"[oracle] {m}", flush=True)  # noqa: E731
     kern = oracle.build(progress)
     out = tmp_path_factory.mktemp("oracle")
-    rc = vm.run_guest(kern, out, ["--scenarios", "oracle"], progress, timeout=2400)
+    rc = vm.run_guest(kern, out, ["--scenarios", "oracle"], progress, timeout=2400,
+                      append=oracle.BOOT_ARGS)
     logs = "".join(p.read_text()[-2000:] for p in out.glob("*.log"))
     assert rc == 0, f"oracle guest failed with {rc}: {logs}"
     return out

@@ -137,3 +137,16 @@ def test_past_the_slack_the_entry_is_gone_without_asking() -> None:
     assert (v.verdict, v.indeterminate) == ("first", None)
     m.expire(late + 2 * DUP_TAIL_NS)
     m.request_done(_req(2, late, late + 10, 0))
+
+
+def test_nowait_just_before_an_anchor_may_be_its_duplicate() -> None:
+    nw = _req(1, 1_000_000, 1_100_000, 0, wait=False)
+    anchor = _req(2, 1_020_000, 9_000_000, 0)
+    m = Model(PROFILE_6_5, oracle=lambda r: {1: True, 2: False}[r.id])
+    vn = m.request_arrive(nw)
+    assert vn.verdict == "untracked"
+    va = m.request_arrive(anchor)
+    assert va.verdict == "first"
+    assert (vn.verdict, vn.anchor_id, vn.predicted_ret, vn.decided_by_kernel) == (
+        "duplicate", 2, 0, True)
+    assert m.modules()["x"].untracked == 0 and m.modules()["x"].duplicates == 1

@@ -290,7 +290,8 @@ def parity(out: str | None, build_only: bool, trace_dir: str | None) -> None:
                 click.echo(f"oracle kernel {kern.release}: {kern.vmlinuz}")
                 return
             outdir = Path(out or f"out/parity-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-            rc = vmmod.run_guest(kern, outdir, ["--scenarios", "oracle"], _progress)
+            rc = vmmod.run_guest(kern, outdir, ["--scenarios", "oracle"], _progress,
+                                 append=oracle.BOOT_ARGS)
         except vmmod.VMError as e:
             _fail(str(e))
         if rc != 0:

@@ -136,7 +136,7 @@ def main() -> int:
     tracer.wait(timeout=120)
     manifest["tracer_rc"] = tracer.returncode
     save_module_stats(out / "stats-after.txt")
-    if not args.command and kmodstorm is not None:
+    if args.scenarios == "default" and not args.command and kmodstorm is not None:
         # A recording killed with SIGKILL mid-way must keep every event written so far.
         progress("killed recording: a storm, then kill -9")
         tracer = start_tracer(out, ["record", "-o", str(out / "killed.jsonl")], "killed")

@@ -139,6 +139,7 @@ class RequestVerdict:
     # arrived within TIE_NS) or "tail-boundary" (inside the delete timer's slack). With an
     # oracle the kernel's own verdict decided; without one, the model's best guess stands.
     indeterminate: str | None = None
+    decided_by_kernel: bool = False  # the oracle's verdict replaced the model's guess
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,6 +394,8 @@ class Model:
         # The kernel's own verdict, where traced (the oracle kernel): consulted only
         # when the order of events is not observable.
         self.oracle = oracle
+        # nowait requests of the last TIE_NS, for ties with a wait request after them
+        self._recent_untracked: deque[tuple[int, str, Request, RequestVerdict]] = deque()
         self.stale_ns = stale_ns
         self._first_only = actual.announce == "first"
         self._acc: dict[str, _Acc] = {}
@@ -486,6 +489,7 @@ class Model:
         acc = self._stats_for(name)
         ent = self._entries.get(name)
         indeterminate = None
+        kernel_kept_entry = False
         if ent is not None and ent.done_ns is not None and ent.done_ns + self.tail_ns <= t:
             # delete_work is due. Past the timer's slack it has surely run; inside it,
             # only the kernel knows: the model takes it as run unless the oracle says no.
@@ -493,22 +497,33 @@ class Model:
                 indeterminate = "tail-boundary"
                 if self._oracle_says(req) is not True:
                     ent = None
+                else:
+                    kernel_kept_entry = True
             else:
                 ent = None
             if ent is None:
                 del self._entries[name]
-        elif (ent is not None and ent.anchor_v is not None and req.wait
+        elif (ent is not None and ent.anchor_v is not None
               and ent.anchor_v.arrive_ns is not None and t - ent.anchor_v.arrive_ns < TIE_NS):
             # Two tracepoints microseconds apart on two CPUs: which took kmod_dup_mutex
             # first is not observable. The oracle may say this one did: swap anchors.
             indeterminate = "tie"
+            if self._oracle_says(req) is False and not req.wait:
+                # the nowait went first: no entry yet, so it was not tracked
+                v = RequestVerdict(req.id, name, False, "untracked", t)
+                v.indeterminate, v.decided_by_kernel = indeterminate, True
+                acc.untracked += 1
+                acc.requests += 1
+                acc.race_arrive(t)
+                self._pending_reqs[req.id] = (v, acc)
+                return v
             if self._oracle_says(req) is False:
                 self._demote_anchor(ent, req.id)
                 acc.duplicates += 1  # the old anchor; this request takes its place as first
                 ent.anchor_id = req.id
                 v = RequestVerdict(req.id, name, True, "first", t)
                 ent.anchor_v = v
-                v.indeterminate = indeterminate
+                v.indeterminate, v.decided_by_kernel = indeterminate, True
                 acc.requests += 1
                 acc.race_arrive(t)
                 self._pending_reqs[req.id] = (v, acc)
@@ -519,9 +534,11 @@ class Model:
                 v = RequestVerdict(req.id, name, True, "first", t)
                 ent.anchor_v = v
                 acc.firsts += 1
+                self._retro_ties(name, req.id, t, acc)
             else:  # request_module_nowait() with no entry: "cannot track duplicates"
                 v = RequestVerdict(req.id, name, False, "untracked", t)
                 acc.untracked += 1
+                self._recent_untracked.append((t, name, req, v))
         else:
             acc.duplicates += 1
             if not req.wait:  # nowait duplicate: *dup_ret = 0, back at once
@@ -533,11 +550,28 @@ class Model:
             else:  # wait_for_completion_state(&first_req_done)
                 v = RequestVerdict(req.id, name, True, "duplicate", t, ent.anchor_id)
                 ent.waiters.append(v)
-        v.indeterminate = indeterminate
+        v.indeterminate, v.decided_by_kernel = indeterminate, kernel_kept_entry
         acc.requests += 1
         acc.race_arrive(t)
         self._pending_reqs[req.id] = (v, acc)
         return v
+
+    def _retro_ties(self, name: str, anchor: int, t: int, acc: _Acc) -> None:
+        """A wait request anchors NAME: nowait ones just before it may have come after it
+        at kmod_dup_mutex, making them duplicates (returning 0) instead of untracked."""
+        recent = self._recent_untracked
+        while recent and t - recent[0][0] >= TIE_NS:
+            recent.popleft()
+        for _, nw_name, nw_req, nw_v in recent:
+            if nw_name != name or nw_v.verdict != "untracked":
+                continue
+            nw_v.indeterminate = "tie"
+            if self._oracle_says(nw_req) is True:
+                nw_v.verdict, nw_v.anchor_id = "duplicate", anchor
+                nw_v.decided_by_kernel = True
+                nw_v.predicted_ret, nw_v.would_wait_ns = 0, 0
+                acc.untracked -= 1
+                acc.duplicates += 1
 
     def _oracle_says(self, req: Request) -> bool | None:
         """The kernel's verdict for REQ (True: duplicate), where it was traced."""

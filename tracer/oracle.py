@@ -21,6 +21,8 @@ from pathlib import Path
 from tracer import vm
 
 SOURCE_PACKAGE = "linux-source-6.12"
+# Thousands of "duplicate request" lines must all stay in the kernel log for the check.
+BOOT_ARGS = ["log_buf_len=16M"]
 BUILD_DEPS = ["flex", "bison", "bc", "libelf-dev", "libssl-dev", "dwarves", "xz-utils",
               "rsync", "cpio"]
 CONFIG = [

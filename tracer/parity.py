@@ -83,11 +83,11 @@ def check_requests(rep: Replay, events: list[Event], par: Parity) -> None:
                             f"{req.kernel_dup_ret}")
         # Count where the kernel's answer differed from the model's default guess: a
         # late request first by the tracepoint order, an expired entry past the tail.
-        if not problems and v is not None and v.indeterminate == "tie" and not model_dup:
-            par.ties += 1
-        elif (not problems and v is not None and v.indeterminate == "tail-boundary"
-              and model_dup):
-            par.tail_boundary += 1
+        if not problems and v is not None and v.decided_by_kernel:
+            if v.indeterminate == "tie":
+                par.ties += 1
+            else:
+                par.tail_boundary += 1
         if problems:
             par.mismatches.append(Mismatch(
                 f"request #{req.id} {req.name} (pid {req.pid}, {'wait' if req.wait else 'nowait'})",

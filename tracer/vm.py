@@ -209,6 +209,7 @@ def run_guest(
     timeout: float = 1800,
     module: str = "tracer.guest",
     extra_env: dict[str, str] | None = None,
+    append: list[str] | None = None,
 ) -> int:
     """Boot KERN and run MODULE (the guest side) with GUEST_ARGS; its progress streams to us."""
     vng = vng_path()
@@ -227,6 +228,8 @@ def run_guest(
            "--exec", shlex.join(inner)]
     if not kvm:
         cmd.insert(3, "--disable-kvm")
+    for arg in append or []:
+        cmd[3:3] = ["--append", arg]
     progress(f"booting {kern.release} ({cpus} vCPUs, {'KVM' if kvm else 'software emulation'})")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     env.update(extra_env or {})
