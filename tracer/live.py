@@ -16,6 +16,7 @@ from typing import IO, Any
 from tracer import report, requester
 from tracer.correlate import Correlator
 from tracer.events import Event, Kind
+from tracer.ksyms import KernelSymbols
 from tracer.model import LoadVerdict, RequestVerdict
 from tracer.probes import Tracer
 from tracer.record import TraceWriter, make_header
@@ -89,6 +90,7 @@ class Run:
         self.shown = 0
         self.stop_reason = ""
         self.ksyms: dict[int, str] = {}  # call sites, resolved while kallsyms is ours to read
+        self.kallsyms = KernelSymbols()
         # (pid, comm) -> (cmdline, parent chain), read while the process lives
         self.procs: dict[tuple[int, str], tuple[str, tuple[str, ...]]] = {}
 
@@ -99,8 +101,10 @@ class Run:
     def _release(self, upto_ns: int | None) -> None:
         while self._heap and (upto_ns is None or self._heap[0][0] <= upto_ns):
             ev = heapq.heappop(self._heap)[2]
-            if ev.kind == Kind.REQ_ENTER and ev.ip not in self.ksyms:
-                self.ksyms[ev.ip] = self.tracer.ksym(ev.ip)
+            if ev.kind == Kind.MOD_LOAD:
+                self.kallsyms.invalidate()  # its symbols are new
+            elif ev.kind == Kind.REQ_ENTER and ev.ip not in self.ksyms:
+                self.ksyms[ev.ip] = self.kallsyms.resolve(ev.ip)
             # kthreadd's children (pid 2) have no cmdline to read: skipping them keeps a
             # kernel-thread storm from costing a /proc walk per thread
             if ev.kind in _STARTS and ev.ppid != 2 and (ev.pid, ev.comm) not in self.procs:

@@ -215,14 +215,6 @@ class Tracer:
             return 0
         return total
 
-    def ksym(self, addr: int) -> str:
-        """A kernel address as symbol+offset, resolved through bcc's kallsyms cache."""
-        try:
-            name = self.bpf.ksym(addr, show_offset=True)
-        except Exception:  # noqa: BLE001 - unresolvable addresses are shown raw
-            return hex(addr)
-        return name.decode() if isinstance(name, bytes) else str(name)
-
     def close(self) -> None:
         if self.bpf is not None:
             self.bpf.cleanup()
