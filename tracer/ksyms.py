@@ -1,8 +1,10 @@
-"""Kernel addresses to symbol+offset, from /proc/kallsyms.
+"""Kernel addresses to names, cheaply enough for the consumer's hot path.
 
-bcc's resolver reads kallsyms once, so a module loaded later (kmodstorm, or any
-module whose init calls request_module) resolves to the wrong symbol. This one
-is marked stale on every module load and re-read lazily at the next lookup.
+Module addresses are named from /proc/modules (a few lines, re-read after each
+module load: bcc's kallsyms cache, read once, names a module loaded later after
+whatever symbol precedes it). Core kernel addresses never move, so their symbols
+are looked up from /proc/kallsyms once, when the trace ends: reading 100 000+
+symbols mid-storm would stall the consumer for seconds under emulation.
 """
 
 from __future__ import annotations
@@ -11,40 +13,59 @@ import bisect
 
 
 class KernelSymbols:
-    def __init__(self, path: str = "/proc/kallsyms") -> None:
-        self.path = path
-        self._addrs: list[int] = []
+    def __init__(self, kallsyms: str = "/proc/kallsyms", modules: str = "/proc/modules"):
+        self.kallsyms_path = kallsyms
+        self.modules_path = modules
+        self._mods: list[tuple[int, int, str]] = []  # (base, size, name)
+        self._mods_stale = True
+        self._addrs: list[int] | None = None  # core symbols, loaded on first need
         self._names: list[str] = []
-        self.stale = True
 
     def invalidate(self) -> None:
-        self.stale = True
+        """A module was loaded: its range is new."""
+        self._mods_stale = True
 
-    def _load(self) -> None:
+    def module_of(self, addr: int) -> str | None:
+        """'name+0xoff [module]' for an address inside a loaded module, else None."""
+        if self._mods_stale:
+            self._mods = []
+            try:
+                with open(self.modules_path) as f:
+                    for line in f:
+                        p = line.split()
+                        if len(p) >= 6 and p[5].startswith("0x") and int(p[5], 16):
+                            self._mods.append((int(p[5], 16), int(p[1]), p[0]))
+            except OSError:
+                pass
+            self._mods_stale = False
+        for base, size, name in self._mods:
+            if base <= addr < base + size:
+                return f"{name}+{addr - base:#x} [module]"
+        return None
+
+    def _load_core(self) -> None:
         syms: list[tuple[int, str]] = []
         try:
-            with open(self.path) as f:
+            with open(self.kallsyms_path) as f:
                 for line in f:
-                    parts = line.split()
-                    if len(parts) >= 3 and parts[1] in "tTwW":
-                        name = parts[2] + (f" {parts[3]}" if len(parts) > 3 else "")
-                        syms.append((int(parts[0], 16), name))
+                    p = line.split()
+                    if len(p) == 3 and p[1] in "tTwW":
+                        syms.append((int(p[0], 16), p[2]))
         except OSError:
             pass
         syms.sort()
         self._addrs = [a for a, _ in syms]
         self._names = [n for _, n in syms]
-        self.stale = False
+
+    def core(self, addr: int) -> str:
+        """'symbol+0xoff' for a core kernel address (hex if kallsyms hides addresses)."""
+        if self._addrs is None:
+            self._load_core()
+        assert self._addrs is not None
+        i = bisect.bisect_right(self._addrs, addr) - 1
+        if i < 0 or not addr or self._addrs[i] == 0:
+            return hex(addr)
+        return f"{self._names[i]}+{addr - self._addrs[i]:#x}"
 
     def resolve(self, addr: int) -> str:
-        if self.stale:
-            self._load()
-        i = bisect.bisect_right(self._addrs, addr) - 1
-        if i < 0 or not addr or self._addrs[i] == 0:  # hidden addresses (kptr_restrict)
-            return hex(addr)
-        name = self._names[i]
-        module = ""
-        if " " in name:
-            name, module = name.split(" ", 1)
-            module = " " + module
-        return f"{name}+{addr - self._addrs[i]:#x}{module}"
+        return self.module_of(addr) or self.core(addr)

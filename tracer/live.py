@@ -104,7 +104,8 @@ class Run:
             if ev.kind == Kind.MOD_LOAD:
                 self.kallsyms.invalidate()  # its symbols are new
             elif ev.kind == Kind.REQ_ENTER and ev.ip not in self.ksyms:
-                self.ksyms[ev.ip] = self.kallsyms.resolve(ev.ip)
+                # module code is named now, while loaded; core code at the end
+                self.ksyms[ev.ip] = self.kallsyms.module_of(ev.ip) or ""
             # kthreadd's children (pid 2) have no cmdline to read: skipping them keeps a
             # kernel-thread storm from costing a /proc walk per thread
             if ev.kind in _STARTS and ev.ppid != 2 and (ev.pid, ev.comm) not in self.procs:
@@ -131,7 +132,8 @@ class Run:
             return
         self.shown += 1
         if self.opts.json:
-            d = report.request_json(req, v, self.ksyms) | self._proc_json(req.pid, req.comm)
+            d = report.request_json(req, v, {k: n for k, n in self.ksyms.items() if n})
+            d |= self._proc_json(req.pid, req.comm)
             self.out.write(json.dumps(d) + "\n")
         else:
             self.out.write(self._ts(req.start_ns) + report.request_line(req, v, self.t0_ns) + "\n")
@@ -213,6 +215,9 @@ class Run:
         self.tracer.drain()
         self._release(None)
         lost, missed = self.tracer.lost(), self.tracer.missed()
+        for ip, name in self.ksyms.items():
+            if not name:
+                self.ksyms[ip] = self.kallsyms.core(ip)
         assert self.correlator is not None and self.judge is not None
         trailer = {"lost": lost, "missed": missed, "events": self.correlator.events,
                    "end_mono_ns": time.monotonic_ns(),
