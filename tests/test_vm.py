@@ -186,7 +186,9 @@ def test_live_verdicts_equal_the_offline_report(vm_run: VMRun) -> None:
               for d in vm_run.live if d["type"] == "request"}
     live_l = {(d["tid"], d["start_ns"]): (d["verdict"], d["wasted_bytes"])
               for d in vm_run.live if d["type"] == "load"}
-    assert len(live_r) >= 89 and len(live_l) >= 50
+    # 89 requests are fixed by the storms; load attempts vary with timing (a modprobe
+    # that finds the module already live makes none)
+    assert len(live_r) >= 89 and len(live_l) >= 20
     assert live_r == offline_r
     assert live_l == offline_l
 
