@@ -212,7 +212,7 @@ def test_failed_loads_cost_what_the_profile_says(vm_run: VMRun) -> None:
     profile = Features.from_dict(vm_run.trace.header["features"]).profile
     failed = [(ld, v) for ld, v in rep.loads if v is not None and v.outcome == "EEXIST"
               and _in(vm_run, "modprobe", ld.start_ns)]
-    assert len(failed) >= 5
+    assert failed, "no EEXIST among the concurrent xfs loads"
     for ld, v in failed:
         if profile.patient:
             assert v.rule in ("patient-becoming", "patient-load")
