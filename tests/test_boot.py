@@ -276,6 +276,7 @@ class Fake:
         self.queue = True
         self.booted = True
         self.boot_checks = 0
+        self.udev = True
 
     def clock(self) -> float:
         return self.t
@@ -289,7 +290,8 @@ class Fake:
 
     def watcher(self, idle_s: float = 5, max_s: float = 60) -> boot.SettleWatcher:
         return boot.SettleWatcher(idle_s, max_s, clock=self.clock,
-                                  queue_exists=self.queue_exists, boot_done=self.boot_done)
+                                  queue_exists=self.queue_exists, boot_done=self.boot_done,
+                                  udev_up=lambda: self.udev)
 
 
 def run_until(f: Fake, w: boot.SettleWatcher, step: float, until: float) -> float | None:
@@ -414,3 +416,15 @@ def test_status_lists_boots_newest_first(tmp_path: Path) -> None:
     assert [t["boot"] for t in st["traces"]] == IDS[::-1]
     assert [t["size"] for t in st["traces"]] == [3, 2, 1]
     assert st["traces"][0]["mtime"] == 1_000_200 and not st["traces"][0]["pending"]
+
+
+def test_not_settled_until_udevd_has_started() -> None:
+    """No systemd (a virtme guest): boot_done() is True at once, and before udevd runs
+    there is no queue file. The recording must wait for udevd to appear."""
+    f = Fake()
+    f.queue, f.udev = False, False
+    w = f.watcher(idle_s=3, max_s=60)
+    assert run_until(f, w, 0.5, f.t + 20) is None  # 20 s without udevd: still recording
+    f.udev = True
+    assert run_until(f, w, 0.5, f.t + 10) is not None
+    assert w.reason == "settled"

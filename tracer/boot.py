@@ -36,6 +36,7 @@ WANTED_BY = "sysinit.target"
 LOG_DIR = "/var/log/kmodtrace"
 RUN_DIR = "/run/kmodtrace"  # RuntimeDirectory=kmodtrace
 UDEV_QUEUE = "/run/udev/queue"  # systemd-udevd keeps it while events are queued
+UDEV_CONTROL = "/run/udev/control"  # systemd-udevd's control socket
 
 SETTLE_S = 10  # udev queue empty (and boot finished) this long: settled
 MAX_S = 300  # stop anyway after this long
@@ -160,6 +161,11 @@ def udev_queue_exists() -> bool:
     return os.path.exists(UDEV_QUEUE)
 
 
+def udevd_running() -> bool:
+    """systemd-udevd's control socket exists once it is up."""
+    return os.path.exists(UDEV_CONTROL)
+
+
 def systemd_boot_finished() -> bool:
     """False while systemd is still starting units; True once it is up (or not systemd)."""
     if not os.path.isdir("/run/systemd/system"):
@@ -179,18 +185,22 @@ class SettleWatcher:
     finished, continuously for idle_s; or once max_s have passed since construction.
     `reason` then says which ("settled" or "max-duration").
 
-    Why boot_done: before systemd-udevd runs there is no queue file either, so an absent
-    queue alone would "settle" at once. boot_done() (systemctl is-system-running past
-    "starting"; True where systemd is not running) is asked at most every check_every_s
-    until it says True.
+    Why boot_done and udev_up: before systemd-udevd runs there is no queue file either,
+    so an absent queue alone would "settle" at once. boot_done() (systemctl
+    is-system-running past "starting"; True where systemd is not running) is asked at
+    most every check_every_s until it says True; udev_up() (its control socket) must
+    have been seen too, since without systemd boot_done() is True from the start.
     """
 
     def __init__(self, idle_s: float, max_s: float = math.inf,
                  clock: Callable[[], float] = time.monotonic,
                  queue_exists: Callable[[], bool] = udev_queue_exists,
                  boot_done: Callable[[], bool] = systemd_boot_finished,
-                 check_every_s: float = 1.0) -> None:
+                 check_every_s: float = 1.0,
+                 udev_up: Callable[[], bool] = udevd_running) -> None:
         self.idle_s, self.max_s = idle_s, max_s
+        self._udev_up = udev_up
+        self._udev_seen = False
         self._clock, self._queue_exists, self._boot_done = clock, queue_exists, boot_done
         self._check_every_s = check_every_s
         self.start = clock()
@@ -209,7 +219,9 @@ class SettleWatcher:
         if not self._booted and now >= self._next_check:
             self._booted = self._boot_done()
             self._next_check = now + self._check_every_s
-        if not self._booted or self._queue_exists():
+        if not self._udev_seen:
+            self._udev_seen = self._udev_up()
+        if not self._booted or not self._udev_seen or self._queue_exists():
             self._quiet_since = None
             return False
         if self._quiet_since is None:
