@@ -13,6 +13,7 @@ Joins, each by what the kernel guarantees:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from tracer.events import Event, Kind
@@ -44,7 +45,7 @@ class Correlator:
         self._last_sweep_ns = 0
         self.events = 0
         self.unjoined = 0  # events whose story we never saw begin
-        self._dispatch = {
+        self._dispatch: dict[int, Callable[[Event], None]] = {
             Kind.REQ_ENTER: self._req_enter,
             Kind.REQ_TP: self._req_tp,
             Kind.REQ_EXIT: self._req_exit,
@@ -70,7 +71,7 @@ class Correlator:
 
     def feed(self, ev: Event) -> None:
         self.events += 1
-        handler = self._dispatch.get(Kind(ev.kind)) if ev.kind in Kind._value2member_map_ else None
+        handler = self._dispatch.get(ev.kind)  # IntEnum keys hash as their ints
         if handler is not None:
             handler(ev)
         if ev.ts_ns - self._last_sweep_ns > STALE_NS:
