@@ -9,7 +9,7 @@ demo: $(STAMP)
 	$(VENV)/bin/kmodtrace vm
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check tracer tests
+	$(VENV)/bin/ruff check tracer kmodlab tests
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -v -rs
 

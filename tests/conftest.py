@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from tracer import vm
+from kmodlab import vm
+from kmodlab.storms import Scenario
+from kmodlab.witness import WitnessEvent, parse
 from tracer.record import Trace, read_trace
-from tracer.storms import Scenario
-from tracer.witness import WitnessEvent, parse
 
 
 @dataclass

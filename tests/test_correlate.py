@@ -179,7 +179,7 @@ def test_recorded_loads_join_their_request(recorded: tuple[list[Request], list[L
 
 
 def test_recorded_trace_matches_its_witness() -> None:
-    from tracer.witness import parse
+    from kmodlab.witness import parse
 
     witness = parse((DATA / "witness.txt").read_text())
     trace = read_trace(str(DATA / "trace.jsonl"))

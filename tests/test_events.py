@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import re
-from pathlib import Path
 
 from tracer.events import LAYOUT, CEvent, Event, Kind, c_definitions, decode
-
-BPF_SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "kmodtrace.bpf.c"
+from tracer.probes import BPF_SOURCE
 
 
 def test_c_struct_lists_every_field_in_order() -> None:

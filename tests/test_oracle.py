@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer import oracle, parity, vm
+from kmodlab import oracle, parity, vm
 from tracer.kernel import Features
 from tracer.record import read_trace
 from tracer.session import replay

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from kmodlab.parity import Parity, check_requests, check_stats, parse_stats, render
 from tracer.events import Event, Kind
 from tracer.model import DUP_TAIL_NS, PROFILE_6_5, TIE_NS, Model, profile_with_dups
-from tracer.parity import Parity, check_requests, check_stats, parse_stats, render
 from tracer.session import replay
 from tracer.stories import Request
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer import vm, vmboot
+from kmodlab import vm, vmboot
 from tracer.kernel import Features
 from tracer.record import Trace, read_trace
 from tracer.session import replay

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-from tracer.witness import parse, parse_line
+from kmodlab.witness import parse, parse_line
 
 DATA = Path(__file__).parent / "data" / "vm-6.1" / "witness.txt"
 

@@ -1,11 +1,16 @@
-"""kmodtrace command line: live, record, report, vm."""
+"""kmodtrace command line: live, record, report, boot.
+
+Commands of the lab (vm, parity, bench) live in the kmodlab package, which registers
+them through the `kmodtrace.commands` entry point group: the tracer never imports the lab.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
-from pathlib import Path
+from importlib.metadata import entry_points
+from typing import NoReturn
 
 import click
 
@@ -17,12 +22,12 @@ from tracer.record import TraceFormatError, read_trace
 from tracer.session import replay
 
 
-def _fail(msg: str) -> None:
+def fail(msg: str) -> NoReturn:
     click.echo(f"kmodtrace: {msg}", err=True)
     sys.exit(1)
 
 
-def _progress(msg: str) -> None:
+def progress(msg: str) -> None:
     click.echo(f"[{time.strftime('%H:%M:%S')}] {msg}", err=True)
 
 
@@ -36,7 +41,7 @@ def _trace(opts: Options) -> None:
     try:
         rc = Run(opts).run()
     except TracerError as e:
-        _fail(str(e))
+        fail(str(e))
     sys.exit(rc)
 
 
@@ -88,10 +93,16 @@ def record(output: str, duration: float | None, ready_file: str | None,
 def report_cmd(trace_file: str, as_json: bool, perfetto: str | None = None,
                plot: str | None = None) -> None:
     """Judge a recorded trace offline: the same model as `live`."""
+    show_report(trace_file, as_json, perfetto, plot)
+
+
+def show_report(trace_file: str, as_json: bool = False, perfetto: str | None = None,
+                plot: str | None = None) -> None:
+    """What `report` prints; `boot show` and the lab's `vm` print the same."""
     try:
         trace = read_trace(trace_file)
     except TraceFormatError as e:
-        _fail(str(e))
+        fail(str(e))
     profile = Features.from_dict(trace.header.get("features", {})).profile
     rep = replay(trace.events, profile)
     assert rep.judge is not None
@@ -106,7 +117,7 @@ def report_cmd(trace_file: str, as_json: bool, perfetto: str | None = None,
         try:
             draw(rep, plot, title=f"kmodtrace: {trace.header.get('kernel', '')}")
         except ValueError as e:
-            _fail(str(e))
+            fail(str(e))
         click.echo(f"wrote {plot}", err=True)
     lost = (trace.trailer or {}).get("lost")
     if as_json:
@@ -136,41 +147,6 @@ def report_cmd(trace_file: str, as_json: bool, perfetto: str | None = None,
                        report.summary_rows(rep.judge.model.modules()))
 
 
-@main.command()
-@click.option("-k", "--kernel", "kernel_spec", default="stable", show_default=True,
-              help="stable (linux-image-amd64), backports, or a path to vmlinuz-RELEASE")
-@click.option("-o", "--out", type=click.Path(file_okay=False), help="results directory")
-@click.option("--cpus", default=2, show_default=True)
-@click.option("--memory", default="2G", show_default=True)
-@click.option("--kvm/--no-kvm", default=None, help="default: use KVM only if a probe boot works")
-@click.option("-c", "--command", help="trace this shell command instead of the demo storms")
-@click.option("--boot", "boot_trace", is_flag=True,
-              help="trace the guest's boot from before udev's coldplug instead")
-def vm(kernel_spec: str, out: str | None, cpus: int, memory: str, kvm: bool | None,
-       command: str | None, boot_trace: bool) -> None:
-    """Boot a stock Debian kernel in virtme-ng, trace storms (or COMMAND, or the boot)."""
-    from tracer import vm as vmmod  # imported here: keeps live/record start-up small
-
-    try:
-        kern = vmmod.resolve_kernel(kernel_spec, _progress)
-        outdir = Path(out or f"out/vm-{kern.release}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-        if boot_trace:
-            from tracer import vmboot  # imported here: only for --boot
-
-            rc = vmboot.run_boot(kern, outdir, _progress, kvm=kvm)
-        else:
-            args = ["--command", command] if command else []
-            rc = vmmod.run_guest(kern, outdir, args, _progress, cpus=cpus, memory=memory,
-                                 kvm=kvm)
-    except vmmod.VMError as e:
-        _fail(str(e))
-    trace = outdir / ("boot.jsonl" if boot_trace else "trace.jsonl")
-    if rc != 0 or not trace.exists():
-        _fail(f"the guest failed (exit {rc}); see the logs in {outdir}")
-    _progress(f"results in {outdir}")
-    report_cmd.callback(str(trace), False)  # type: ignore[misc]
-
-
 @main.group()
 def boot() -> None:
     """Record module loading from early boot with a systemd unit."""
@@ -185,7 +161,7 @@ def boot_install(root: str) -> None:
     try:
         changed = bootmod.install(root=root, notice=lambda m: click.echo(m, err=True))
     except bootmod.BootError as e:
-        _fail(str(e))
+        fail(str(e))
     click.echo("\n".join(f"wrote {p}" for p in changed) or "already installed")
 
 
@@ -228,77 +204,20 @@ def boot_show(which: str | None, as_json: bool) -> None:
     try:
         path = bootmod.find_boot_trace(bootmod.LOG_DIR, which)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     click.echo(f"boot trace {path}", err=True)
-    report_cmd.callback(str(path), as_json)  # type: ignore[misc]
+    show_report(str(path), as_json)
 
 
-@main.command()
-@click.option("-k", "--kernel", "kernel_spec", default="stable", show_default=True,
-              help="kernel for the VM figures (see `kmodtrace vm`)")
-@click.option("--no-vm", is_flag=True, help="only the offline replay figure")
-@click.option("--events", default=1_000_000, show_default=True, help="replay trace size")
-@click.option("--sizes", default="1000,10000", show_default=True,
-              help="request storm sizes for the loss figure")
-@click.option("--modprobes", default=1000, show_default=True,
-              help="concurrent modprobes for the loss figure")
-@click.option("--overhead-count", default=1000, show_default=True,
-              help="requests per storm for the overhead figure")
-@click.option("-o", "--out", type=click.Path(file_okay=False), help="VM results directory")
-def bench(kernel_spec: str, no_vm: bool, events: int, sizes: str, modprobes: int,
-          overhead_count: int, out: str | None) -> None:
-    """Print the benchmark figures: attach time, loss, overhead, replay speed, memory."""
-    from tracer import bench as benchmod
-    from tracer import vm as vmmod
-
-    replay_fig = benchmod.replay_speed(events, _progress)
-    vm_fig = None
-    if not no_vm:
-        outdir = Path(out or f"out/bench-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+def _add_plugin_commands() -> None:
+    """Commands other packages register (the lab's vm, parity, bench)."""
+    for ep in entry_points(group="kmodtrace.commands"):
         try:
-            vm_fig = benchmod.vm_figures(kernel_spec, outdir, _progress, sizes, modprobes,
-                                         overhead_count)
-        except vmmod.VMError as e:
-            _fail(str(e))
-        assert vm_fig is not None
-        click.echo(f"kernel {vm_fig['kernel']}, {vm_fig['cpus']} vCPUs; raw figures in "
-                   f"{outdir}/bench.json")
-    for line in benchmod.render(replay_fig, vm_fig):
-        click.echo(line)
+            cmd = ep.load()
+        except ImportError:  # a plugin whose own dependencies are missing: leave it out
+            continue
+        if isinstance(cmd, click.Command):
+            main.add_command(cmd, ep.name)
 
 
-@main.command()
-@click.option("-o", "--out", type=click.Path(file_okay=False), help="results directory")
-@click.option("--build-only", is_flag=True, help="build (or find) the oracle kernel and stop")
-@click.option("--trace-dir", type=click.Path(file_okay=False, exists=True),
-              help="check an earlier oracle run's results instead of booting")
-def parity(out: str | None, build_only: bool, trace_dir: str | None) -> None:
-    """Prove the model against the oracle kernel's own dups.c and MODULE_STATS.
-
-    Builds Debian's linux-source-6.12 with MODULE_DEBUG_AUTOLOAD_DUPS and MODULE_STATS
-    once (cached; about 20 minutes on 2 cores), boots it, runs the oracle storms and
-    prints per-request and per-run parity. Exit status 1 on any mismatch.
-    """
-    from tracer import oracle  # imported here: heavy and rarely used
-    from tracer import parity as paritymod  # imported here: rarely used
-    from tracer import vm as vmmod  # imported here: rarely used
-
-    if trace_dir is None:
-        try:
-            kern = oracle.build(_progress)
-            if build_only:
-                click.echo(f"oracle kernel {kern.release}: {kern.vmlinuz}")
-                return
-            outdir = Path(out or f"out/parity-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-            rc = vmmod.run_guest(kern, outdir, ["--scenarios", "oracle"], _progress,
-                                 append=oracle.BOOT_ARGS)
-        except vmmod.VMError as e:
-            _fail(str(e))
-        if rc != 0:
-            _fail(f"the oracle guest failed (exit {rc}); see the logs in {outdir}")
-    else:
-        outdir = Path(trace_dir)
-    par = paritymod.run(outdir)
-    for line in paritymod.render(par):
-        click.echo(line)
-    sys.exit(0 if par.ok else 1)
+_add_plugin_commands()

@@ -1,7 +1,7 @@
 """The event record: the one definition shared by the BPF program and Python.
 
 `Event` below is the source. `c_definitions()` generates the C struct and the
-KIND_* constants that bpf/kmodtrace.bpf.c is compiled with, and `CEvent` is the
+KIND_* constants that tracer/bpf/kmodtrace.bpf.c is compiled with, and `CEvent` is the
 ctypes twin used to decode ring-buffer records, so the layouts cannot drift.
 Fields are plain u32/u64/s64/char[N], the only types bcc decodes reliably.
 """

@@ -1,4 +1,4 @@
-"""Compile bpf/kmodtrace.bpf.c with bcc, attach what this kernel has, stream events.
+"""Compile tracer/bpf/kmodtrace.bpf.c with bcc, attach what this kernel has, stream events.
 
 The only module that imports bcc. A hook the kernel lacks is skipped with a
 notice; counters for lost events (failed ring-buffer reservations) and missed
@@ -13,13 +13,14 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 from tracer import kernel
 from tracer.events import Event, c_definitions, decode
 
-BPF_SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "kmodtrace.bpf.c"
+# Package data, found the way bcc finds its helpers.h: it ships inside the wheel.
+BPF_SOURCE = resources.files("tracer") / "bpf" / "kmodtrace.bpf.c"
 
 # Every sleeping __request_module call holds a kretprobe instance; storms on big
 # machines put thousands in flight (the kernel default is 2 * NR_CPUS).

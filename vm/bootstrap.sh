@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '[bootstrap] %s\n' "$*" >&2; }
 
-pkgs=(python3-bpfcc bpfcc-tools python3-venv qemu-system-x86 kmod iproute2 make gcc systemd
+pkgs=(python3-bpfcc bpfcc-tools python3-venv qemu-system-x86 busybox-static kmod iproute2 make gcc systemd
       linux-image-amd64 linux-headers-amd64)
 missing=()
 for p in "${pkgs[@]}"; do

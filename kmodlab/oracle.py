@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from tracer import vm
+from kmodlab import vm
 
 SOURCE_PACKAGE = "linux-source-6.12"
 # Thousands of "duplicate request" lines must all stay in the kernel log for the check.

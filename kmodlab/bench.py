@@ -17,11 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kmodlab.synth import stream
 from tracer.correlate import Correlator
 from tracer.model import PROFILE_6_5
 from tracer.record import TraceWriter, make_header, read_trace
 from tracer.session import Judge
-from tracer.synth import stream
 
 Echo = Callable[[str], None]
 
@@ -57,13 +57,13 @@ def replay_speed(n: int, echo: Echo) -> dict[str, float]:
 
 def vm_figures(kernel_spec: str, out: Path, echo: Echo, sizes: str, modprobes: int,
                overhead_count: int) -> dict[str, Any]:
-    from tracer import vm
+    from kmodlab import vm
 
     kern = vm.resolve_kernel(kernel_spec, echo)
-    # tracer.benchguest instead of tracer.guest; 4 GiB for 10 000 kthreads and 1 000 modprobes
+    # kmodlab.benchguest instead of kmodlab.guest; 4 GiB for 10 000 kthreads and 1 000 modprobes
     rc = vm.run_guest(kern, out, ["--sizes", sizes, "--modprobes", str(modprobes),
                                   "--overhead-count", str(overhead_count)], echo,
-                      memory="4G", module="tracer.benchguest")
+                      memory="4G", module="kmodlab.benchguest")
     if rc != 0:
         raise vm.VMError(f"bench guest failed with {rc}")
     result: dict[str, Any] = json.loads((out / "bench.json").read_text())

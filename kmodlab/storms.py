@@ -1,7 +1,7 @@
 """Storm generators: many tasks asking for one module at the same moment.
 
 Userspace storms fork N children that block on one pipe and exec together when
-it closes; the kernel-thread storm loads vm/kmodstorm, which fires N
+it closes; the kernel-thread storm loads kmodlab/kmodstorm, which fires N
 request_module() calls from N kthreads at once.
 """
 
@@ -15,9 +15,10 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
-KMODSTORM_SRC = Path(__file__).resolve().parent.parent / "vm" / "kmodstorm"
+KMODSTORM_SRC = resources.files("kmodlab") / "kmodstorm"  # package data
 
 
 def fork_together(jobs: Sequence[Callable[[], int]]) -> list[int]:
@@ -89,7 +90,7 @@ class Scenario:
 
 
 def build_kmodstorm(release: str, cache: Path) -> Path:
-    """Build vm/kmodstorm against this kernel's headers, cached by release and source."""
+    """Build kmodlab/kmodstorm against this kernel's headers, cached by release and source."""
     src = (KMODSTORM_SRC / "kmodstorm.c").read_bytes() + (KMODSTORM_SRC / "Makefile").read_bytes()
     key = f"{release}-{hashlib.sha256(src).hexdigest()[:12]}"
     ko = cache / key / "kmodstorm.ko"
@@ -97,7 +98,9 @@ def build_kmodstorm(release: str, cache: Path) -> Path:
         return ko
     work = Path("/tmp/kmodstorm-build")
     shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(KMODSTORM_SRC, work)
+    work.mkdir(parents=True)
+    for name in ("kmodstorm.c", "Makefile"):  # a Traversable, not always a directory on disk
+        (work / name).write_bytes((KMODSTORM_SRC / name).read_bytes())
     # No BTF for our module: it would need pahole, and nothing reads it.
     subprocess.run(["make", "-s", f"KDIR=/lib/modules/{release}/build",
                     "CONFIG_DEBUG_INFO_BTF_MODULES="], cwd=work, check=True,

@@ -19,8 +19,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tracer import kernel, storms
-from tracer.witness import Witness
+from kmodlab import storms
+from kmodlab.witness import Witness
+from tracer import kernel
 
 
 def link_kernel_tree(root: Path) -> None:

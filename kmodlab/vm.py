@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
 Progress = Callable[[str], None]
 
 
@@ -207,7 +206,7 @@ def run_guest(
     memory: str = "2G",
     kvm: bool | None = None,
     timeout: float = 1800,
-    module: str = "tracer.guest",
+    module: str = "kmodlab.guest",
     extra_env: dict[str, str] | None = None,
     append: list[str] | None = None,
 ) -> int:
@@ -224,7 +223,7 @@ def run_guest(
         inner += ["--kernel-root", str(kern.root)]
     inner += guest_args
     cmd = [vng, "--run", str(kern.vmlinuz), "--cpus", str(cpus), "--memory", memory,
-           "--rwdir", str(out), "--rwdir", str(cache), "--cwd", str(REPO),
+           "--rwdir", str(out), "--rwdir", str(cache), "--cwd", str(out),
            "--exec", shlex.join(inner)]
     if not kvm:
         cmd.insert(3, "--disable-kvm")
@@ -234,7 +233,7 @@ def run_guest(
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     env.update(extra_env or {})
     try:
-        p = subprocess.run(cmd, env=env, timeout=timeout, check=False, cwd=REPO,
+        p = subprocess.run(cmd, env=env, timeout=timeout, check=False, cwd=out,
                            stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as e:
         raise VMError(f"the VM did not finish within {timeout:.0f}s") from e

@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tracer import guest, kernel, storms
-from tracer.guest import link_kernel_tree, progress
+from kmodlab import guest, storms
+from kmodlab.guest import link_kernel_tree, progress
+from kmodlab.witness import Witness, parse
+from tracer import kernel
 from tracer.record import read_trace
-from tracer.witness import Witness, parse
 
 
 def attach_execsnoop(timeout: float = 600) -> float:

@@ -1,0 +1,119 @@
+"""The lab's commands, added to `kmodtrace` through the kmodtrace.commands entry points."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from tracer.cli import fail as _fail
+from tracer.cli import progress as _progress
+from tracer.cli import show_report
+
+
+@click.command()
+@click.option("-k", "--kernel", "kernel_spec", default="stable", show_default=True,
+              help="stable (linux-image-amd64), backports, or a path to vmlinuz-RELEASE")
+@click.option("-o", "--out", type=click.Path(file_okay=False), help="results directory")
+@click.option("--cpus", default=2, show_default=True)
+@click.option("--memory", default="2G", show_default=True)
+@click.option("--kvm/--no-kvm", default=None, help="default: use KVM only if a probe boot works")
+@click.option("-c", "--command", help="trace this shell command instead of the demo storms")
+@click.option("--boot", "boot_trace", is_flag=True,
+              help="trace the guest's boot from before udev's coldplug instead")
+def vm(kernel_spec: str, out: str | None, cpus: int, memory: str, kvm: bool | None,
+       command: str | None, boot_trace: bool) -> None:
+    """Boot a stock Debian kernel in virtme-ng, trace storms (or COMMAND, or the boot)."""
+    from kmodlab import vm as vmmod
+
+    try:
+        kern = vmmod.resolve_kernel(kernel_spec, _progress)
+        outdir = Path(out or f"out/vm-{kern.release}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+        if boot_trace:
+            from kmodlab import vmboot  # imported here: needs virtme
+
+            rc = vmboot.run_boot(kern, outdir, _progress, kvm=kvm)
+        else:
+            args = ["--command", command] if command else []
+            rc = vmmod.run_guest(kern, outdir, args, _progress, cpus=cpus, memory=memory,
+                                 kvm=kvm)
+    except vmmod.VMError as e:
+        _fail(str(e))
+    trace = outdir / ("boot.jsonl" if boot_trace else "trace.jsonl")
+    if rc != 0 or not trace.exists():
+        _fail(f"the guest failed (exit {rc}); see the logs in {outdir}")
+    _progress(f"results in {outdir}")
+    show_report(str(trace))
+
+
+@click.command()
+@click.option("-k", "--kernel", "kernel_spec", default="stable", show_default=True,
+              help="kernel for the VM figures (see `kmodtrace vm`)")
+@click.option("--no-vm", is_flag=True, help="only the offline replay figure")
+@click.option("--events", default=1_000_000, show_default=True, help="replay trace size")
+@click.option("--sizes", default="1000,10000", show_default=True,
+              help="request storm sizes for the loss figure")
+@click.option("--modprobes", default=1000, show_default=True,
+              help="concurrent modprobes for the loss figure")
+@click.option("--overhead-count", default=1000, show_default=True,
+              help="requests per storm for the overhead figure")
+@click.option("-o", "--out", type=click.Path(file_okay=False), help="VM results directory")
+def bench(kernel_spec: str, no_vm: bool, events: int, sizes: str, modprobes: int,
+          overhead_count: int, out: str | None) -> None:
+    """Print the benchmark figures: attach time, loss, overhead, replay speed, memory."""
+    from kmodlab import bench as benchmod
+    from kmodlab import vm as vmmod
+
+    replay_fig = benchmod.replay_speed(events, _progress)
+    vm_fig = None
+    if not no_vm:
+        outdir = Path(out or f"out/bench-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+        try:
+            vm_fig = benchmod.vm_figures(kernel_spec, outdir, _progress, sizes, modprobes,
+                                         overhead_count)
+        except vmmod.VMError as e:
+            _fail(str(e))
+        assert vm_fig is not None
+        click.echo(f"kernel {vm_fig['kernel']}, {vm_fig['cpus']} vCPUs; raw figures in "
+                   f"{outdir}/bench.json")
+    for line in benchmod.render(replay_fig, vm_fig):
+        click.echo(line)
+
+
+@click.command()
+@click.option("-o", "--out", type=click.Path(file_okay=False), help="results directory")
+@click.option("--build-only", is_flag=True, help="build (or find) the oracle kernel and stop")
+@click.option("--trace-dir", type=click.Path(file_okay=False, exists=True),
+              help="check an earlier oracle run's results instead of booting")
+def parity(out: str | None, build_only: bool, trace_dir: str | None) -> None:
+    """Prove the model against the oracle kernel's own dups.c and MODULE_STATS.
+
+    Builds Debian's linux-source-6.12 with MODULE_DEBUG_AUTOLOAD_DUPS and MODULE_STATS
+    once (cached; about 20 minutes on 2 cores), boots it, runs the oracle storms and
+    prints per-request and per-run parity. Exit status 1 on any mismatch.
+    """
+    from kmodlab import oracle
+    from kmodlab import parity as paritymod
+    from kmodlab import vm as vmmod
+
+    if trace_dir is None:
+        try:
+            kern = oracle.build(_progress)
+            if build_only:
+                click.echo(f"oracle kernel {kern.release}: {kern.vmlinuz}")
+                return
+            outdir = Path(out or f"out/parity-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+            rc = vmmod.run_guest(kern, outdir, ["--scenarios", "oracle"], _progress,
+                                 append=oracle.BOOT_ARGS)
+        except vmmod.VMError as e:
+            _fail(str(e))
+        if rc != 0:
+            _fail(f"the oracle guest failed (exit {rc}); see the logs in {outdir}")
+    else:
+        outdir = Path(trace_dir)
+    par = paritymod.run(outdir)
+    for line in paritymod.render(par):
+        click.echo(line)
+    sys.exit(0 if par.ok else 1)
