@@ -55,8 +55,9 @@ def test_report_of_a_foreign_file_is_one_clear_line(tmp_path: Path) -> None:
     bad.write_text("hello\n")
     p = kmodtrace("report", str(bad))
     assert p.returncode == 1
-    assert p.stderr.strip().splitlines() == [f"kmodtrace: {bad}: line 1 is not JSON: "
-                                             "not a kmodtrace trace"]
+    assert p.stderr.strip().splitlines() == [
+        f"kmodtrace: {bad}: line 1 is not JSON: not a kmodtrace trace "
+        "(give a file written by `kmodtrace record -o FILE`)"]
 
 
 def test_report_of_a_killed_recording(tmp_path: Path) -> None:

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from tracer.events import Event, Kind
-from tracer.record import TraceFormatError, TraceWriter, make_header, read_trace
+from tracer.record import (
+    TraceFormatError,
+    TraceOutputError,
+    TraceWriter,
+    make_header,
+    read_trace,
+)
 
 
 def _write(path: Path, n: int, trailer: bool = True) -> None:
@@ -77,4 +83,93 @@ def test_foreign_files_are_rejected(tmp_path: Path, content: str) -> None:
     p = tmp_path / "t.jsonl"
     p.write_text(content)
     with pytest.raises(TraceFormatError, match="not a kmodtrace trace"):
+        read_trace(str(p))
+
+
+@pytest.mark.parametrize("bad", [
+    '{"k": "nope"}',  # an object of no type
+    '{"type": "event"}',  # an event with no kind
+    '{"type": "event", "kind": 3, "bogus": 1}',  # a field the layout does not have
+    '{"type": "proc", "pid": "1", "comm": "x", "cmdline": "", "parents": []}',
+    '{"type": "header", "format": "kmodtrace-trace", "version": 1}',  # a second header
+    '{"type": "what"}',
+    '"a string"',
+    '',
+])
+def test_every_invalid_line_is_counted_and_named(tmp_path: Path, bad: str) -> None:
+    p = tmp_path / "t.jsonl"
+    _write(p, 4)
+    lines = p.read_text().splitlines()
+    lines.insert(3, bad)
+    p.write_text("\n".join(lines) + "\n")
+    tr = read_trace(str(p))
+    assert tr.first_bad_line == 4 and tr.bad_lines == 1, bad
+    assert [e.name for e in tr.events] == ["m0", "m1", "m2", "m3"] and tr.trailer is not None
+
+
+def test_a_second_trailer_is_a_bad_line(tmp_path: Path) -> None:
+    p = tmp_path / "t.jsonl"
+    _write(p, 1)
+    with p.open("a") as f:
+        f.write(json.dumps({"type": "trailer", "lost": 9}) + "\n")
+    tr = read_trace(str(p))
+    assert tr.trailer is not None and tr.trailer["lost"] == 0
+    assert tr.bad_lines == 1 and tr.first_bad_line == 4
+
+
+def test_proc_records_are_read_back(tmp_path: Path) -> None:
+    p = tmp_path / "t.jsonl"
+    w = TraceWriter(str(p))
+    w.write(make_header({}, [], []))
+    w.proc(42, "mount", "mount -t minix none /mnt", ("bash[7]", "systemd[1]"))
+    w.event(Event(ts_ns=1, kind=int(Kind.REQ_TP), pid=42, comm="mount", name="fs-minix"))
+    w.close({"lost": 0})
+    tr = read_trace(str(p))
+    assert tr.procs == {(42, "mount"): ("mount -t minix none /mnt", ("bash[7]", "systemd[1]"))}
+    assert tr.bad_lines == 0
+
+
+def test_recorded_procs_of_the_6_12_storms() -> None:
+    tr = read_trace(str(Path(__file__).parent / "data" / "vm-6.12" / "trace.jsonl"))
+    assert len(tr.procs) > 100 and tr.bad_lines == 0 and tr.first_bad_line is None
+    assert any(cmd.startswith("modprobe") for cmd, _ in tr.procs.values())
+
+
+def test_features_of_a_trace() -> None:
+    tr = read_trace(str(Path(__file__).parent / "data" / "vm-6.12" / "trace.jsonl"))
+    assert tr.features.idempotent and tr.features.profile.name == "6.5+"
+
+
+def test_output_is_never_written_through_a_symlink(tmp_path: Path) -> None:
+    target = tmp_path / "precious"
+    target.write_text("keep me\n")
+    link = tmp_path / "t.jsonl"
+    link.symlink_to(target)
+    with pytest.raises(TraceOutputError, match=f"{link} is a symbolic link"):
+        TraceWriter(str(link))
+    assert target.read_text() == "keep me\n"
+
+
+def test_output_with_another_hard_link_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "precious"
+    target.write_text("keep me\n")
+    os.link(target, tmp_path / "t.jsonl")
+    with pytest.raises(TraceOutputError, match="2 hard links"):
+        TraceWriter(str(tmp_path / "t.jsonl"))
+    assert target.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("make", ["missing", "directory", "binary", "newer"])
+def test_unreadable_inputs_say_why(tmp_path: Path, make: str) -> None:
+    p = tmp_path / "t.jsonl"
+    if make == "directory":
+        p.mkdir()
+    elif make == "binary":
+        p.write_bytes(bytes(range(256)) * 64)
+    elif make == "newer":
+        p.write_text(json.dumps({"type": "header", "format": "kmodtrace-trace",
+                                 "version": 2}) + "\n")
+    want = {"missing": "no such file", "directory": "is a directory",
+            "binary": "line 1 is not JSON", "newer": "format version 2"}[make]
+    with pytest.raises(TraceFormatError, match=want):
         read_trace(str(p))

@@ -1,14 +1,16 @@
-"""The trace file: JSON Lines, a header, events, a trailer.
+"""The trace file: JSON Lines, a header, events, proc records, a trailer.
 
 Every line is written and flushed as it comes, so a killed recorder loses at
-most a partial last line. Readers accept a missing trailer and report the first
-line they could not parse.
+most a partial last line. Readers accept a missing trailer, and count and name
+every line that is not a valid record (the report goes on without it).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
+import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,15 +21,23 @@ import orjson
 
 from tracer import __version__
 from tracer.events import Event
+from tracer.kernel import Features
 
 FORMAT = "kmodtrace-trace"
 FORMAT_VERSION = 1
 _DEFAULTS = Event().to_dict()
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+# How `record` makes a file that `report` reads: the fix named in format errors.
+_HOW = "give a file written by `kmodtrace record -o FILE`"
+
+# (pid, comm) -> (cmdline, parent chain "comm[pid]" up to init), read while it lived
+Procs = dict[tuple[int, str], tuple[str, tuple[str, ...]]]
 
 
 def boot_id() -> str:
+    """This boot's id (a UUID with dashes), or "" where it cannot be read."""
     try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
+        with open(BOOT_ID_PATH) as f:
             return f.read().strip()
     except OSError:
         return ""
@@ -51,12 +61,48 @@ def make_header(features: dict[str, Any], hooks: list[str], skipped: list[str]) 
     }
 
 
+class TraceOutputError(RuntimeError):
+    """The trace cannot be written where asked; the message names the path and the fix."""
+
+
+def open_output(path: str) -> int:
+    """Open PATH for a new trace as root would safely: never through a symlink.
+
+    A symlink (or a hard link to another file) planted at the output path by someone who
+    can write its directory would make a root recorder overwrite its target. O_NOFOLLOW
+    refuses the first; a file with other links is refused before it is truncated.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise TraceOutputError(
+                f"{path} is a symbolic link: a trace is never written through one "
+                "(remove the link or choose another output path)") from e
+        raise TraceOutputError(f"cannot write the trace to {path}: {e.strerror}") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise TraceOutputError(f"{path} is not a regular file: choose another output path")
+        if st.st_nlink > 1:
+            raise TraceOutputError(
+                f"{path} has {st.st_nlink} hard links: writing it would change another "
+                "file too (remove it or choose another output path)")
+        os.set_blocking(fd, True)
+        os.ftruncate(fd, 0)
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class TraceWriter:
     """One write(2) per line and no user-space buffer: a kill loses at most that line."""
 
     def __init__(self, path: str) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(self._fd, 0o600)  # an existing file keeps its mode otherwise
+        self._fd = open_output(path)
         self.path = path
 
     def write(self, obj: dict[str, Any]) -> None:
@@ -67,13 +113,17 @@ class TraceWriter:
         d["type"] = "event"
         self.write(d)
 
+    def proc(self, pid: int, comm: str, cmdline: str, parents: tuple[str, ...]) -> None:
+        self.write({"type": "proc", "pid": pid, "comm": comm, "cmdline": cmdline,
+                    "parents": list(parents)})
+
     def close(self, trailer: dict[str, Any]) -> None:
         self.write({"type": "trailer", **trailer})
         os.close(self._fd)
 
 
 class TraceFormatError(ValueError):
-    """The file is not a kmodtrace trace."""
+    """The file is not a kmodtrace trace (or cannot be read); the message says why."""
 
 
 @dataclass(slots=True)
@@ -83,6 +133,13 @@ class Trace:
     trailer: dict[str, Any] | None = None
     first_bad_line: int | None = None
     bad_lines: int = 0
+    procs: Procs = field(default_factory=dict)
+
+    @property
+    def features(self) -> Features:
+        """What the recorder detected on the traced kernel (its profile is the model's)."""
+        raw = self.header.get("features")
+        return Features.from_dict(raw if isinstance(raw, dict) else {})
 
     @property
     def ksyms(self) -> dict[int, str]:
@@ -90,38 +147,92 @@ class Trace:
         raw = (self.trailer or {}).get("ksyms", {})
         return {int(k, 16): v for k, v in raw.items()} if isinstance(raw, dict) else {}
 
+    def bad(self, n: int) -> None:
+        self.bad_lines += 1
+        if self.first_bad_line is None:
+            self.first_bad_line = n
+
 
 def iter_lines(path: str) -> Iterator[tuple[int, str]]:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        yield from enumerate(f, 1)
+    try:
+        f = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed below
+    except IsADirectoryError as e:
+        raise TraceFormatError(f"{path} is a directory, not a trace: {_HOW}") from e
+    except FileNotFoundError as e:
+        raise TraceFormatError(f"{path}: no such file: {_HOW}") from e
+    except OSError as e:
+        raise TraceFormatError(f"cannot read {path}: {e.strerror}") from e
+    with f:
+        try:
+            yield from enumerate(f, 1)
+        except OSError as e:
+            raise TraceFormatError(f"cannot read {path}: {e.strerror}") from e
+
+
+def _event(obj: dict[str, Any]) -> Event | None:
+    if "kind" not in obj or not obj.keys() <= _DEFAULTS.keys() | {"type"}:
+        return None
+    try:
+        return Event.from_dict(obj)
+    except TypeError:
+        return None
+
+
+def _proc(obj: dict[str, Any]) -> tuple[tuple[int, str], tuple[str, tuple[str, ...]]] | None:
+    pid, comm, cmdline, parents = (obj.get(k) for k in ("pid", "comm", "cmdline", "parents"))
+    if (type(pid) is not int or not isinstance(comm, str) or not isinstance(cmdline, str)
+            or not isinstance(parents, list) or not all(isinstance(p, str) for p in parents)):
+        return None
+    return (pid, comm), (cmdline, tuple(parents))
 
 
 def read_trace(path: str) -> Trace:
+    """The trace in PATH; TraceFormatError if it is not one.
+
+    Every later line that is not a valid event, proc or trailer record (corrupt JSON, an
+    object of no known type, a field of the wrong type, a second header or trailer) is
+    counted in bad_lines, the first one named in first_bad_line, and skipped.
+    """
     trace: Trace | None = None
     for n, line in iter_lines(path):
         try:
             obj = orjson.loads(line)
-            if not isinstance(obj, dict):
-                raise ValueError("not an object")
-        except ValueError as e:
-            if trace is None:
-                raise TraceFormatError(
-                    f"{path}: line {n} is not JSON: not a kmodtrace trace") from e
-            trace.bad_lines += 1
-            trace.first_bad_line = trace.first_bad_line or n
-            continue
+        except ValueError:
+            obj = None
         if trace is None:
+            if not isinstance(obj, dict):
+                raise TraceFormatError(f"{path}: line {n} is not JSON: not a kmodtrace trace"
+                                       f" ({_HOW})")
             if obj.get("type") != "header" or obj.get("format") != FORMAT:
-                raise TraceFormatError(f"{path}: no kmodtrace header: not a kmodtrace trace")
+                raise TraceFormatError(f"{path}: no kmodtrace header: not a kmodtrace trace "
+                                       f"({_HOW})")
+            version = obj.get("version")
+            if type(version) is not int or version > FORMAT_VERSION:
+                raise TraceFormatError(
+                    f"{path}: trace format version {version!r}, this kmodtrace reads "
+                    f"{FORMAT_VERSION}: report it with the kmodtrace that recorded it")
             trace = Trace(header=obj)
-        elif obj.get("type") == "event":
-            try:
-                trace.events.append(Event.from_dict(obj))
-            except TypeError:
-                trace.bad_lines += 1
-                trace.first_bad_line = trace.first_bad_line or n
-        elif obj.get("type") == "trailer":
+            continue
+        if not isinstance(obj, dict):
+            trace.bad(n)
+            continue
+        kind = obj.get("type")
+        if kind == "event":
+            ev = _event(obj)
+            if ev is None:
+                trace.bad(n)
+            else:
+                trace.events.append(ev)
+        elif kind == "proc":
+            proc = _proc(obj)
+            if proc is None:
+                trace.bad(n)
+            else:
+                trace.procs[proc[0]] = proc[1]
+        elif kind == "trailer" and trace.trailer is None:
             trace.trailer = obj
+        else:
+            trace.bad(n)
     if trace is None:
-        raise TraceFormatError(f"{path}: empty file: not a kmodtrace trace")
+        raise TraceFormatError(f"{path}: empty file: not a kmodtrace trace ({_HOW})")
     return trace
