@@ -28,7 +28,7 @@ def trace() -> Trace:
 
 @pytest.fixture(scope="module")
 def rep(trace: Trace) -> Replay:
-    return replay(trace.events, Features.from_dict(trace.header["features"]).profile)
+    return replay(trace.events, trace.features.profile)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,6 @@ def test_metadata(doc: dict[str, Any], rep: Replay) -> None:
     assert meta["kernel"] == "6.1.0-56-amd64"
     assert meta["profile"] == "6.1"
     assert meta["clock"] == "CLOCK_MONOTONIC"
-    assert rep.judge is not None
     assert meta["modules"]["xfs"]["wasted_bytes"] == rep.judge.model.modules()["xfs"].wasted_bytes
 
 
@@ -148,7 +147,6 @@ def test_every_story_is_a_slice(doc: dict[str, Any], rep: Replay) -> None:
 
 
 def test_xfs_storm(doc: dict[str, Any], rep: Replay) -> None:
-    assert rep.judge is not None
     pid = next(e["pid"] for e in _of(doc, "M")
                if e["name"] == "process_name" and e["args"]["name"] == "xfs")
     loads = [e for e in _of(doc, "X", "load") if e["pid"] == pid]
@@ -164,7 +162,6 @@ def test_xfs_storm(doc: dict[str, Any], rep: Replay) -> None:
 
 
 def test_one_instant_per_duplicate(doc: dict[str, Any], rep: Replay) -> None:
-    assert rep.judge is not None
     dups = [(r, v) for r, v in rep.requests if v is not None and v.verdict == "duplicate"]
     assert len(dups) == sum(m.duplicates for m in rep.judge.model.modules().values()) == 74
     inst = _of(doc, "i", "duplicate")
@@ -184,7 +181,6 @@ def test_one_instant_per_duplicate(doc: dict[str, Any], rep: Replay) -> None:
 
 
 def test_module_free_instants(doc: dict[str, Any], rep: Replay) -> None:
-    assert rep.judge is not None
     inst = _of(doc, "i", "module")
     assert len(inst) == len(rep.judge.freed) == 3
     assert all(e["s"] == "p" and e["name"] == "module_free kmodstorm" for e in inst)
@@ -202,7 +198,7 @@ def _req(rid: int, tid: int, start: int, end: int | None, **kw: Any) -> Request:
 
 
 def test_unfinished_and_overlapping_stories() -> None:
-    rep = Replay()
+    rep = replay([], Features.from_dict({"idempotent": True}).profile)
     # Same thread, two requests that overlap without nesting: the second gets its own track.
     rep.requests.append((_req(1, 7, 1000, 5000, umh_start_ns=1500, umh_end_ns=9000),
                          RequestVerdict(1, "m", True, "first", 1010)))
@@ -229,7 +225,7 @@ def test_unfinished_and_overlapping_stories() -> None:
 
 
 def test_empty() -> None:
-    doc = chrome_trace(Replay(), {})
+    doc = chrome_trace(replay([], Features.from_dict({}).profile), {})
     check_valid(doc)
     assert doc["traceEvents"] == []
 

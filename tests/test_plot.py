@@ -22,7 +22,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def rep() -> Replay:
     trace = read_trace(str(TRACE))
-    return replay(trace.events, Features.from_dict(trace.header["features"]).profile)
+    return replay(trace.events, trace.features.profile)
 
 
 def _svg_texts(path: Path) -> list[str]:
@@ -64,7 +64,6 @@ def test_svg(rep: Replay, tmp_path: Path) -> None:
         assert label in texts, label
     # The legend names each module's wasted bytes.
     assert "xfs: 56.3 MiB wasted" in texts
-    assert rep.judge is not None
     mods = rep.judge.model.modules()
     for name, m in mods.items():
         if m.wasted_bytes:
@@ -91,7 +90,7 @@ def test_unsupported_extension(rep: Replay, tmp_path: Path, name: str) -> None:
 
 def test_empty_replay(tmp_path: Path) -> None:
     out = tmp_path / "e.png"
-    plot(Replay(), str(out))
+    plot(replay([], Features.from_dict({}).profile), str(out))
     assert out.read_bytes()[:8] == PNG_SIGNATURE
 
 

@@ -28,7 +28,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracer.kernel import Features
 from tracer.model import LoadVerdict, RequestVerdict
 from tracer.report import errno_name, module_json, request_ret
 from tracer.session import Replay
@@ -83,17 +82,30 @@ def _child(name: str, cat: str, start: int | None, end: int | None, parent: _Sli
     return _Slice(name, cat, s, e, args)
 
 
+def story_times(req_or_load: Request | Load) -> list[int]:
+    """Every timestamp a request or load story has seen."""
+    if isinstance(req_or_load, Request):
+        r = req_or_load
+        ts = [r.start_ns, r.tp_ns, r.end_ns, r.umh_start_ns, r.umh_end_ns]
+    else:
+        ld = req_or_load
+        ts = [ld.start_ns, ld.end_ns, ld.init_start_ns, ld.init_end_ns]
+    return [t for t in ts if t is not None]
+
+
+def time_span(rep: Replay) -> tuple[int, int]:
+    """(first, last) timestamp of every story in `rep`; (0, 0) if it has none.
+
+    The one definition of a replay's extent for both timelines (this one and tracer.plot).
+    """
+    ts = [t for r, _ in rep.requests for t in story_times(r)]
+    ts += [t for ld, _ in rep.loads for t in story_times(ld)]
+    return (min(ts), max(ts)) if ts else (0, 0)
+
+
 def _last_ns(rep: Replay) -> int:
-    last = 0
-    for req, _ in rep.requests:
-        last = max(last, req.start_ns, *(t for t in (req.tp_ns, req.end_ns, req.umh_start_ns,
-                                                      req.umh_end_ns) if t is not None))
-    for ld, _ in rep.loads:
-        last = max(last, ld.start_ns, *(t for t in (ld.end_ns, ld.init_start_ns,
-                                                     ld.init_end_ns) if t is not None))
-    if rep.judge is not None:
-        last = max([last] + [ts for ts, _ in rep.judge.freed])
-    return last
+    """Where unfinished stories end: the last timestamp, module frees included."""
+    return max([time_span(rep)[1]] + [ts for ts, _ in rep.judge.freed])
 
 
 def _request_story(req: Request, v: RequestVerdict | None, last: int) -> _Story:
@@ -175,12 +187,6 @@ def _meta(name: str, pid: int, tid: int | None, args: dict[str, Any]) -> dict[st
     return ev
 
 
-def _profile_name(rep: Replay, header: dict[str, Any]) -> str:
-    if rep.judge is not None:
-        return rep.judge.model.actual.name
-    return Features.from_dict(header.get("features") or {}).profile.name
-
-
 def _sort_key(ev: dict[str, Any]) -> tuple[int, float, float]:
     """Metadata first, then by time; at one time, longer (outer) slices first."""
     if ev["ph"] == "M":
@@ -193,7 +199,7 @@ def chrome_trace(rep: Replay, header: dict[str, Any]) -> dict[str, Any]:
     last = _last_ns(rep)
     stories = [_request_story(r, v, last) for r, v in rep.requests]
     stories += [_load_story(ld, v, last) for ld, v in rep.loads]
-    freed = list(rep.judge.freed) if rep.judge is not None else []
+    freed = list(rep.judge.freed)
 
     first: dict[str, int] = {}
     for st in stories:
@@ -233,9 +239,7 @@ def chrome_trace(rep: Replay, header: dict[str, Any]) -> dict[str, Any]:
         meta.append(_meta("process_name", pids[g], None, {"name": g}))
         meta.append(_meta("process_sort_index", pids[g], None, {"sort_index": pids[g]}))
 
-    mods: dict[str, Any] = {}
-    if rep.judge is not None:
-        mods = {k: module_json(m) for k, m in sorted(rep.judge.model.modules().items())}
+    mods = {k: module_json(m) for k, m in sorted(rep.judge.model.modules().items())}
     events.sort(key=_sort_key)
     return {
         "traceEvents": meta + events,
@@ -243,7 +247,7 @@ def chrome_trace(rep: Replay, header: dict[str, Any]) -> dict[str, Any]:
         "metadata": {
             "generator": "kmodtrace",
             "kernel": header.get("kernel"),
-            "profile": _profile_name(rep, header),
+            "profile": rep.judge.model.actual.name,
             "tool_version": header.get("tool_version"),
             "trace_id": header.get("id"),
             "start_time": header.get("start_time"),

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final
 
 from tracer import report
 from tracer.model import LoadVerdict, RequestVerdict
-from tracer.perfetto import load_group, request_group
+from tracer.perfetto import load_group, request_group, time_span
 from tracer.session import Replay
 from tracer.stories import Load, Request
 
@@ -131,17 +131,6 @@ def _rows(rep: Replay, last: int, min_ns: int) -> list[_Row]:
     return out
 
 
-def _times(rep: Replay) -> tuple[int, int]:
-    ts: list[int] = []
-    for req, _ in rep.requests:
-        ts += [t for t in (req.start_ns, req.tp_ns, req.end_ns, req.umh_start_ns,
-                           req.umh_end_ns) if t is not None]
-    for ld, _ in rep.loads:
-        ts += [t for t in (ld.start_ns, ld.end_ns, ld.init_start_ns, ld.init_end_ns)
-               if t is not None]
-    return (min(ts), max(ts)) if ts else (0, 0)
-
-
 def _row_summary(r: _Row, wasted: int) -> str:
     parts = []
     if r.requests:
@@ -168,10 +157,10 @@ def plot(rep: Replay, path: str, title: str = "") -> None:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    t0, last = _times(rep)
+    t0, last = time_span(rep)
     span_s = max((last - t0) / 1e9, 1e-3)
     rows = _rows(rep, last, int(span_s * 1e9 * MIN_BAR_FRACTION * 2))
-    mods = rep.judge.model.modules() if rep.judge is not None else {}
+    mods = rep.judge.model.modules()
     wasted = {name: m.wasted_bytes for name, m in mods.items() if m.wasted_bytes > 0}
 
     total_lanes = sum(r.height + ROW_GAP for r in rows) or MIN_ROW + ROW_GAP

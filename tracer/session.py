@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tracer.correlate import Correlator
 from tracer.events import Event
@@ -55,27 +55,31 @@ class Judge:
             self.freed.append((ev.ts_ns, ev.name))
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Replay:
-    """Every story of a finished trace, with its verdict, in completion order."""
+    """Every story of a finished trace, with its verdict, in completion order.
 
-    requests: list[tuple[Request, RequestVerdict | None]] = field(default_factory=list)
-    loads: list[tuple[Load, LoadVerdict | None]] = field(default_factory=list)
-    judge: Judge | None = None
-    correlator: Correlator | None = None
+    Built complete by replay(): the judge and correlator that produced the stories come
+    with them (the model's module table, the freed modules, the event count).
+    """
+
+    requests: list[tuple[Request, RequestVerdict | None]]
+    loads: list[tuple[Load, LoadVerdict | None]]
+    judge: Judge
+    correlator: Correlator
 
 
 def replay(events: Iterable[Event], profile: Profile,
            oracle: Callable[[Request], bool | None] | None = None) -> Replay:
-    out = Replay()
+    requests: list[tuple[Request, RequestVerdict | None]] = []
+    loads: list[tuple[Load, LoadVerdict | None]] = []
     judge = Judge(
         profile,
-        on_request=lambda r, v: out.requests.append((r, v)),
-        on_load=lambda ld, v: out.loads.append((ld, v)),
+        on_request=lambda r, v: requests.append((r, v)),
+        on_load=lambda ld, v: loads.append((ld, v)),
         oracle=oracle,
     )
     corr = Correlator(judge)
     for ev in sorted(events, key=lambda e: e.ts_ns):
         corr.feed(ev)
-    out.judge, out.correlator = judge, corr
-    return out
+    return Replay(requests, loads, judge, corr)
