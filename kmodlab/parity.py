@@ -101,10 +101,14 @@ def check_stats(model: StatsSummary, before: ModuleStatsFile, after: ModuleStats
     def delta(key: str) -> int:
         return after.counters.get(key, 0) - before.counters.get(key, 0)
 
-    pairs = [
+    pairs = [  # read_file_mod_stats() labels
         ("Virtual mem wasted bytes", model.wasted_bytes),
-        ("Failed becoming bytes", model.becoming_bytes),
-        ("Failed kmod bytes", model.invalid_bytes),
+        ("Failed kread bytes", model.invalid_kread_bytes),
+        ("Failed decompress bytes", model.invalid_decompress_bytes),
+        ("Failed becoming bytes", model.invalid_becoming_bytes),
+        ("Failed kmod bytes", model.invalid_mod_bytes),
+        ("Mods failed on kread", model.failed_kreads),
+        ("Mods failed on decompress", model.failed_decompress),
         ("Mods failed on becoming", model.failed_becoming),
         ("Mods failed on load", model.failed_load),
     ]

@@ -12,7 +12,8 @@ import pytest
 
 from tracer.correlate import STALE_NS, Correlator
 from tracer.events import Event, Kind
-from tracer.model import PROFILE_6_1
+from tracer.model import PROFILE_6_1, Model
+from tracer.model import STALE_NS as MODEL_STALE_NS
 from tracer.record import read_trace
 from tracer.session import replay
 from tracer.stories import Load, Request, decode_wait_status, module_from_path
@@ -148,6 +149,25 @@ def test_stale_stories_are_swept() -> None:
     assert corr.open_stories == 2
     corr.feed(E(Kind.MOD_FREE, STALE_NS * 2, 3, name="x"))
     assert corr.open_stories == 0 and sink.freed == ["x"]
+
+
+def test_kernel_dups_verdict_and_announce_join_the_request_by_thread() -> None:
+    """kmod_dup_request_exists_wait() and call_modprobe()'s kmod_dup_request_announce()
+    run in the requesting task, inside __request_module()."""
+    sink = feed([
+        E(Kind.REQ_ENTER, 1, 5, wait=1), E(Kind.REQ_TP, 2, 5, wait=1, name="fs-xfs"),
+        E(Kind.DUP_VERDICT, 3, 5, wait=0, ret=0),
+        E(Kind.DUP_ANNOUNCE, 8, 5, name="fs-xfs", ret=256),
+        E(Kind.DUP_ANNOUNCE, 8, 6, name="fs-xfs", ret=0),  # another task's: not joined
+        E(Kind.REQ_EXIT, 9, 5, ret=256),
+    ])  # fmt: skip
+    (req,) = sink.requests
+    assert (req.kernel_verdict, req.kernel_ret) == ("first", 256)
+    assert (req.kernel_announce_ns, req.kernel_announce_ret) == (8, 256)
+
+
+def test_one_stale_limit_for_correlator_and_model() -> None:
+    assert STALE_NS == MODEL_STALE_NS == Model(PROFILE_6_1).stale_ns
 
 
 @pytest.fixture(scope="module")

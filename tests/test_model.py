@@ -1,16 +1,17 @@
-"""Tests for tracer/model.py: the dups.c, idempotent(), patient-check and MODULE_STATS rules."""
+"""Tests for tracer/model/: the dups.c, idempotent(), patient-check and MODULE_STATS rules."""
 
 from __future__ import annotations
 
 import errno
 import itertools
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tracer import kernel
 from tracer.model import (
     DUP_TAIL_NS,
     MODULE_INIT_COMPRESSED_FILE,
@@ -18,16 +19,22 @@ from tracer.model import (
     PROFILE_6_4,
     PROFILE_6_5,
     Announce,
+    ByteClass,
     DupFailed,
     LoadVerdict,
     Model,
     Profile,
     RequestVerdict,
+    kernel_disagrees,
+    profile_json,
+    profile_note,
     profile_with_dups,
+    with_announce,
 )
 from tracer.stories import Load, Request
 
 S = 1_000_000_000
+MS = 1_000_000  # apart by more than TIE_NS: the trace orders them
 ANNOUNCES: tuple[Announce, ...] = ("first", "deferred")
 SIZE = 4_000
 
@@ -109,27 +116,166 @@ def replay(model: Model, reqs: Iterable[Request] = (), loads: Iterable[Load] = (
     return run
 
 
-# ---- profiles -------------------------------------------------------------------------------
+# ---- profiles and the announce form (kernel-semantics.md sections 2 and 7) -------------------
 
 
 def test_profiles_follow_the_version_table() -> None:
-    assert (PROFILE_6_1.dups, PROFILE_6_1.idempotent, PROFILE_6_1.patient) == (
-        False, False, False,
-    )  # fmt: skip
-    assert (PROFILE_6_4.dups, PROFILE_6_4.idempotent, PROFILE_6_4.patient) == (
-        False, False, True,
-    )  # fmt: skip
-    assert PROFILE_6_4.announce == "deferred"
-    assert (PROFILE_6_5.dups, PROFILE_6_5.idempotent, PROFILE_6_5.patient) == (
-        False, True, True,
-    )  # fmt: skip
-    assert PROFILE_6_5.announce == "first"
+    rows = [(PROFILE_6_1, False, False, False), (PROFILE_6_4, False, False, True),
+            (PROFILE_6_5, False, True, True)]
+    for p, dups, idem, patient in rows:
+        assert (p.dups, p.idempotent, p.patient, p.module_stats) == (dups, idem, patient, False)
+        # Every released kernel 6.4-7.1 uses the deferred form: the default for all
+        # profiles, assumed since none of them has dups.c to look at.
+        assert (p.announce, p.announce_source) == ("deferred", "assumed"), p.name
     with_dups = profile_with_dups(PROFILE_6_4)
-    assert with_dups.dups is True
-    assert (with_dups.idempotent, with_dups.patient, with_dups.announce) == (
-        False, True, "deferred",
+    assert (with_dups.dups, with_dups.idempotent, with_dups.patient, with_dups.announce) == (
+        True, False, True, "deferred",
     )  # fmt: skip
     assert PROFILE_6_4.dups is False  # not mutated
+    first = with_announce(PROFILE_6_5, "first")
+    assert (first.announce, first.announce_source, first.idempotent) == ("first", "override", True)
+
+
+def _symbols(*names: str) -> Callable[[str], bool]:
+    return lambda name: name in names
+
+
+DUPS_SYMS = ("kmod_dup_request_exists_wait", "init_module_from_file")
+
+
+@pytest.mark.parametrize(
+    ("symbols", "form", "source", "why"),
+    [
+        ((*DUPS_SYMS, "kmod_dup_request_complete"), "deferred", "detected",
+         "kernel/module/dups.c kmod_dup_request_complete(): the deferred form is built in"),
+        (DUPS_SYMS, "deferred", "assumed",
+         "dups.c without kmod_dup_request_complete: an intermediate form, not proof of first"),
+        (("init_module_from_file",), "deferred", "assumed",
+         "no dups.c: the form cannot be seen, deferred by default"),
+    ],
+)  # fmt: skip
+def test_announce_form_detection(symbols: tuple[str, ...], form: str, source: str,
+                                 why: str) -> None:  # fmt: skip
+    f = kernel.detect(_symbols(*symbols))
+    assert (f.announce, f.announce_source) == (form, source), why
+    assert (f.profile.announce, f.profile.announce_source) == (form, source), why
+    d = f.to_dict()
+    assert (d["announce"], d["announce_source"]) == (form, source)
+    assert kernel.Features.from_dict(d) == f
+
+
+def test_announce_keys_absent_from_an_old_trace_header() -> None:
+    old = {"release": "6.12", "dups": True, "dups_deferred": False, "idempotent": True,
+           "patient": True, "module_stats": True, "profile": "6.5+/dups"}
+    f = kernel.Features.from_dict(old)
+    # The old reader took a missing kmod_dup_request_complete for "first": not proof.
+    assert (f.announce, f.announce_source, f.module_stats) == ("deferred", "assumed", True)
+    old["dups_deferred"] = True
+    assert kernel.Features.from_dict(old).announce_source == "detected"
+
+
+def test_announce_override_reaches_detect_and_trace_headers() -> None:
+    kernel.override_announce("first")
+    try:
+        f = kernel.detect(_symbols(*DUPS_SYMS, "kmod_dup_request_complete"))
+        assert (f.announce, f.announce_source) == ("first", "override")
+        g = kernel.Features.from_dict({"dups": True, "dups_deferred": True})
+        assert (g.profile.announce, g.profile.announce_source) == ("first", "override")
+    finally:
+        kernel.override_announce(None)
+    assert kernel.detect(_symbols()).announce_source == "assumed"
+
+
+def _tail_storm(profile: Profile) -> Run:
+    """An untracked nowait announces 0 first and completes the entry; the anchor then
+    announces 256 (kmod_dup_request_announce() matches by name only); #4 arrives in the
+    tail after both."""
+    return replay(Model(profile), [
+        mkreq(1, "fs-xfs", 10 * MS, 40 * MS, 0, wait=False),
+        mkreq(2, "fs-xfs", 20 * MS, 100 * MS, 256),
+        mkreq(3, "fs-xfs", 30 * MS, 150 * MS, 0),
+        mkreq(4, "fs-xfs", 200 * MS, 210 * MS, 0),
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("profile", "ret", "indeterminate", "why"),
+    [
+        (PROFILE_6_1, 256, "announce-assumed",
+         "dups.c kmod_dup_request_announce() 6.4-7.1: every announce stores dup_ret; the "
+         "form was assumed, so the value is the model's guess"),
+        (with_announce(PROFILE_6_1, "first"), 0, None,
+         "newer dups.c: announces after completion_done() are ignored (override)"),
+        (with_announce(PROFILE_6_1, "deferred"), 256, None, "deferred, as the user said"),
+        (replace(profile_with_dups(PROFILE_6_5), announce_source="detected"), 256, None,
+         "deferred form detected by kmod_dup_request_complete"),
+    ],
+)  # fmt: skip
+def test_tail_duplicate_after_a_later_announce(profile: Profile, ret: int,
+                                               indeterminate: str | None, why: str) -> None:
+    run = _tail_storm(profile)
+    assert (run.reqs[3].predicted_ret, run.reqs[3].indeterminate) == (0, None), why
+    v = run.reqs[4]
+    assert (v.verdict, v.anchor_id, v.predicted_ret, v.would_wait_ns) == (
+        "duplicate", 2, ret, 0), why
+    assert v.indeterminate == indeterminate, why
+
+
+def test_tail_duplicate_is_determinate_when_both_announces_agree() -> None:
+    run = replay(Model(PROFILE_6_1), [
+        mkreq(1, "fs-xfs", 10 * MS, 40 * MS, 256, wait=False),
+        mkreq(2, "fs-xfs", 20 * MS, 100 * MS, 256),
+        mkreq(4, "fs-xfs", 200 * MS, 210 * MS, 0),
+    ])  # fmt: skip
+    assert (run.reqs[4].predicted_ret, run.reqs[4].indeterminate) == (256, None)
+
+
+def test_traced_announce_time_completes_the_entry() -> None:
+    """call_modprobe() announces before __request_module() returns: with the announce
+    traced (Kind.DUP_ANNOUNCE), a request arriving between the two is no longer a waiter."""
+    m = Model(PROFILE_6_1)
+    a = mkreq(1, "fs-xfs", 10, 100, 256)
+    a.kernel_announce_ns = 80
+    m.request_arrive(a)
+    late = mkreq(2, "fs-xfs", 90, 95, 0)
+    v = m.request_arrive(late)
+    m.request_done(late)
+    m.request_done(a)
+    assert (v.predicted_ret, v.would_wait_ns) == (256, 0)  # clamped: it came after it
+    assert m.request_arrive(mkreq(3, "fs-xfs", 95, 96, 0)).predicted_ret == 256
+
+
+@pytest.mark.parametrize(
+    ("wait", "kernel_dup", "dup_ret", "verdict", "ret"),
+    [
+        (True, True, 0, "duplicate", 0),  # kmod_dup_request_exists_wait() true: *dup_ret
+        (True, False, None, "first", 256),  # false for wait: it added the entry
+        (False, False, None, "untracked", 256),  # false for nowait: not tracked
+        (True, None, None, None, None),  # not traced
+    ],
+)  # fmt: skip
+def test_kernel_verdict_of_a_request(wait: bool, kernel_dup: bool | None, dup_ret: int | None,
+                                     verdict: str | None, ret: int | None) -> None:
+    r = mkreq(1, "x", 10, 20, 256, wait=wait)
+    r.kernel_dup, r.kernel_dup_ret = kernel_dup, dup_ret
+    assert (r.kernel_verdict, r.kernel_ret) == (verdict, ret)
+
+
+def test_kernel_disagreement() -> None:
+    m = Model(profile_with_dups(PROFILE_6_5))
+    a, d = mkreq(1, "x", 10, 100, 256), mkreq(2, "x", 20, 110, 0, modprobe=False)
+    a.kernel_dup = False
+    d.kernel_dup, d.kernel_dup_ret = True, 0  # the kernel handed it 0, the model says 256
+    run = replay(m, [a, d])
+    assert kernel_disagrees(a, run.reqs[1]) is False
+    assert kernel_disagrees(d, run.reqs[2]) is True
+    d.kernel_dup_ret = 256
+    assert kernel_disagrees(d, run.reqs[2]) is False
+    d.kernel_dup = False
+    assert kernel_disagrees(d, run.reqs[2]) is True  # kernel: first, model: duplicate
+    d.kernel_dup = None
+    assert kernel_disagrees(d, run.reqs[2]) is False  # not traced: nothing to compare
+
 
 
 # ---- dups.c ---------------------------------------------------------------------------------
@@ -262,27 +408,6 @@ def test_tail_is_per_request_string() -> None:
     m = Model(PROFILE_6_1)
     run = replay(m, [mkreq(1, "fs-xfs", 10, 100, 0), mkreq(2, "xfs", 20, 100, 0)])
     assert (run.reqs[1].verdict, run.reqs[2].verdict) == ("first", "first")  # no aliasing
-
-
-@pytest.mark.parametrize(
-    ("announce", "tail_dup_ret"),
-    [("first", 0), ("deferred", 256)],
-)
-def test_first_vs_deferred_announce(announce: Announce, tail_dup_ret: int) -> None:
-    profile = Profile("t", dups=False, idempotent=False, patient=True, announce=announce)
-    m = Model(profile)
-    run = replay(
-        m,
-        [
-            mkreq(1, "fs-xfs", 10, 40, 0, wait=False),  # untracked: completes the entry, 0
-            mkreq(2, "fs-xfs", 20, 100, 256),  # anchor announces 256 later
-            mkreq(3, "fs-xfs", 30, 150, 0),  # asleep when the entry completes
-            mkreq(4, "fs-xfs", 200, 210, 0),  # in the tail, after the anchor's announce
-        ],
-    )
-    assert run.reqs[3].predicted_ret == 0  # woken by the first completion either way
-    assert run.reqs[3].would_wait_ns == 10
-    assert run.at_arrival[4] == ("duplicate", tail_dup_ret, 0)
 
 
 def test_rejected_request_is_not_seen_by_dups() -> None:
@@ -444,53 +569,136 @@ def test_patient_becoming_when_module_already_live() -> None:
 
 # ---- MODULE_STATS ---------------------------------------------------------------------------
 
+MAIN = "kernel/module/main.c"
+SIGNED = SIZE + 700  # a signed module's file: info->len is SIZE once the signature is stripped
+BIG = 3 * SIZE  # a compressed module's info->len, the file being SIZE
 
-@pytest.mark.parametrize(
-    ("profile", "ret", "loaded", "flags", "rule", "wasted", "becoming"),
-    [
-        # becoming: the patient early check, before layout_and_allocate(): len
-        (PROFILE_6_4, -errno.EEXIST, False, 0, "patient-becoming", SIZE, True),
-        (PROFILE_6_4, -errno.EBUSY, False, 0, "patient-becoming", SIZE, True),
-        # invalid: pre-6.4 fails only in add_unformed_module(), after layout: 2 * len
-        (PROFILE_6_1, -errno.EEXIST, False, 0, "exists", 2 * SIZE, False),
-        # compressed: + compressed length
-        (PROFILE_6_4, -errno.EEXIST, False, MODULE_INIT_COMPRESSED_FILE, "patient-becoming",
-         2 * SIZE, True),
-        (PROFILE_6_1, -errno.EEXIST, False, MODULE_INIT_COMPRESSED_FILE, "exists", 3 * SIZE,
-         False),
-        # other failures: before layout (ENOEXEC), after it (Unknown symbol), never read
-        (PROFILE_6_4, -errno.ENOEXEC, False, 0, None, SIZE, True),
-        (PROFILE_6_4, -errno.ENOENT, False, 0, None, 2 * SIZE, False),
-        (PROFILE_6_4, -errno.EPERM, False, 0, None, 0, None),
-        # init failed after module:module_load: do_init_module() bumps nothing
-        (PROFILE_6_4, -errno.ENODEV, True, 0, None, 0, None),
-        (PROFILE_6_4, 0, True, 0, None, 0, None),
-    ],
-)  # fmt: skip
-def test_wasted_bytes(
-    profile: Profile,
-    ret: int,
-    loaded: bool,
-    flags: int,
-    rule: str | None,
-    wasted: int,
-    becoming: bool | None,
-) -> None:
-    m = Model(profile)
+
+@dataclass(frozen=True)
+class Cost:
+    what: str
+    profile: Profile
+    ret: int
+    byte_class: ByteClass | None
+    wasted: int
+    approx: bool
+    cite: str
+    syscall: str = "finit_module"
+    flags: int = 0
+    loaded: bool = False
+    size: int = SIZE
+    mod_len: int | None = None
+    rule: str | None = None
+
+
+COSTS = [
+    Cost("patient check in early_mod_check: becoming, len", PROFILE_6_4, -errno.EEXIST,
+         "becoming", SIZE, False, f"{MAIN} early_mod_check() module_patient_check_exists()",
+         rule="patient-becoming"),
+    Cost("EBUSY from the same check", PROFILE_6_4, -errno.EBUSY, "becoming", SIZE, False,
+         f"{MAIN} module_patient_check_exists(): -EBUSY when not LIVE",
+         rule="patient-becoming"),
+    Cost("pre-6.4 name check after layout: invalid, 2 * len", PROFILE_6_1, -errno.EEXIST,
+         "invalid", 2 * SIZE, False, f"{MAIN} add_unformed_module() after layout_and_allocate()",
+         rule="exists"),
+    Cost("len is info->len, the signature stripped", PROFILE_6_4, -errno.EEXIST, "becoming",
+         SIZE, False, f"{MAIN} load_module() module_sig_check() adjusts info->len",
+         size=SIGNED, mod_len=SIZE, rule="patient-becoming"),
+    Cost("compressed becoming: len + compressed len", PROFILE_6_4, -errno.EEXIST, "becoming",
+         BIG + SIZE, False, "kernel/module/stats.c mod_stat_bump_becoming()",
+         flags=MODULE_INIT_COMPRESSED_FILE, mod_len=BIG, rule="patient-becoming"),
+    Cost("compressed invalid: 2 * len + compressed len", PROFILE_6_1, -errno.EEXIST, "invalid",
+         2 * BIG + SIZE, False, "kernel/module/stats.c mod_stat_bump_invalid()",
+         flags=MODULE_INIT_COMPRESSED_FILE, mod_len=BIG, rule="exists"),
+    Cost("compressed, len unknown: the file size stands for it", PROFILE_6_4, -errno.EEXIST,
+         "becoming", 2 * SIZE, False, "kernel/module/stats.c mod_stat_bump_becoming()",
+         flags=MODULE_INIT_COMPRESSED_FILE, rule="patient-becoming"),
+    Cost("blacklisted -EPERM after the read: becoming", PROFILE_6_5, -errno.EPERM, "becoming",
+         SIZE, True, f"{MAIN} early_mod_check() blacklisted()"),
+    Cost("parse_args -EINVAL after the allocation: invalid", PROFILE_6_5, -errno.EINVAL,
+         "invalid", 2 * SIZE, True, f"{MAIN} load_module() parse_args() -> coming_cleanup"),
+    Cost("relocation or duplicate symbol -ENOEXEC: invalid", PROFILE_6_5, -errno.ENOEXEC,
+         "invalid", 2 * SIZE, True,
+         f"{MAIN} apply_relocations(), complete_formation() verify_exported_symbols()"),
+    Cost("unknown symbol -ENOENT after the allocation: invalid", PROFILE_6_5, -errno.ENOENT,
+         "invalid", 2 * SIZE, False, f"{MAIN} load_module() simplify_symbols()"),
+    Cost("signature rejected before the allocation: becoming", PROFILE_6_5,
+         -errno.EKEYREJECTED, "becoming", SIZE, False, f"{MAIN} load_module() module_sig_check()"),
+    Cost("init_module copy -EFAULT: len to invalid_kread_bytes", PROFILE_6_5, -errno.EFAULT,
+         "kread", SIZE, True, f"{MAIN} SYSCALL_DEFINE3(init_module) copy_module_from_user()",
+         syscall="init_module"),
+    Cost("failed finit read counts nothing since 6.5", PROFILE_6_5, -errno.ETXTBSY, "kread", 0,
+         False, f"{MAIN} init_module_from_file() kernel_read_file() < 0"),
+    Cost("finit -ENOMEM taken as the read's vmalloc", PROFILE_6_5, -errno.ENOMEM, "kread", 0,
+         True, f"{MAIN} init_module_from_file() kernel_read_file()"),
+    Cost("decompression failure counts the compressed length", PROFILE_6_5, -errno.EOPNOTSUPP,
+         "decompress", SIZE, False, f"{MAIN} init_module_from_file() module_decompress()",
+         flags=MODULE_INIT_COMPRESSED_FILE, mod_len=BIG),
+    Cost("compressed -EINVAL taken as the decompressor's", PROFILE_6_5, -errno.EINVAL,
+         "decompress", SIZE, True, "kernel/module/decompress.c module_xz_decompress()",
+         flags=MODULE_INIT_COMPRESSED_FILE),
+    Cost("fd checks fail before the read: nothing", PROFILE_6_5, -errno.EBADF, None, 0, False,
+         f"{MAIN} idempotent_init_module() FMODE_READ"),
+    Cost("failure inside the module's init counts nothing", PROFILE_6_5, -errno.ENODEV, None, 0,
+         False, f"{MAIN} do_init_module() bumps no MODULE_STATS counter", loaded=True),
+    Cost("a load counts nothing", PROFILE_6_5, 0, None, 0, False, f"{MAIN} do_init_module()",
+         loaded=True),
+]  # fmt: skip
+
+BYTES = {"kread": "invalid_kread_bytes", "decompress": "invalid_decompress_bytes",
+         "becoming": "invalid_becoming_bytes", "invalid": "invalid_mod_bytes"}
+FAILS = {"kread": "failed_kreads", "decompress": "failed_decompress",
+         "becoming": "failed_becoming", "invalid": "failed_load"}
+
+
+@pytest.mark.parametrize("c", COSTS, ids=[c.what for c in COSTS])
+def test_module_stats_cost_of_a_failed_attempt(c: Cost) -> None:
+    m = Model(c.profile)
     # A LIVE same-name module first (a different inode so idempotent() stays out of it).
     replay(m, loads=[mkload(1, 10, 20, 0, ino=1)])
-    run = replay(m, loads=[mkload(2, 30, 40, ret, ino=2, flags=flags, loaded=loaded)])
-    v = run.loads[2]
-    assert (v.rule, v.wasted_bytes) == (rule, wasted)
+    attempt = mkload(2, 30, 40, c.ret, ino=2, syscall=c.syscall, flags=c.flags,
+                     loaded=c.loaded, size=c.size)  # fmt: skip
+    attempt.mod_len = c.mod_len
+    v = replay(m, loads=[attempt]).loads[2]
+    assert (v.rule, v.byte_class, v.wasted_bytes, v.wasted_approx) == (
+        c.rule, c.byte_class, c.wasted, c.approx), c.cite
     s = m.stats()
-    assert s.wasted_bytes == wasted
-    assert (s.becoming_bytes, s.invalid_bytes) == (
-        (wasted, 0) if becoming else (0, wasted) if becoming is False else (0, 0)
-    )
-    assert (s.failed_becoming, s.failed_load) == (
-        (1, 0) if becoming else (0, 1) if becoming is False else (0, 0)
-    )
-    assert m.modules()["xfs"].wasted_bytes == wasted
+    for cls in BYTES:
+        mine = cls == c.byte_class
+        assert getattr(s, BYTES[cls]) == (c.wasted if mine else 0), (cls, c.cite)
+        assert getattr(s, FAILS[cls]) == int(mine), (cls, c.cite)
+    # read_file_mod_stats(): "Virtual mem wasted bytes" is the sum of the four
+    assert s.wasted_bytes == c.wasted
+    assert (s.approximate, s.modelled) == (int(c.approx), True)
+    assert m.modules()["xfs"].wasted_bytes == c.wasted
+
+
+def test_stats_are_the_kernels_only_with_module_stats() -> None:
+    with_stats = replace(PROFILE_6_5, module_stats=True)
+    assert Model(with_stats).stats().modelled is False
+    assert Model(PROFILE_6_5).stats().modelled is True
+    assert profile_json(with_stats)["stats_source"] == "kernel"
+    assert profile_json(PROFILE_6_1) == {
+        "stats_source": "modelled", "announce": {"form": "deferred", "source": "assumed"}}
+    assert "modelled" in profile_note(PROFILE_6_1)
+
+
+def test_wasted_bytes_add_up_across_classes() -> None:
+    m = Model(PROFILE_6_5)
+    replay(m, loads=[
+        mkload(1, 10, 20, -errno.EPERM, ino=1),
+        mkload(2, 30, 40, -errno.ENOENT, ino=2),
+        mkload(3, 50, 60, -errno.EFAULT, ino=3, syscall="init_module"),
+        mkload(4, 70, 80, -errno.EOPNOTSUPP, ino=4, flags=MODULE_INIT_COMPRESSED_FILE),
+    ])  # fmt: skip
+    s = m.stats()
+    assert (s.invalid_becoming_bytes, s.invalid_mod_bytes, s.invalid_kread_bytes,
+            s.invalid_decompress_bytes) == (SIZE, 2 * SIZE, SIZE, SIZE)
+    assert s.wasted_bytes == 5 * SIZE == m.modules()["xfs"].wasted_bytes
+    # EPERM, ENOENT and the failed decompression read the file, the failed copy did not;
+    # one read would have been needed
+    assert m.modules()["xfs"].extra_reads == 2
+
 
 
 def test_duplicate_failed_modules_table() -> None:

@@ -17,11 +17,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 from tracer.events import Event, Kind
-from tracer.stories import Load, Request
+from tracer.stories import STALE_NS, Load, Request
 
-# A story whose closing event never came (lost, or the tracer started mid-way)
-# is dropped after this long so that state stays bounded.
-STALE_NS = 600 * 1_000_000_000
+__all__ = ["STALE_NS", "Correlator", "Sink"]
 
 
 class Sink(Protocol):
@@ -62,6 +60,7 @@ class Correlator:
             Kind.MODINIT_EXIT: self._modinit_exit,
             Kind.MOD_FREE: self.sink.module_free,
             Kind.DUP_VERDICT: self._dup_verdict,
+            Kind.DUP_ANNOUNCE: self._dup_announce,
         }
 
     def _id(self) -> int:
@@ -123,6 +122,12 @@ class Correlator:
         if req is not None:
             req.kernel_dup = bool(ev.wait)
             req.kernel_dup_ret = ev.ret if ev.wait else None
+
+    def _dup_announce(self, ev: Event) -> None:
+        # call_modprobe() announces from the requesting task, before __request_module returns
+        req = self._requests_by_tid.get(ev.tid)
+        if req is not None:
+            req.kernel_announce_ns, req.kernel_announce_ret = ev.ts_ns, ev.ret
 
     def _umh_enter(self, ev: Event) -> None:
         req = self._requests_by_tid.get(ev.tid)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import get_args
 
-from tracer.model import PROFILE_6_1, PROFILE_6_4, PROFILE_6_5, Profile
+from tracer.model import PROFILE_6_1, PROFILE_6_4, PROFILE_6_5, Announce, AnnounceSource, Profile
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
@@ -28,9 +29,8 @@ class Features:
     # kernel/module/dups.c, CONFIG_MODULE_DEBUG_AUTOLOAD_DUPS: commit "module: add
     # debugging auto-load duplicate module support" (6.4).
     dups: bool
-    # dups.c completing entries from a work item, where a later announce can still
-    # overwrite dup_ret (kmod_dup_request_complete, the 6.4-era form; Debian's 6.12
-    # has it); newer trees complete on the first announce.
+    # kmod_dup_request_complete: dups.c completing entries from a work item, where a
+    # later announce can still overwrite dup_ret (every release 6.4 to 7.1).
     dups_deferred: bool
     # idempotent() is static and inlined; init_module_from_file() came in the same
     # series, commit 9b9879fc0327 "modules: catch concurrent module loads, treat
@@ -43,36 +43,77 @@ class Features:
     # CONFIG_MODULE_STATS: commit "module: add debug stats to help identify memory
     # pressure" (6.4); try_add_failed_module() is its entry point.
     module_stats: bool
+    # The dups.c announce form the model uses (kernel-semantics.md section 2) and where it
+    # came from: "detected" only with dups.c and kmod_dup_request_complete built in. Its
+    # absence does not prove "first" (an intermediate form completes directly), so every
+    # other kernel is "assumed" deferred; "first" only as an "override".
+    announce: Announce = "deferred"
+    announce_source: AnnounceSource = "assumed"
 
     @property
     def profile(self) -> Profile:
         base = PROFILE_6_5 if self.idempotent else PROFILE_6_4 if self.patient else PROFILE_6_1
-        name = base.name + ("/dups" if self.dups else "")
-        announce = base.announce
-        if self.dups:
-            announce = "deferred" if self.dups_deferred else "first"
         return Profile(
-            name=name,
+            name=base.name + ("/dups" if self.dups else ""),
             dups=self.dups,
             idempotent=self.idempotent,
             patient=self.patient,
-            announce=announce,
+            announce=self.announce,
+            announce_source=self.announce_source,
+            module_stats=self.module_stats,
         )
+
+    def with_announce(self, announce: Announce) -> Features:
+        """The form forced by the user (--announce)."""
+        return replace(self, announce=announce, announce_source="override")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self) | {"profile": self.profile.name}
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> Features:
-        """Read back what to_dict() wrote into a trace header."""
-        return cls(
+        """Read back what to_dict() wrote into a trace header; traces written before the
+        announce keys get the form detect() would give them."""
+        dups, deferred = bool(d.get("dups")), bool(d.get("dups_deferred"))
+        announce, source = _announce_form(dups, deferred)
+        if d.get("announce") in get_args(Announce):
+            announce = d["announce"]  # type: ignore[assignment]
+        if d.get("announce_source") in get_args(AnnounceSource):
+            source = d["announce_source"]  # type: ignore[assignment]
+        features = cls(
             release=str(d.get("release", "")),
-            dups=bool(d.get("dups")),
-            dups_deferred=bool(d.get("dups_deferred")),
+            dups=dups,
+            dups_deferred=deferred,
             idempotent=bool(d.get("idempotent")),
             patient=bool(d.get("patient")),
             module_stats=bool(d.get("module_stats")),
+            announce=announce,
+            announce_source=source,
         )
+        return features._overridden()
+
+    def _overridden(self) -> Features:
+        if _announce_override is None:
+            return self
+        return self.with_announce(_announce_override)
+
+
+def _announce_form(dups: bool, deferred: bool) -> tuple[Announce, AnnounceSource]:
+    if dups and deferred:
+        return "deferred", "detected"
+    return "deferred", "assumed"
+
+
+# --announce: the user's word on the form, set once by the command line and applied
+# wherever features are read (detect() deep inside the attach, a trace header's). A
+# stopgap until the tracer's options and the report's loader carry it.
+_announce_override: Announce | None = None
+
+
+def override_announce(announce: Announce | None) -> None:
+    """Make detect() report ANNOUNCE as an override (None: detect or assume it)."""
+    global _announce_override
+    _announce_override = announce
 
 
 def detect(has_symbol: Callable[[str], bool]) -> Features:
@@ -82,14 +123,20 @@ def detect(has_symbol: Callable[[str], bool]) -> Features:
         or has_symbol("module_patient_check_exists")
         or has_symbol("early_mod_check")
     )
-    return Features(
+    dups = has_symbol("kmod_dup_request_exists_wait")
+    deferred = has_symbol("kmod_dup_request_complete")
+    announce, source = _announce_form(dups, deferred)
+    features = Features(
         release=platform.release(),
-        dups=has_symbol("kmod_dup_request_exists_wait"),
-        dups_deferred=has_symbol("kmod_dup_request_complete"),
+        dups=dups,
+        dups_deferred=deferred,
         idempotent=idempotent,
         patient=patient,
         module_stats=has_symbol("try_add_failed_module"),
+        announce=announce,
+        announce_source=source,
     )
+    return features._overridden()
 
 
 def tracefs() -> str | None:

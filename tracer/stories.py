@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Final, Literal
+
+# Not the kernel's: a story whose closing event never came (a missed kretprobe, a ring
+# buffer drop, the tracer started mid-way) is dropped after this long, by the correlator
+# and by the model alike, so that state stays bounded.
+STALE_NS: Final = 600 * 1_000_000_000
 
 
 def kmod_name(name: str) -> str:
@@ -48,6 +54,9 @@ class Load:
     dev: int = 0
     ino: int = 0
     size: int = 0  # file size on disk (finit) or buffer length (init)
+    # info->len where known: the module's length after its signature is stripped and
+    # after decompression, what MODULE_STATS counts. None: size stands for it.
+    mod_len: int | None = None
     flags: int = 0
     kernel_name: str = ""  # name the kernel looked up while loading
     loaded: bool = False  # module:module_load fired inside this call
@@ -109,7 +118,27 @@ class Request:
     # Where dups.c is built in: the kernel's own verdict and the value it returned
     kernel_dup: bool | None = None
     kernel_dup_ret: int | None = None
+    # kmod_dup_request_announce() traced in this request's task: when, and the ret it gave
+    kernel_announce_ns: int | None = None
+    kernel_announce_ret: int | None = None
     id: int = 0
+
+    @property
+    def kernel_verdict(self) -> Literal["first", "duplicate", "untracked"] | None:
+        """kmod_dup_request_exists_wait()'s answer where traced: a wait request it did not
+        call a duplicate added the entry; a nowait one was not tracked."""
+        if self.kernel_dup is None:
+            return None
+        if self.kernel_dup:
+            return "duplicate"
+        return "first" if self.wait else "untracked"
+
+    @property
+    def kernel_ret(self) -> int | None:
+        """What the kernel returned by its own verdict: a duplicate's *dup_ret, else ret."""
+        if self.kernel_dup is None:
+            return None
+        return self.kernel_dup_ret if self.kernel_dup else self.ret
 
     @property
     def display_name(self) -> str:
