@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 from typing import IO, Any
 
-from tracer.model import LoadVerdict, ModuleStats, RequestVerdict
+from tracer.model import LoadVerdict, ModuleStats, RequestVerdict, json_fields, summary_fields
 from tracer.stories import Load, Request, decode_wait_status
 
 HEADER = f"{'TIME(s)':<10} {'PID':<7} {'COMM':<16} {'WHAT':<6} {'NAME':<22} {'RET':<10} " \
@@ -103,21 +103,25 @@ def load_json(load: Load, v: LoadVerdict | None) -> dict[str, Any]:
     }
 
 
-SUMMARY_COLUMNS = ("MODULE", "REQS", "DUPS", "MODPROBE", "LOADS", "OK", "FAILED", "CONVERGED",
-                   "XREADS", "WASTED", "RACE(ms)", "DUPWAIT(ms)", "COST(ms)")
+SUMMARY_COLUMNS = tuple(f.metadata["column"] for f in summary_fields())
 
 
 def summary_rows(mods: dict[str, ModuleStats]) -> list[tuple[str, ...]]:
-    rows: list[tuple[str, ...]] = []
-    for name, m in sorted(mods.items()):
-        failed = ",".join(f"{k}:{n}" for k, n in sorted(m.load_failures.items())) or "0"
-        loads = m.loads_ok + sum(m.load_failures.values()) + m.converged
-        rows.append((name, str(m.requests), str(m.duplicates),
-                     f"{m.modprobe_spawns}/{m.modprobe_needed}", str(loads), str(m.loads_ok),
-                     failed, str(m.converged), str(m.extra_reads),
-                     human_bytes(m.wasted_bytes), _ms(m.race_window_ns), _ms(m.dup_wait_ns),
-                     f"{m.extra_ms:.1f}"))
-    return rows
+    """One row per name; each ModuleStats column rendered by its unit."""
+    def cell(m: ModuleStats, name: str, unit: str, of: str | None) -> str:
+        v = getattr(m, name)
+        if of is not None:
+            return f"{v}/{getattr(m, of)}"
+        if unit == "errnos":
+            return ",".join(f"{k}:{n}" for k, n in sorted(v.items())) or "0"
+        if unit == "bytes":
+            return human_bytes(v)
+        if unit == "ns":
+            return _ms(v)
+        return f"{v:.1f}" if unit == "ms" else str(v)
+
+    cols = [(f.name, f.metadata["unit"], f.metadata["of"]) for f in summary_fields()]
+    return [tuple(cell(m, *c) for c in cols) for _, m in sorted(mods.items())]
 
 
 def human_bytes(n: int, sep: str = "") -> str:
@@ -138,12 +142,9 @@ def print_table(out: IO[str], columns: tuple[str, ...], rows: list[tuple[str, ..
 
 
 def module_json(m: ModuleStats) -> dict[str, Any]:
-    return {
-        "requests": m.requests, "duplicates": m.duplicates, "untracked": m.untracked,
-        "modprobe_spawns": m.modprobe_spawns, "modprobe_needed": m.modprobe_needed,
-        "loads_ok": m.loads_ok, "load_failures": dict(m.load_failures),
-        "converged": m.converged, "wasted_bytes": m.wasted_bytes,
-        "race_window_ns": m.race_window_ns, "dup_wait_ns": m.dup_wait_ns,
-        "extra_modprobe": m.extra_modprobe, "extra_reads": m.extra_reads,
-        "extra_ms": m.extra_ms,
-    }
+    """modules{name} of `report --json`: the ModuleStats fields marked json."""
+    out: dict[str, Any] = {}
+    for f in json_fields():
+        v = getattr(m, f.name)
+        out[f.name] = dict(v) if isinstance(v, dict) else v
+    return out
