@@ -15,7 +15,7 @@ test: $(STAMP)
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml vm/bootstrap.sh
+$(STAMP): pyproject.toml vm/bootstrap.sh kmodlab/programs.tsv
 	bash vm/bootstrap.sh
 	touch $(STAMP)
 

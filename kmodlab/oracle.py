@@ -18,13 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-from kmodlab import vm
+from kmodlab import programs, vm
 
 SOURCE_PACKAGE = "linux-source-6.12"
 # Thousands of "duplicate request" lines must all stay in the kernel log for the check.
 BOOT_ARGS = ["log_buf_len=16M"]
-BUILD_DEPS = ["flex", "bison", "bc", "libelf-dev", "libssl-dev", "dwarves", "xz-utils",
-              "rsync", "cpio"]
+# What the kernel build needs (flex, bison, bc, pahole, libelf, ...): kmodlab/programs.tsv
+BUILD_DEPS = programs.packages("oracle")
 CONFIG = [
     "CONFIG_MODULES=y", "CONFIG_MODULE_UNLOAD=y", "CONFIG_DEBUG_FS=y",
     "CONFIG_MODULE_DEBUG=y", "CONFIG_MODULE_DEBUG_AUTOLOAD_DUPS=y", "CONFIG_MODULE_STATS=y",

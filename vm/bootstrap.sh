@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Install what kmodtrace and its VM tests need on a Debian 12 machine, as root:
-# bcc, QEMU, the stable kernel with headers (the VM boots it), kbuild tools for
-# the storm module, then a venv that sees Debian's bcc.
+# Install what kmodtrace and its VM tests need on a Debian 12 machine, as root: every
+# Debian package of kmodlab/programs.tsv (bcc, QEMU, busybox, the stable kernel with
+# headers, kbuild and the oracle kernel's build tools, ...: the one list of the programs
+# the tracer and the lab call), then a venv that sees Debian's bcc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '[bootstrap] %s\n' "$*" >&2; }
 
-pkgs=(python3-bpfcc bpfcc-tools python3-venv qemu-system-x86 busybox-static kmod iproute2 make gcc systemd
-      linux-image-amd64 linux-headers-amd64)
+list=kmodlab/programs.tsv
+# column 2 of the rows (not comments), Debian packages only (pip:NAME is pyproject's), once each
+mapfile -t pkgs < <(awk -F '\t' '!/^#/ && NF == 4 && $2 !~ /^pip:/ && !seen[$2]++ { print $2 }' "$list")
+((${#pkgs[@]})) || { echo "bootstrap: no packages in $list" >&2; exit 1; }
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -19,6 +22,12 @@ if ((${#missing[@]})); then
   step "installing ${missing[*]} (a few minutes on a fresh machine)"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
     | grep -E '^(Setting up|Unpacking) ' | sed 's/^/[apt] /' >&2 || true
+  # apt's own failure is hidden by the filter above: ask dpkg what is still missing
+  still=()
+  for p in "${missing[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || still+=("$p")
+  done
+  ((${#still[@]} == 0)) || { echo "bootstrap: apt-get did not install: ${still[*]}" >&2; exit 1; }
 fi
 if [ ! -x .venv/bin/python ]; then
   step "creating .venv from /usr/bin/python3 (with Debian's bcc)"
