@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tracer import report
+
 TRACE = Path(__file__).parent / "data" / "vm-6.1" / "trace.jsonl"
+TRACE_6_12 = Path(__file__).parent / "data" / "vm-6.12" / "trace.jsonl"
 
 
 def kmodtrace(*args: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
@@ -28,14 +31,25 @@ def test_report_table_of_a_recorded_storm() -> None:
     dummy = next(ln.split() for ln in out.splitlines() if ln.startswith("dummy "))
     # MODULE REQS DUPS MODPROBE LOADS OK FAILED ...
     assert dummy[1:7] == ["50", "49", "50/1", "10", "1", "EEXIST:9"]
-    assert "duplicate request for module dummy" in out
+    assert any(" dummy " in ln and " dup mp=" in ln for ln in out.splitlines())
+    assert "duplicate request for module dummy" not in out  # that is --wide's detail
+
+
+def test_report_wide_keeps_every_detail() -> None:
+    p = kmodtrace("report", "--wide", str(TRACE))
+    assert p.returncode == 0, p.stderr
+    assert "duplicate request for module dummy (dups: ret 0, wait" in p.stdout
+    assert "file=xfs.ko ino=" in p.stdout and "for-request=#" in p.stdout
+    assert "DUPWAIT(ms)" in p.stdout and "--wide adds" not in p.stdout
 
 
 def test_report_json_schema() -> None:
     p = kmodtrace("report", "--json", str(TRACE))
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
+    assert rep["version"] == 1
     assert rep["kernel"] == "6.1.0-56-amd64" and rep["lost_events"] == 0 and rep["complete"]
+    assert rep["first_bad_line"] is None and rep["bad_lines"] == 0
     req = next(r for r in rep["requests"] if r["name"] == "kmt-no-such-module")
     assert req["ret"] == 256 and req["modprobe_status"] == 256 and req["verdict"] in (
         "first", "duplicate")
@@ -70,11 +84,18 @@ def test_report_of_a_killed_recording(tmp_path: Path) -> None:
     assert "1 unreadable line(s), first at line 401" in p.stdout
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to an unprivileged user")
-def test_live_as_non_root_says_so() -> None:
-    p = kmodtrace("live", "-d", "1", user=65534)
-    assert p.returncode == 1
-    assert p.stderr.strip() == "kmodtrace: kmodtrace must run as root (it loads BPF programs)"
+def test_report_json_has_the_recorded_cmdlines() -> None:
+    """live writes proc records; the report gives requests and loads their cmdline and
+    parents, as `live --json` does."""
+    p = kmodtrace("report", "--json", str(TRACE_6_12))
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(p.stdout)
+    for story in rep["requests"] + rep["loads"]:
+        assert isinstance(story["cmdline"], str) and isinstance(story["parents"], list)
+    mount = [r for r in rep["requests"] if r["comm"] == "mount"]
+    assert mount and all(r["cmdline"].startswith("mount -t minix") for r in mount)
+    assert all(r["parents"] for r in mount)
+    assert any(ld["cmdline"].startswith("modprobe") for ld in rep["loads"])
 
 
 def test_live_on_this_machine_ends_cleanly_or_in_one_line() -> None:
@@ -85,3 +106,45 @@ def test_live_on_this_machine_ends_cleanly_or_in_one_line() -> None:
     else:
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 1 and len(lines) == 1 and lines[0].startswith("kmodtrace: ")
+
+
+@pytest.mark.parametrize("trace_path", [TRACE, TRACE_6_12], ids=["6.1", "6.12"])
+def test_default_lines_fit_100_columns_and_wide_keeps_the_detail(trace_path: Path) -> None:
+    """Every line `live` and `report` print by default, from real replayed storms."""
+    trace, rep = report.load(str(trace_path))
+    t0 = trace.header["start_mono_ns"]
+    ts = "12:34:56.789 "  # live -T's prefix
+    for req, v in rep.requests:
+        for width in (report.LINE_WIDTH, report.LINE_WIDTH - len(ts)):
+            assert len(report.request_line(req, v, t0, width=width)) <= width
+        wide = report.request_line(req, v, t0, wide=True)
+        if v is not None and v.verdict == "duplicate":
+            assert f"duplicate request for module {req.name} (dups: ret" in wide
+        if req.modprobe_pid is not None:
+            assert f"modprobe={req.modprobe_pid}" in wide
+    for ld, lv in rep.loads:
+        for width in (report.LINE_WIDTH, report.LINE_WIDTH - len(ts)):
+            assert len(report.load_line(ld, lv, t0, width=width)) <= width
+        wide = report.load_line(ld, lv, t0, wide=True)
+        assert f"size={ld.size}" in wide
+        if lv is not None and lv.wasted_bytes:
+            assert f"wasted={lv.wasted_bytes}B" in wide
+    for line in report.render_text(trace, rep):
+        assert len(line) <= report.LINE_WIDTH, line
+    assert max(len(line) for line in report.render_text(trace, rep, wide=True)) > 100
+    assert len(report.header()) <= report.LINE_WIDTH
+
+
+def test_ebpf_prints_the_program_without_root_or_bcc(tmp_path: Path) -> None:
+    """As bcc's tools do: no root, and bcc is never imported (here, importing it fails)."""
+    (tmp_path / "bcc.py").write_text("raise SystemExit('bcc was imported')\n")
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}:{Path(__file__).parent.parent}")
+    for cmd in (["live", "--ebpf"], ["record", "--ebpf"]):
+        argv = [sys.executable, "-m", "tracer", *cmd]
+        if os.geteuid() == 0:
+            argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+        p = subprocess.run(argv, capture_output=True, text=True, env=env, check=False,
+                           cwd="/")
+        assert p.returncode == 0, p.stderr
+        assert "struct event {" in p.stdout and "BPF_RINGBUF_OUTPUT" in p.stdout
+        assert p.stdout.startswith("#define KIND_REQ_ENTER 1\n")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 import subprocess
 import sys
 import tempfile
@@ -296,15 +297,84 @@ def _exe_warnings(argv: list[str], root: str | os.PathLike[str]) -> list[str]:
     return warn
 
 
+def _why_untrusted(path: Path) -> str | None:
+    """Why a user other than root could change what PATH is: "P is ..." or None.
+
+    Checks PATH and every directory above it: each must be owned by root and not writable
+    by group or others. A root-owned directory with the sticky bit (/tmp) may be
+    world-writable above PATH: nobody else can rename or replace what root owns there.
+    Symlinks are followed to their target, which is checked the same way.
+    """
+    path = Path(os.path.abspath(path))
+    for q in [path, *path.parents]:
+        try:
+            st = os.lstat(q)
+        except OSError as e:
+            return f"{q} cannot be checked ({e.strerror})"
+        if st.st_uid != 0:
+            return f"{q} is owned by uid {st.st_uid}, not root"
+        if stat.S_ISLNK(st.st_mode):
+            continue  # a link's own mode means nothing; its target is checked below
+        writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and q != path
+        if writable and not sticky:
+            who = "group and others" if writable == stat.S_IWGRP | stat.S_IWOTH else (
+                "its group" if writable == stat.S_IWGRP else "others")
+            return f"{q} is writable by {who} (mode {stat.S_IMODE(st.st_mode):o})"
+    real = Path(os.path.realpath(path))
+    return None if real == path else _why_untrusted(real)
+
+
+def _interpreter(exe: Path) -> Path | None:
+    """The #! interpreter of a script (a console script's Python), if it has one."""
+    try:
+        with open(exe, "rb") as f:
+            first = f.readline(512)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode(errors="replace").split()
+    return Path(words[0]) if words and os.path.isabs(words[0]) else None
+
+
+def check_trusted(argv: Sequence[str]) -> None:
+    """Refuse (BootError) a boot command that a user other than root could change.
+
+    root runs it at every boot: the executable, its #! interpreter (the venv's Python, and
+    what that links to), the venv, the tracer package it imports, and every directory above
+    each, must be root's alone.
+    """
+    exe = Path(argv[0])
+    what: list[tuple[str, Path]] = [("command", exe)]
+    python = _interpreter(exe) if not exe.name.startswith("python") else exe
+    if python is not None:
+        what.append(("Python", python))
+    for binary in (exe, python):
+        if binary is not None and (binary.parent.parent / "pyvenv.cfg").is_file():
+            what.append(("venv", binary.parent.parent / "pyvenv.cfg"))
+    # the package the command imports: this one (-m tracer's PYTHONPATH, or the venv's)
+    what.append(("tracer package", Path(__file__).resolve().parent / "__init__.py"))
+    for role, path in what:
+        why = _why_untrusted(path)
+        if why is not None:
+            raise BootError(
+                f"refusing to install: the boot {role} {path} is not root's alone: {why}; "
+                "root would run what another user can change at every boot (fix: chown "
+                "root and chmod go-w it, or install kmodtrace where only root can write)")
+
+
 def install(root: str = "/", exe: str | Sequence[str] | None = None, enable: bool = True,
             run_systemctl: bool = True, notice: Notice | None = None) -> list[str]:
     """Write the unit (and its sysinit.target.wants link); return the paths changed.
 
-    Idempotent: a second call returns []. The enable link is made here, so it works on a
-    scratch root without systemctl; `systemctl daemon-reload` runs only for root "/" on a
+    Idempotent: a second call returns []. BootError if the command is not root's alone
+    (check_trusted). The enable link is made here, so it works on a scratch root without
+    systemctl; `systemctl daemon-reload` runs only for root "/" on a
     system running systemd.
     """
     argv = _argv(exe)
+    check_trusted(argv)
     unit, link = _paths(root)
     changed: list[str] = []
     _mkdirs(unit.parent, changed)

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -18,8 +19,8 @@ from tracer.correlate import Correlator
 from tracer.events import Event, Kind
 from tracer.ksyms import KernelSymbols
 from tracer.model import LoadVerdict, RequestVerdict
-from tracer.probes import Tracer
-from tracer.record import TraceWriter, make_header
+from tracer.probes import Attached, Tracer
+from tracer.record import Procs, TraceWriter, check_output, make_header
 from tracer.session import Judge
 from tracer.stories import Load, Request, kmod_name
 
@@ -29,6 +30,7 @@ REORDER_NS = 20_000_000
 MAX_PROCS = 100_000
 # Where a requester or loader first shows up: describe it while it still lives.
 _STARTS = frozenset({Kind.REQ_ENTER, Kind.FINIT_ENTER, Kind.INIT_ENTER})
+_TS_WIDTH = len("HH:MM:SS.mmm ")  # -T's prefix
 
 
 @dataclass(slots=True)
@@ -39,6 +41,8 @@ class Options:
     module: str | None = None
     timestamps: bool = False
     json: bool = False
+    failed_only: bool = False  # -x: only duplicates, failures and wasted loads
+    wide: bool = False  # every detail, past report.LINE_WIDTH columns
     quiet: bool = False  # no per-story lines (record)
     command: list[str] = field(default_factory=list)
     ready_file: str | None = None
@@ -46,20 +50,27 @@ class Options:
 
 
 class Filter:
-    def __init__(self, pid: int | None, module: str | None) -> None:
+    def __init__(self, pid: int | None, module: str | None, failed_only: bool = False) -> None:
         self.pid = pid
         self.module = kmod_name(module) if module else None
+        self.failed_only = failed_only
 
-    def request(self, req: Request) -> bool:
+    def request(self, req: Request, v: RequestVerdict | None = None) -> bool:
         if self.pid is not None and req.pid != self.pid:
+            return False
+        if self.failed_only and not (req.rejected or req.ret not in (0, None)
+                                     or (v is not None and v.verdict == "duplicate")):
             return False
         if self.module is not None:
             names = {kmod_name(req.display_name), kmod_name(req.umh_name)}
             return self.module in names
         return True
 
-    def load(self, load: Load) -> bool:
+    def load(self, load: Load, v: LoadVerdict | None = None) -> bool:
         if self.pid is not None and load.pid != self.pid:
+            return False
+        if self.failed_only and not (load.ret not in (0, None) or (
+                v is not None and (v.outcome != "loaded" or v.wasted_bytes))):
             return False
         return self.module is None or load.module == self.module
 
@@ -75,16 +86,59 @@ def sd_notify(message: str) -> None:
         s.sendto(message.encode(), addr)
 
 
-class Run:
-    def __init__(self, opts: Options, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr):
-        self.opts, self.out, self.err = opts, out, err
-        self.filter = Filter(opts.pid, opts.module)
-        self.tracer = Tracer(self._enqueue, notice=lambda m: print(m, file=err))
-        self.writer: TraceWriter | None = None
-        self.judge: Judge | None = None
-        self.correlator: Correlator | None = None
+class Reorder:
+    """Events as the ring buffer hands them over, released in timestamp order."""
+
+    def __init__(self) -> None:
         self._heap: list[tuple[int, int, Event]] = []
         self._seq = 0
+
+    def push(self, ev: Event) -> None:
+        heapq.heappush(self._heap, (ev.ts_ns, self._seq, ev))
+        self._seq += 1
+
+    def pop_until(self, upto_ns: int | None) -> Iterator[Event]:
+        """Events up to upto_ns (every one if None), oldest first."""
+        while self._heap and (upto_ns is None or self._heap[0][0] <= upto_ns):
+            yield heapq.heappop(self._heap)[2]
+
+
+def start(opts: Options, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> Run:
+    """Attach the probes and return a Run ready to trace; TracerError or TraceOutputError
+    (one line each) if it cannot."""
+    if opts.output:
+        check_output(opts.output)  # before the second of attaching: a bad path fails fast
+    reorder = Reorder()
+    tracer = Tracer(reorder.push, notice=lambda m: print(m, file=err))
+    attached = tracer.attach()
+    try:
+        writer = TraceWriter(opts.output) if opts.output else None
+    except BaseException:
+        tracer.close()
+        raise
+    return Run(opts, tracer, attached, reorder, writer, out, err)
+
+
+class Run:
+    """One tracing session, complete when built: attached probes, the judge, the writer.
+
+    start() makes one; run() traces until the end condition and prints the summary.
+    """
+
+    def __init__(self, opts: Options, tracer: Tracer, attached: Attached, reorder: Reorder,
+                 writer: TraceWriter | None, out: IO[str] = sys.stdout,
+                 err: IO[str] = sys.stderr) -> None:
+        self.opts, self.out, self.err = opts, out, err
+        self.filter = Filter(opts.pid, opts.module, opts.failed_only)
+        self.tracer, self.attached, self.reorder = tracer, attached, reorder
+        self.writer = writer  # None: not recording
+        self.features = attached.features
+        self.judge = Judge(self.features.profile, self._show_request, self._show_load)
+        self.correlator = Correlator(self.judge)
+        if writer is not None:
+            writer.write(make_header(
+                self.features.to_dict(), attached.hook_names(),
+                [f"{h.probe_type}:{h.target}: {why}" for h, why in attached.skipped]))
         self._stop = False
         self.t0_ns = time.monotonic_ns()
         self.shown = 0
@@ -92,15 +146,10 @@ class Run:
         self.ksyms: dict[int, str] = {}  # call sites, resolved while kallsyms is ours to read
         self.kallsyms = KernelSymbols()
         # (pid, comm) -> (cmdline, parent chain), read while the process lives
-        self.procs: dict[tuple[int, str], tuple[str, tuple[str, ...]]] = {}
-
-    def _enqueue(self, ev: Event) -> None:
-        heapq.heappush(self._heap, (ev.ts_ns, self._seq, ev))
-        self._seq += 1
+        self.procs: Procs = {}
 
     def _release(self, upto_ns: int | None) -> None:
-        while self._heap and (upto_ns is None or self._heap[0][0] <= upto_ns):
-            ev = heapq.heappop(self._heap)[2]
+        for ev in self.reorder.pop_until(upto_ns):
             if ev.kind == Kind.MOD_LOAD:
                 self.kallsyms.invalidate()  # its symbols are new
             elif ev.kind == Kind.REQ_ENTER and ev.ip not in self.ksyms:
@@ -112,7 +161,6 @@ class Run:
                 self._describe(ev)
             if self.writer is not None:
                 self.writer.event(ev)
-            assert self.correlator is not None
             self.correlator.feed(ev)
 
     def _describe(self, ev: Event) -> None:
@@ -120,56 +168,47 @@ class Run:
             self.procs.clear()
         cmdline, parents = self.procs[(ev.pid, ev.comm)] = requester.describe(ev.pid)
         if self.writer is not None:
-            self.writer.write({"type": "proc", "pid": ev.pid, "comm": ev.comm,
-                               "cmdline": cmdline, "parents": list(parents)})
-
-    def _proc_json(self, pid: int, comm: str) -> dict[str, Any]:
-        cmdline, parents = self.procs.get((pid, comm), ("", ()))
-        return {"cmdline": cmdline, "parents": list(parents)}
+            self.writer.proc(ev.pid, ev.comm, cmdline, parents)
 
     def _show_request(self, req: Request, v: RequestVerdict | None) -> None:
-        if self.opts.quiet or not self.filter.request(req):
+        if self.opts.quiet or not self.filter.request(req, v):
             return
         self.shown += 1
         if self.opts.json:
             d = report.request_json(req, v, {k: n for k, n in self.ksyms.items() if n})
-            d |= self._proc_json(req.pid, req.comm)
+            d |= report.proc_json(self.procs, req.pid, req.comm)
             self.out.write(json.dumps(d) + "\n")
         else:
-            self.out.write(self._ts(req.start_ns) + report.request_line(req, v, self.t0_ns) + "\n")
+            ts = self._ts(req.start_ns)
+            self.out.write(ts + report.request_line(req, v, self.t0_ns, self.opts.wide,
+                                                    report.LINE_WIDTH - len(ts)) + "\n")
         self.out.flush()
 
     def _show_load(self, load: Load, v: LoadVerdict | None) -> None:
-        if self.opts.quiet or not self.filter.load(load):
+        if self.opts.quiet or not self.filter.load(load, v):
             return
         self.shown += 1
         if self.opts.json:
-            d = report.load_json(load, v) | self._proc_json(load.pid, load.comm)
+            d = report.load_json(load, v) | report.proc_json(self.procs, load.pid, load.comm)
             self.out.write(json.dumps(d) + "\n")
         else:
-            self.out.write(self._ts(load.start_ns) + report.load_line(load, v, self.t0_ns) + "\n")
+            ts = self._ts(load.start_ns)
+            self.out.write(ts + report.load_line(load, v, self.t0_ns, self.opts.wide,
+                                                 report.LINE_WIDTH - len(ts)) + "\n")
         self.out.flush()
 
     def _ts(self, mono_ns: int) -> str:
         if not self.opts.timestamps:
             return ""
         wall = time.time() - (time.monotonic_ns() - mono_ns) / 1e9
-        return time.strftime("%H:%M:%S", time.localtime(wall)) + f".{int(wall * 1000) % 1000:03d} "
+        return (time.strftime("%H:%M:%S", time.localtime(wall))
+                + f".{int(wall * 1000) % 1000:03d} ")
 
     def _on_signal(self, _sig: int, _frame: Any) -> None:
         self._stop = True
 
     def run(self) -> int:
-        attached = self.tracer.attach()
-        features = attached.features
-        assert features is not None
-        self.judge = Judge(features.profile, self._show_request, self._show_load)
-        self.correlator = Correlator(self.judge)
-        if self.opts.output:
-            self.writer = TraceWriter(self.opts.output)
-            self.writer.write(make_header(
-                features.to_dict(), attached.hook_names(),
-                [f"{h.kind}:{h.target}: {why}" for h, why in attached.skipped]))
+        attached, features = self.attached, self.features
         signal.signal(signal.SIGTERM, self._on_signal)
         print(f"Attached {len(attached.hooks)} hooks in {attached.attach_s:.2f}s "
               f"(kernel {features.release}, profile {features.profile.name}).", file=self.err)
@@ -181,7 +220,8 @@ class Run:
         if not self.opts.quiet and not self.opts.json:
             what = "until the command exits" if child else "Hit Ctrl-C to end"
             print(f"Tracing module requests and loads... {what}.", file=self.err)
-            self.out.write(("TIME     " if self.opts.timestamps else "") + report.HEADER + "\n")
+            ts = f"{'TIME':<{_TS_WIDTH}}" if self.opts.timestamps else ""
+            self.out.write(ts + report.header(self.opts.wide) + "\n")
         deadline = None if self.opts.duration is None else time.monotonic() + self.opts.duration
         watcher = None
         if self.opts.until_settled is not None:
@@ -218,7 +258,6 @@ class Run:
         for ip, name in self.ksyms.items():
             if not name:
                 self.ksyms[ip] = self.kallsyms.core(ip)
-        assert self.correlator is not None and self.judge is not None
         trailer = {"lost": lost, "missed": missed, "events": self.correlator.events,
                    "end_mono_ns": time.monotonic_ns(),
                    "ksyms": {hex(k): v for k, v in self.ksyms.items()},
@@ -229,7 +268,6 @@ class Run:
         self.print_summary(lost, missed)
 
     def print_summary(self, lost: int, missed: int) -> None:
-        assert self.judge is not None and self.correlator is not None
         mods = self.judge.model.modules()
         if self.filter.module is not None:
             mods = {k: v for k, v in mods.items() if kmod_name(k) == self.filter.module}
@@ -237,6 +275,7 @@ class Run:
         print(f"\n{self.correlator.events} events, {lost} lost, {missed} missed probes.",
               file=err)
         if mods:
-            report.print_table(err, report.SUMMARY_COLUMNS, report.summary_rows(mods))
+            report.print_table(err, report.SUMMARY_COLUMNS, report.summary_rows(mods),
+                               None if self.opts.wide else report.LINE_WIDTH)
         if lost or missed:
             print("WARNING: events were dropped; counts above are lower bounds.", file=err)

@@ -12,7 +12,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -35,7 +35,7 @@ class TracerError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Hook:
-    kind: str  # "kprobe", "kretprobe" or "tracepoint"
+    probe_type: str  # "kprobe", "kretprobe" or "tracepoint"
     target: str  # symbol, or "category:event"
     fn: str  # BPF function (kprobes) or HAVE_TP_ macro suffix (tracepoints)
     why: str
@@ -69,6 +69,11 @@ HOOKS: tuple[Hook, ...] = (
 )
 
 
+def program_text() -> str:
+    """The BPF program as bcc compiles it (before the -D options): what --ebpf prints."""
+    return c_definitions() + BPF_SOURCE.read_text()
+
+
 def _import_bcc() -> Any:
     try:
         import bcc
@@ -80,15 +85,17 @@ def _import_bcc() -> Any:
     return bcc
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Attached:
-    hooks: list[Hook] = field(default_factory=list)
-    skipped: list[tuple[Hook, str]] = field(default_factory=list)
-    features: kernel.Features | None = None
-    attach_s: float = 0.0
+    """What Tracer.attach() did: complete when it returns."""
+
+    hooks: list[Hook]
+    skipped: list[tuple[Hook, str]]
+    features: kernel.Features
+    attach_s: float
 
     def hook_names(self) -> list[str]:
-        return [f"{h.kind}:{h.target}" for h in self.hooks]
+        return [f"{h.probe_type}:{h.target}" for h in self.hooks]
 
 
 class Tracer:
@@ -106,7 +113,8 @@ class Tracer:
         self.maxactive = maxactive
         self.ringbuf_pages = ringbuf_pages
         self.bpf: Any = None
-        self.attached = Attached()
+        self._hooks: list[Hook] = []
+        self._skipped: list[tuple[Hook, str]] = []
 
     def attach(self) -> Attached:
         t0 = time.monotonic()
@@ -137,7 +145,7 @@ class Tracer:
             except Exception:  # noqa: BLE001 - bcc raises bare exceptions
                 return False
 
-        self.attached.features = kernel.detect(has_symbol)
+        features = kernel.detect(has_symbol)
         cflags = [
             f"-DRINGBUF_PAGES={self.ringbuf_pages}",
             f"-DMAX_HELPERS={max(self.maxactive * 4, 1024)}",
@@ -145,44 +153,43 @@ class Tracer:
         ]
         kprobes: list[Hook] = []
         for hook in HOOKS:
-            if hook.kind == "tracepoint":
+            if hook.probe_type == "tracepoint":
                 if has_tracepoint(hook.target):
                     cflags.append(f"-DHAVE_TP_{hook.target.split(':')[1].upper()}")
-                    self.attached.hooks.append(hook)
+                    self._hooks.append(hook)
                 else:
                     self._skip(hook, "tracepoint not in this kernel")
             elif has_symbol(hook.target):
                 kprobes.append(hook)
             else:
                 self._skip(hook, "symbol not in this kernel (inlined or absent)")
-        text = c_definitions() + BPF_SOURCE.read_text()
         try:
-            self.bpf = BPF(text=text, cflags=cflags)
+            self.bpf = BPF(text=program_text(), cflags=cflags)
         except Exception as e:  # bcc raises bare Exception on compile failure
             raise TracerError(f"BPF program failed to compile: {e}") from e
         for hook in kprobes:
             try:
-                if hook.kind == "kretprobe":
+                if hook.probe_type == "kretprobe":
                     self.bpf.attach_kretprobe(
                         event=hook.target, fn_name=hook.fn, maxactive=self.maxactive
                     )
                 else:
                     self.bpf.attach_kprobe(event=hook.target, fn_name=hook.fn)
-                self.attached.hooks.append(hook)
+                self._hooks.append(hook)
             except Exception as e:  # noqa: BLE001 - one failed hook must not stop the rest
                 self._skip(hook, f"attach failed: {e}")
-        if not any(h.target == "__request_module" for h in self.attached.hooks) and not any(
-            "finit_module" in h.target for h in self.attached.hooks
+        if not any(h.target == "__request_module" for h in self._hooks) and not any(
+            "finit_module" in h.target for h in self._hooks
         ):
             raise TracerError("neither __request_module nor finit_module can be traced")
         self.bpf["events"].open_ring_buffer(self._callback)
-        self.attached.attach_s = time.monotonic() - t0
-        return self.attached
+        return Attached(list(self._hooks), list(self._skipped), features,
+                        time.monotonic() - t0)
 
     def _skip(self, hook: Hook, why: str) -> None:
-        self.attached.skipped.append((hook, why))
+        self._skipped.append((hook, why))
         if not hook.quiet:
-            self.notice(f"skipping {hook.kind} {hook.target} ({hook.why}): {why}")
+            self.notice(f"skipping {hook.probe_type} {hook.target} ({hook.why}): {why}")
 
     def _callback(self, _ctx: Any, data: Any, _size: int) -> None:
         self.on_event(decode(data))

@@ -65,6 +65,30 @@ class TraceOutputError(RuntimeError):
     """The trace cannot be written where asked; the message names the path and the fix."""
 
 
+def _refuse(path: str, st: os.stat_result) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        raise TraceOutputError(
+            f"{path} is a symbolic link: a trace is never written through one "
+            "(remove the link or choose another output path)")
+    if not stat.S_ISREG(st.st_mode):
+        raise TraceOutputError(f"{path} is not a regular file: choose another output path")
+    if st.st_nlink > 1:
+        raise TraceOutputError(
+            f"{path} has {st.st_nlink} hard links: writing it would change another "
+            "file too (remove it or choose another output path)")
+
+
+def check_output(path: str) -> None:
+    """Refuse early (before attaching) an output path open_output() would refuse."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise TraceOutputError(f"cannot write the trace to {path}: {e.strerror}") from e
+    _refuse(path, st)
+
+
 def open_output(path: str) -> int:
     """Open PATH for a new trace as root would safely: never through a symlink.
 
@@ -77,18 +101,10 @@ def open_output(path: str) -> int:
         fd = os.open(path, flags, 0o600)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise TraceOutputError(
-                f"{path} is a symbolic link: a trace is never written through one "
-                "(remove the link or choose another output path)") from e
+            _refuse(path, os.lstat(path))
         raise TraceOutputError(f"cannot write the trace to {path}: {e.strerror}") from e
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise TraceOutputError(f"{path} is not a regular file: choose another output path")
-        if st.st_nlink > 1:
-            raise TraceOutputError(
-                f"{path} has {st.st_nlink} hard links: writing it would change another "
-                "file too (remove it or choose another output path)")
+        _refuse(path, os.fstat(fd))
         os.set_blocking(fd, True)
         os.ftruncate(fd, 0)
         os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
