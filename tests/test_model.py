@@ -809,6 +809,35 @@ def test_counters_are_defined_once_for_table_and_json() -> None:
         "modprobe_needed": 1, "extra_modprobe": 1, "load_failures": {"EEXIST": 1}}
 
 
+# ---- what the report says about the model's sources -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "announce"),
+    [((), {"form": "deferred", "source": "assumed"}),
+     (("--announce", "first"), {"form": "first", "source": "override"})],
+)  # fmt: skip
+def test_report_says_where_announce_and_stats_come_from(args: tuple[str, ...],
+                                                        announce: dict[str, str]) -> None:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    trace = root / "tests" / "data" / "vm-6.1" / "trace.jsonl"
+    run = [sys.executable, "-m", "tracer", "report", *args]
+    p = subprocess.run([*run, "--json", str(trace)], capture_output=True, text=True,
+                       cwd=root, timeout=120, check=False)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert (doc["stats_source"], doc["announce"]) == ("modelled", announce)
+    text = subprocess.run([*run, str(trace)], capture_output=True, text=True, cwd=root,
+                          timeout=120, check=False).stdout  # fmt: skip
+    assert f"dups.c announce form {announce['form']} ({announce['source']}); MODULE_STATS " \
+        "figures modelled" in text
+
+
 # ---- bounded state --------------------------------------------------------------------------
 
 

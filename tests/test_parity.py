@@ -153,3 +153,27 @@ def test_nowait_just_before_an_anchor_may_be_its_duplicate() -> None:
         "duplicate", 2, 0, True)
     assert m.modules()["x"].untracked == 0 and m.modules()["x"].duplicates == 1
 
+
+def test_report_carries_the_kernels_verdict_beside_the_models() -> None:
+    from tracer.report import request_json, request_line
+
+    evs = _storm(3, [None, 0, 256])  # the kernel handed #2 0; the anchor returned 256
+    rep = replay(evs, profile_with_dups(PROFILE_6_5))
+    got = sorted((d["verdict"], d["predicted_ret"], d["kernel_verdict"], d["kernel_ret"])
+                 for d in (request_json(r, v) for r, v in rep.requests))
+    assert got == [("duplicate", 256, "duplicate", 0), ("duplicate", 256, "duplicate", 256),
+                   ("first", 256, "first", 256)]
+    # "!k" marks the one line where the kernel's traced verdict differs from the model's
+    marked = [r for r, v in rep.requests if "!k" in request_line(r, v, 0)]
+    assert [(r.kernel_verdict, r.kernel_ret) for r in marked] == [("duplicate", 0)]
+
+
+def test_no_kernel_verdict_where_none_was_traced() -> None:
+    from tracer.report import request_json, request_line
+
+    evs = [e for e in _storm(2, [None, 256]) if e.kind != Kind.DUP_VERDICT]
+    rep = replay(evs, PROFILE_6_5)
+    for r, v in rep.requests:
+        d = request_json(r, v)
+        assert (d["kernel_verdict"], d["kernel_ret"]) == (None, None)
+        assert "!k" not in request_line(r, v, 0)
