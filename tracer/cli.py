@@ -7,32 +7,80 @@ them through the `kmodtrace.commands` entry point group: the tracer never import
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from importlib.metadata import entry_points
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
 from tracer import __version__, report
-from tracer.kernel import Features, override_announce
-from tracer.live import Options, Run
-from tracer.model import profile_json, profile_note
+from tracer.kernel import override_announce
+from tracer.live import Options, start
 from tracer.probes import TracerError
-from tracer.record import TraceFormatError, read_trace
-from tracer.session import replay
+from tracer.record import TraceFormatError, TraceOutputError
+
+DEBUG_ENV = "KMODTRACE_DEBUG"
 
 
-def fail(msg: str) -> NoReturn:
+def fail(msg: str, code: int = 1) -> NoReturn:
+    """The one line every failure ends in: the cause and the fix."""
     click.echo(f"kmodtrace: {msg}", err=True)
-    sys.exit(1)
+    sys.exit(code)
 
 
 def progress(msg: str) -> None:
     click.echo(f"[{time.strftime('%H:%M:%S')}] {msg}", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The kmodtrace group: whatever goes wrong in a command ends in one line, never a
+    traceback (KMODTRACE_DEBUG=1 lets unexpected ones through)."""
+
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "kmodtrace"
+            fail(f"{e.format_message()} (see `{where} --help`)", e.exit_code)
+        except click.ClickException as e:
+            fail(e.format_message(), e.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            fail("interrupted", 130)
+        except BrokenPipeError:  # `kmodtrace report T | head`: the reader had enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
+        except Exception as e:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            if isinstance(e, OSError) and e.filename is not None:
+                fail(f"{e.filename}: {e.strerror} "
+                     f"(run with {DEBUG_ENV}=1 for the traceback)")
+            fail(f"unexpected error: {type(e).__name__}: {e} "
+                 f"(run with {DEBUG_ENV}=1 for the traceback)")
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _print_ebpf(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """--ebpf: print the BPF program and exit, as bcc's tools do (no root, no bcc)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from tracer.probes import program_text
+
+    click.echo(program_text(), nl=False)
+    ctx.exit(0)
+
+
+ebpf_option = click.option("--ebpf", is_flag=True, is_eager=True, expose_value=False,
+                           callback=_print_ebpf, help="print the BPF program and exit")
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kmodtrace")
 def main() -> None:
     """Trace module auto-loading races: requests, modprobe spawns and loads."""
@@ -47,7 +95,11 @@ announce_option = click.option(
 
 def _trace(opts: Options) -> None:
     try:
-        rc = Run(opts).run()
+        run = start(opts)
+    except (TracerError, TraceOutputError) as e:
+        fail(str(e))
+    try:
+        rc = run.run()
     except TracerError as e:
         fail(str(e))
     sys.exit(rc)
@@ -56,15 +108,21 @@ def _trace(opts: Options) -> None:
 @main.command()
 @click.option("-p", "--pid", type=int, help="only stories of this requester/loader pid")
 @click.option("-m", "--module", help="only this module or request name (dashes = underscores)")
+@click.option("-x", "--failed", "failed_only", is_flag=True,
+              help="only duplicates, failures and loads that wasted memory")
 @click.option("-T", "--timestamp", "timestamps", is_flag=True, help="print wall-clock time")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines, one per story")
+@click.option("--wide", is_flag=True, help="every detail, past 100 columns")
 @click.option("-d", "--duration", type=click.FloatRange(min=0.1), help="stop after SECONDS")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="also record to FILE")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="also record to FILE (never through a symlink)")
 @click.option("--ready-file", type=click.Path(dir_okay=False),
               help="write the attach time here once every probe is attached")
+@ebpf_option
 @announce_option
-def live(pid: int | None, module: str | None, timestamps: bool, as_json: bool,
-         duration: float | None, output: str | None, ready_file: str | None,
+def live(pid: int | None, module: str | None, failed_only: bool, timestamps: bool,
+         as_json: bool, wide: bool, duration: float | None, output: str | None,
+         ready_file: str | None,
          announce: str | None = None) -> None:
     """Print one line per request and load as they finish; a summary at exit.
 
@@ -72,20 +130,24 @@ def live(pid: int | None, module: str | None, timestamps: bool, as_json: bool,
     examples:
       kmodtrace live              # trace until Ctrl-C
       kmodtrace live -m xfs -T    # only xfs, with timestamps
+      kmodtrace live -x           # only duplicates and failures
       kmodtrace live --json -d 30 # JSON lines for 30 seconds
+      kmodtrace live --ebpf       # print the BPF program and exit
     """
     _trace(Options(output=output, duration=duration, pid=pid, module=module,
-                   timestamps=timestamps, json=as_json, ready_file=ready_file))
+                   timestamps=timestamps, json=as_json, ready_file=ready_file,
+                   failed_only=failed_only, wide=wide))
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="trace file (JSON lines, mode 0600)")
+              help="trace file (JSON lines, mode 0600, never through a symlink)")
 @click.option("-d", "--duration", type=click.FloatRange(min=0.1), help="stop after SECONDS")
 @click.option("--ready-file", type=click.Path(dir_okay=False),
               help="write the attach time here once every probe is attached")
 @click.option("--until-settled", type=click.FloatRange(min=0.1), metavar="SECONDS",
               help="stop once boot finished and udev's queue stayed empty this long")
+@ebpf_option
 @announce_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def record(output: str, duration: float | None, ready_file: str | None,
@@ -97,32 +159,33 @@ def record(output: str, duration: float | None, ready_file: str | None,
 
 
 @main.command(name="report")
-@click.argument("trace_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("trace_file")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable report (see README)")
+@click.option("--wide", is_flag=True, help="every detail, past 100 columns")
 @click.option("--perfetto", type=click.Path(dir_okay=False),
               help="also write Chrome trace JSON for ui.perfetto.dev")
 @click.option("--plot", type=click.Path(dir_okay=False), help="also draw the timeline (.png/.svg)")
 @announce_option
-def report_cmd(trace_file: str, as_json: bool, perfetto: str | None = None,
+def report_cmd(trace_file: str, as_json: bool, wide: bool, perfetto: str | None = None,
                plot: str | None = None, announce: str | None = None) -> None:
     """Judge a recorded trace offline: the same model as `live`."""
-    show_report(trace_file, as_json, perfetto, plot)
+    show_report(trace_file, as_json, perfetto, plot, wide)
 
 
 def show_report(trace_file: str, as_json: bool = False, perfetto: str | None = None,
-                plot: str | None = None) -> None:
+                plot: str | None = None, wide: bool = False) -> None:
     """What `report` prints; `boot show` and the lab's `vm` print the same."""
     try:
-        trace = read_trace(trace_file)
+        trace, rep = report.load(trace_file)
     except TraceFormatError as e:
         fail(str(e))
-    profile = Features.from_dict(trace.header.get("features", {})).profile
-    rep = replay(trace.events, profile)
-    assert rep.judge is not None
     if perfetto:
         from tracer.perfetto import write_chrome_trace
 
-        write_chrome_trace(rep, trace.header, perfetto)
+        try:
+            write_chrome_trace(rep, trace.header, perfetto)
+        except OSError as e:
+            fail(f"cannot write {perfetto}: {e.strerror}")
         click.echo(f"wrote {perfetto} (open it in ui.perfetto.dev)", err=True)
     if plot:
         from tracer.plot import plot as draw
@@ -131,35 +194,14 @@ def show_report(trace_file: str, as_json: bool = False, perfetto: str | None = N
             draw(rep, plot, title=f"kmodtrace: {trace.header.get('kernel', '')}")
         except ValueError as e:
             fail(str(e))
+        except OSError as e:
+            fail(f"cannot write {plot}: {e.strerror}")
         click.echo(f"wrote {plot}", err=True)
-    lost = (trace.trailer or {}).get("lost")
     if as_json:
-        out = {
-            "kernel": trace.header.get("kernel"), "profile": profile.name,
-            "lost_events": lost, "missed_probes": (trace.trailer or {}).get("missed"),
-            "complete": trace.trailer is not None, "first_bad_line": trace.first_bad_line,
-            **profile_json(profile),
-            "requests": [report.request_json(r, v, trace.ksyms) for r, v in rep.requests],
-            "loads": [report.load_json(ld, v) for ld, v in rep.loads],
-            "modules": {k: report.module_json(m) for k, m in rep.judge.model.modules().items()},
-        }
-        click.echo(json.dumps(out, indent=1))
+        click.echo(json.dumps(report.document(trace, rep), indent=1))
         return
-    t0 = trace.header.get("start_mono_ns", 0)
-    click.echo(report.HEADER)
-    lines = [(r.start_ns, report.request_line(r, v, t0)) for r, v in rep.requests]
-    lines += [(ld.start_ns, report.load_line(ld, v, t0)) for ld, v in rep.loads]
-    for _, line in sorted(lines):
+    for line in report.render_text(trace, rep, wide):
         click.echo(line)
-    click.echo(f"\nkernel {trace.header.get('kernel')} profile {profile.name}: "
-               f"{len(trace.events)} events, lost {lost}")
-    click.echo(profile_note(profile))
-    if trace.trailer is None:
-        click.echo("trace has no trailer: the recorder was killed; all written events used")
-    if trace.first_bad_line:
-        click.echo(f"{trace.bad_lines} unreadable line(s), first at line {trace.first_bad_line}")
-    report.print_table(sys.stdout, report.SUMMARY_COLUMNS,
-                       report.summary_rows(rep.judge.model.modules()))
 
 
 @main.group()
@@ -186,7 +228,10 @@ def boot_uninstall(root: str) -> None:
     """Remove what install wrote; recorded traces are kept (idempotent)."""
     from tracer import boot as bootmod
 
-    changed = bootmod.uninstall(root=root, notice=lambda m: click.echo(m, err=True))
+    try:
+        changed = bootmod.uninstall(root=root, notice=lambda m: click.echo(m, err=True))
+    except bootmod.BootError as e:
+        fail(str(e))
     click.echo("\n".join(f"removed {p}" for p in changed) or "not installed")
 
 
@@ -212,7 +257,8 @@ def boot_status(root: str) -> None:
 @boot.command("show")
 @click.argument("which", required=False)
 @click.option("--json", "as_json", is_flag=True)
-def boot_show(which: str | None, as_json: bool) -> None:
+@click.option("--wide", is_flag=True, help="every detail, past 100 columns")
+def boot_show(which: str | None, as_json: bool, wide: bool) -> None:
     """Report the last boot's trace, or WHICH: a boot id (prefix), 0, -1, ..."""
     from tracer import boot as bootmod
 
@@ -221,7 +267,7 @@ def boot_show(which: str | None, as_json: bool) -> None:
     except ValueError as e:
         fail(str(e))
     click.echo(f"boot trace {path}", err=True)
-    show_report(str(path), as_json)
+    show_report(str(path), as_json, wide=wide)
 
 
 def _add_plugin_commands() -> None:

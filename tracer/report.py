@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import textwrap
 from typing import IO, Any
 
 from tracer.model import (
@@ -11,12 +12,36 @@ from tracer.model import (
     RequestVerdict,
     json_fields,
     kernel_disagrees,
+    profile_json,
+    profile_note,
     summary_fields,
 )
+from tracer.record import Procs, Trace, read_trace
+from tracer.session import Replay, replay
 from tracer.stories import Load, Request, decode_wait_status
 
-HEADER = f"{'TIME(s)':<10} {'PID':<7} {'COMM':<16} {'WHAT':<6} {'NAME':<22} {'RET':<10} " \
-         f"{'LAT(ms)':>8}  DETAIL"
+# `report --json` document version (README: "report --json schema (version 1)").
+REPORT_VERSION = 1
+# Default lines fit a terminal this wide; --wide prints every detail.
+LINE_WIDTH = 100
+
+# Column widths (TIME, PID, COMM, WHAT, NAME, RET, LAT): full, and within LINE_WIDTH.
+_WIDE = (10, 7, 16, 6, 22, 10, 8)
+_NARROW = (10, 7, 16, 5, 18, 7, 8)
+
+
+def _columns(wide: bool) -> tuple[int, ...]:
+    return _WIDE if wide else _NARROW
+
+
+def header(wide: bool = False) -> str:
+    """The column line above request_line()/load_line() lines."""
+    t, p, c, w, n, r, lat = _columns(wide)
+    return (f"{'TIME(s)':<{t}} {'PID':<{p}} {'COMM':<{c}} {'WHAT':<{w}} {'NAME':<{n}} "
+            f"{'RET':<{r}} {'LAT(ms)':>{lat}}  DETAIL")
+
+
+HEADER = header(wide=True)
 
 
 def _ms(ns: int | None) -> str:
@@ -41,47 +66,102 @@ def request_ret(req: Request) -> str:
     return errno_name(req.ret)
 
 
-def request_line(req: Request, v: RequestVerdict | None, t0_ns: int) -> str:
+def _line(start_s: float, pid: int, comm: str, what: str, name: str, ret: str,
+          lat: str, detail: list[str], wide: bool, width: int) -> str:
+    t, p, c, w, n, r, la = _columns(wide)
+    head = (f"{start_s:<{t}.6f} {pid:<{p}} {comm[:c]:<{c}} {what:<{w}} {name[:n]:<{n}} "
+            f"{ret:<{r}} {lat:>{la}}  ")
+    if wide:
+        return head + " ".join(detail)
+    return (head + _fit(detail, width - len(head)))[:width]
+
+
+def _fit(items: list[str], room: int) -> str:
+    """As many items as fit in room columns, in order; "+" where some were left out."""
+    out = ""
+    for item in items:
+        cand = f"{out} {item}" if out else item
+        if len(cand) > room:
+            more = f"{out} +" if out else "+"
+            return more if len(more) <= room else out
+        out = cand
+    return out
+
+
+def request_line(req: Request, v: RequestVerdict | None, t0_ns: int, wide: bool = False,
+                 width: int = LINE_WIDTH) -> str:
+    """One request as a bcc-style line: within `width` columns, or all detail if wide."""
     what = "REQ" if req.wait else "REQNW"
     detail = []
-    if req.rejected:
-        detail.append("rejected before module_request")
-    if req.queue_ns is not None and req.queue_ns > 1_000_000:
-        detail.append(f"queued={_ms(req.queue_ns)}ms")
-    if req.modprobe_pid is not None:
-        status = "" if req.modprobe_exit is None else f" {decode_wait_status(req.modprobe_exit)}"
-        detail.append(f"modprobe={req.modprobe_pid}{status}")
-    if req.load_ids:
-        detail.append(f"loads={len(req.load_ids)}")
-    if v is not None and v.verdict == "duplicate":
-        detail.append(f"duplicate request for module {req.name} (dups: ret {v.predicted_ret},"
-                      f" wait {_ms(v.would_wait_ns)}ms)")
-    elif v is not None:
-        detail.append(v.verdict)
-    if kernel_disagrees(req, v):  # the kernel's own dups.c verdict was traced and differs
-        detail.append(f"!k kernel: {req.kernel_verdict} ret {req.kernel_ret}")
-    return (f"{(req.start_ns - t0_ns) / 1e9:<10.6f} {req.pid:<7} {req.comm[:16]:<16} {what:<6} "
-            f"{req.display_name[:22]:<22} {request_ret(req):<10} {_ms(req.duration_ns):>8}  "
-            + " ".join(detail))
+    if wide:
+        if req.rejected:
+            detail.append("rejected before module_request")
+        if req.queue_ns is not None and req.queue_ns > 1_000_000:
+            detail.append(f"queued={_ms(req.queue_ns)}ms")
+        if req.modprobe_pid is not None:
+            status = ("" if req.modprobe_exit is None
+                      else f" {decode_wait_status(req.modprobe_exit)}")
+            detail.append(f"modprobe={req.modprobe_pid}{status}")
+        if req.load_ids:
+            detail.append(f"loads={len(req.load_ids)}")
+        if v is not None and v.verdict == "duplicate":
+            detail.append(f"duplicate request for module {req.name} (dups: ret "
+                          f"{v.predicted_ret}, wait {_ms(v.would_wait_ns)}ms)")
+        elif v is not None:
+            detail.append(v.verdict)
+        if kernel_disagrees(req, v):
+            detail.append(f"!k kernel: {req.kernel_verdict} ret {req.kernel_ret}")
+    else:  # the verdict first: it is what the line is for
+        if v is not None:  # "!k": the kernel's own verdict differs (--wide says how)
+            detail.append(("dup" if v.verdict == "duplicate" else v.verdict)
+                          + ("!k" if kernel_disagrees(req, v) else ""))
+        if req.rejected and (v is None or v.verdict != "rejected"):
+            detail.append("rejected")
+        if req.modprobe_pid is not None:
+            detail.append(f"mp={req.modprobe_pid}")
+        if req.load_ids:
+            detail.append(f"loads={len(req.load_ids)}")
+        if req.queue_ns is not None and req.queue_ns > 1_000_000:
+            detail.append(f"q={_ms(req.queue_ns)}ms")
+    return _line((req.start_ns - t0_ns) / 1e9, req.pid, req.comm, what, req.display_name,
+                 request_ret(req), _ms(req.duration_ns), detail, wide, width)
 
 
-def load_line(load: Load, v: LoadVerdict | None, t0_ns: int) -> str:
+def load_line(load: Load, v: LoadVerdict | None, t0_ns: int, wide: bool = False,
+              width: int = LINE_WIDTH) -> str:
+    """One load attempt as a bcc-style line: within `width` columns, or all detail if wide."""
     what = "FINIT" if load.syscall == "finit_module" else "INIT"
+    ret = errno_name(load.ret)
     detail = []
-    if load.file:
-        detail.append(f"file={load.file} ino={load.ino}")
-    detail.append(f"size={load.size}")
-    if load.init_ns is not None:
-        detail.append(f"init={_ms(load.init_ns)}ms")
-    if load.request_id is not None:
-        detail.append(f"for-request=#{load.request_id}")
-    if v is not None:
-        detail.append(v.outcome + (f" ({v.rule})" if v.rule else ""))
-        if v.wasted_bytes:
-            detail.append(f"wasted={v.wasted_bytes}B")
-    return (f"{(load.start_ns - t0_ns) / 1e9:<10.6f} {load.pid:<7} {load.comm[:16]:<16} "
-            f"{what:<6} {load.module[:22]:<22} {errno_name(load.ret):<10} "
-            f"{_ms(load.duration_ns):>8}  " + " ".join(detail))
+    if wide:
+        if load.file:
+            detail.append(f"file={load.file} ino={load.ino}")
+        detail.append(f"size={load.size}")
+        if load.init_ns is not None:
+            detail.append(f"init={_ms(load.init_ns)}ms")
+        if load.request_id is not None:
+            detail.append(f"for-request=#{load.request_id}")
+        if v is not None:
+            detail.append(v.outcome + (f" ({v.rule})" if v.rule else ""))
+            if v.wasted_bytes:
+                detail.append(f"wasted={v.wasted_bytes}B")
+    else:  # what RET does not say already, the cost first
+        if v is not None and v.outcome not in (ret, "loaded"):
+            detail.append(v.outcome)
+        if v is not None and v.wasted_bytes:
+            detail.append(f"wasted={human_bytes(v.wasted_bytes)}")
+        if load.request_id is not None:
+            detail.append(f"req=#{load.request_id}")
+        if load.init_ns is not None:
+            detail.append(f"init={_ms(load.init_ns)}ms")
+    return _line((load.start_ns - t0_ns) / 1e9, load.pid, load.comm, what, load.module, ret,
+                 _ms(load.duration_ns), detail, wide, width)
+
+
+def proc_json(procs: Procs, pid: int, comm: str) -> dict[str, Any]:
+    """The requester's or loader's cmdline and parents, as the recorder saw them."""
+    cmdline, parents = procs.get((pid, comm), ("", ()))
+    return {"cmdline": cmdline, "parents": list(parents)}
 
 
 def request_json(req: Request, v: RequestVerdict | None,
@@ -144,11 +224,28 @@ def human_bytes(n: int, sep: str = "") -> str:
     return f"{size:.1f}{sep}GiB"
 
 
-def print_table(out: IO[str], columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def table_lines(columns: tuple[str, ...], rows: list[tuple[str, ...]],
+                width: int | None = None) -> list[str]:
+    """A left-aligned table; with a width, the columns (from the left) that fit in it."""
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
-    out.write("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip() + "\n")
-    for r in rows:
-        out.write("  ".join(x.ljust(w) for x, w in zip(r, widths, strict=True)).rstrip() + "\n")
+    keep = len(columns)
+    if width is not None:
+        used, keep = -2, 0
+        for w in widths:
+            if used + 2 + w > width:
+                break
+            used, keep = used + 2 + w, keep + 1
+    out = ["  ".join(c.ljust(w) for c, w in zip(columns[:keep], widths, strict=False)).rstrip()]
+    out += ["  ".join(x.ljust(w) for x, w in zip(r[:keep], widths, strict=False)).rstrip()
+            for r in rows]
+    if keep < len(columns):
+        out.append(f"(--wide adds {', '.join(columns[keep:])})"[:width])
+    return out
+
+
+def print_table(out: IO[str], columns: tuple[str, ...], rows: list[tuple[str, ...]],
+                width: int | None = None) -> None:
+    out.write("".join(line + "\n" for line in table_lines(columns, rows, width)))
 
 
 def module_json(m: ModuleStats) -> dict[str, Any]:
@@ -157,4 +254,58 @@ def module_json(m: ModuleStats) -> dict[str, Any]:
     for f in json_fields():
         v = getattr(m, f.name)
         out[f.name] = dict(v) if isinstance(v, dict) else v
+    return out
+
+
+# --- the report document: what `report`, `boot show` and the lab's `vm` show ---------------
+
+
+def load(path: str) -> tuple[Trace, Replay]:
+    """Read the trace in PATH and replay it through the model; TraceFormatError if it is not
+    a trace."""
+    trace = read_trace(path)
+    return trace, replay(trace.events, trace.features.profile)
+
+
+def document(trace: Trace, rep: Replay) -> dict[str, Any]:
+    """The `report --json` document (see the README for the schema)."""
+    trailer = trace.trailer or {}
+    ksyms = trace.ksyms
+    return {
+        "version": REPORT_VERSION,
+        "kernel": trace.header.get("kernel"), "profile": trace.features.profile.name,
+        "lost_events": trailer.get("lost"), "missed_probes": trailer.get("missed"),
+        "complete": trace.trailer is not None, "first_bad_line": trace.first_bad_line,
+        "bad_lines": trace.bad_lines, **profile_json(trace.features.profile),
+        "requests": [request_json(r, v, ksyms) | proc_json(trace.procs, r.pid, r.comm)
+                     for r, v in rep.requests],
+        "loads": [load_json(ld, v) | proc_json(trace.procs, ld.pid, ld.comm)
+                  for ld, v in rep.loads],
+        "modules": {k: module_json(m) for k, m in rep.judge.model.modules().items()},
+    }
+
+
+def render_text(trace: Trace, rep: Replay, wide: bool = False) -> list[str]:
+    """The text report: one line per story in time order, the trace's state, the summary.
+
+    Every line fits LINE_WIDTH columns unless wide.
+    """
+    t0 = trace.header.get("start_mono_ns", 0)
+    if type(t0) is not int:
+        t0 = 0
+    stories = [(r.start_ns, request_line(r, v, t0, wide)) for r, v in rep.requests]
+    stories += [(ld.start_ns, load_line(ld, v, t0, wide)) for ld, v in rep.loads]
+    out = [header(wide), *(line for _, line in sorted(stories)), ""]
+    lost = (trace.trailer or {}).get("lost")
+    out.append(f"kernel {trace.header.get('kernel')} profile {trace.features.profile.name}: "
+               f"{len(trace.events)} events, lost {lost}")
+    note = profile_note(trace.features.profile)
+    out += [note] if wide else textwrap.wrap(note, LINE_WIDTH)
+    if trace.trailer is None:
+        out.append("trace has no trailer: the recorder was killed; all written events used")
+    if trace.first_bad_line is not None:
+        out.append(f"{trace.bad_lines} unreadable line(s), first at line "
+                   f"{trace.first_bad_line}")
+    out += table_lines(SUMMARY_COLUMNS, summary_rows(rep.judge.model.modules()),
+                       None if wide else LINE_WIDTH)
     return out
