@@ -9,15 +9,18 @@ Joins, each by what the kernel guarantees:
   joined to the request by pid.
 - module:module_load and do_init_module run inside the (f)init_module call: joined
   by thread id to the open load.
+- a udev worker's loads are joined to the device it broadcasts next (tracer/udev.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Protocol
 
 from tracer.events import Event, Kind
 from tracer.stories import STALE_NS, Load, Request
+from tracer.udev import Device, device_from_properties
 
 __all__ = ["STALE_NS", "Correlator", "Sink"]
 
@@ -29,11 +32,14 @@ class Sink(Protocol):
     def load_start(self, load: Load) -> None: ...
     def load_complete(self, load: Load) -> None: ...
     def module_free(self, ev: Event) -> None: ...
+    def device_done(self, pid: int, device: Device) -> None: ...
 
 
 class Correlator:
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink, modaliases: Mapping[str, str] | None = None) -> None:
         self.sink = sink
+        # devpath -> MODALIAS, read from sysfs by the recorder while the device lived
+        self.modaliases: Mapping[str, str] = modaliases if modaliases is not None else {}
         self._requests_by_tid: dict[int, Request] = {}
         self._umh_by_ptr: dict[int, Request] = {}
         self._helpers: dict[int, Request] = {}  # modprobe pid -> request
@@ -61,6 +67,7 @@ class Correlator:
             Kind.MOD_FREE: self.sink.module_free,
             Kind.DUP_VERDICT: self._dup_verdict,
             Kind.DUP_ANNOUNCE: self._dup_announce,
+            Kind.UDEV_DEVICE: self._udev_device,
         }
 
     def _id(self) -> int:
@@ -169,6 +176,7 @@ class Correlator:
         req = self._helpers.get(ev.pid)
         if req is not None:
             load.request_id = req.id
+            load.alias = req.display_name  # what modprobe resolved to this file
             req.load_ids.append(load.id)
         self._loads_by_tid[ev.tid] = load
         self.sink.load_start(load)
@@ -198,3 +206,13 @@ class Correlator:
         load = self._loads_by_tid.get(ev.tid)
         if load is not None:
             load.init_end_ns, load.init_ret = ev.ts_ns, ev.ret
+
+    # udev
+
+    def _udev_device(self, ev: Event) -> None:
+        device = device_from_properties(ev.path)
+        if device is None:
+            return
+        if not device.modalias:
+            device = replace(device, modalias=self.modaliases.get(device.devpath, ""))
+        self.sink.device_done(ev.pid, device)

@@ -45,6 +45,9 @@ class Kind(enum.IntEnum):
     # Only on kernels with CONFIG_MODULE_DEBUG_AUTOLOAD_DUPS (the oracle):
     DUP_VERDICT = 16  # kretprobe kmod_dup_request_exists_wait: wait = duplicate?, ret = dup_ret
     DUP_ANNOUNCE = 17  # kprobe kmod_dup_request_announce: name, ret
+    # tracepoint syscalls:sys_enter_sendmsg of udev's "device processed" broadcast:
+    # path = its first properties, newline-separated (ACTION, DEVPATH, SUBSYSTEM...)
+    UDEV_DEVICE = 18
 
 
 NAME_LEN: int = 64

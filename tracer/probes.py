@@ -60,6 +60,7 @@ HOOKS: tuple[Hook, ...] = (
     Hook("kprobe", "do_init_module", "modinit_enter", "init start"),
     Hook("kretprobe", "do_init_module", "modinit_exit", "init result"),
     Hook("tracepoint", "module:module_free", "", "modules freed"),
+    Hook("tracepoint", "syscalls:sys_enter_sendmsg", "", "the device of each udev load"),
     Hook("kprobe", "kmod_dup_request_exists_wait", "dup_check_enter", "kernel dup verdicts",
          quiet=True),
     Hook("kretprobe", "kmod_dup_request_exists_wait", "dup_check_exit", "kernel dup verdicts",

@@ -133,6 +133,10 @@ class TraceWriter:
         self.write({"type": "proc", "pid": pid, "comm": comm, "cmdline": cmdline,
                     "parents": list(parents)})
 
+    def device(self, devpath: str, modalias: str) -> None:
+        """A device udev handled and the MODALIAS sysfs gave it, read while it existed."""
+        self.write({"type": "device", "devpath": devpath, "modalias": modalias})
+
     def close(self, trailer: dict[str, Any]) -> None:
         self.write({"type": "trailer", **trailer})
         os.close(self._fd)
@@ -150,6 +154,7 @@ class Trace:
     first_bad_line: int | None = None
     bad_lines: int = 0
     procs: Procs = field(default_factory=dict)
+    modaliases: dict[str, str] = field(default_factory=dict)  # devpath -> MODALIAS
 
     @property
     def features(self) -> Features:
@@ -245,6 +250,12 @@ def read_trace(path: str) -> Trace:
                 trace.bad(n)
             else:
                 trace.procs[proc[0]] = proc[1]
+        elif kind == "device":
+            devpath, modalias = obj.get("devpath"), obj.get("modalias")
+            if isinstance(devpath, str) and isinstance(modalias, str):
+                trace.modaliases[devpath] = modalias
+            else:
+                trace.bad(n)
         elif kind == "trailer" and trace.trailer is None:
             trace.trailer = obj
         else:

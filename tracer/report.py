@@ -6,6 +6,7 @@ import errno
 import textwrap
 from typing import IO, Any
 
+from tracer import bymodule
 from tracer.model import (
     LoadVerdict,
     ModuleStats,
@@ -140,7 +141,10 @@ def load_line(load: Load, v: LoadVerdict | None, t0_ns: int, wide: bool = False,
         if load.init_ns is not None:
             detail.append(f"init={_ms(load.init_ns)}ms")
         if load.request_id is not None:
-            detail.append(f"for-request=#{load.request_id}")
+            detail.append(f"for-request=#{load.request_id} alias={load.alias}")
+        if load.device is not None:
+            detail.append(f"device={load.device.devpath} ({load.device.subsystem}) "
+                          f"modalias={load.device.modalias or '?'}")
         if v is not None:
             detail.append(v.outcome + (f" ({v.rule})" if v.rule else ""))
             if v.wasted_bytes:
@@ -152,6 +156,8 @@ def load_line(load: Load, v: LoadVerdict | None, t0_ns: int, wide: bool = False,
             detail.append(f"wasted={human_bytes(v.wasted_bytes)}")
         if load.request_id is not None:
             detail.append(f"req=#{load.request_id}")
+        if load.device is not None:  # udev's: which device, the path's tail names it
+            detail.append(f"dev={load.device.devpath.rsplit('/', 1)[-1]}")
         if load.init_ns is not None:
             detail.append(f"init={_ms(load.init_ns)}ms")
     return _line((load.start_ns - t0_ns) / 1e9, load.pid, load.comm, what, load.module, ret,
@@ -190,7 +196,16 @@ def load_json(load: Load, v: LoadVerdict | None) -> dict[str, Any]:
         "init_ret": load.init_ret, "request_id": load.request_id,
         "verdict": None if v is None else v.outcome,
         "wasted_bytes": None if v is None else v.wasted_bytes,
+        "alias": load_alias(load) or None,
+        "devpath": None if load.device is None else load.device.devpath,
+        "subsystem": None if load.device is None else load.device.subsystem,
     }
+
+
+def load_alias(load: Load) -> str:
+    """What was looked up to find this module: the request modprobe served, or the
+    MODALIAS of the device udev loaded it for."""
+    return load.alias or (load.device.modalias if load.device is not None else "")
 
 
 SUMMARY_COLUMNS = tuple(f.metadata["column"] for f in summary_fields())
@@ -264,7 +279,7 @@ def load(path: str) -> tuple[Trace, Replay]:
     """Read the trace in PATH and replay it through the model; TraceFormatError if it is not
     a trace."""
     trace = read_trace(path)
-    return trace, replay(trace.events, trace.features.profile)
+    return trace, replay(trace.events, trace.features.profile, modaliases=trace.modaliases)
 
 
 def document(trace: Trace, rep: Replay) -> dict[str, Any]:
@@ -282,6 +297,8 @@ def document(trace: Trace, rep: Replay) -> dict[str, Any]:
         "loads": [load_json(ld, v) | proc_json(trace.procs, ld.pid, ld.comm)
                   for ld, v in rep.loads],
         "modules": {k: module_json(m) for k, m in rep.judge.model.modules().items()},
+        "by_module": {k: row.to_json()
+                      for k, row in bymodule.join(rep.requests, rep.loads).items()},
     }
 
 

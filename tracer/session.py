@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from tracer import udev
 from tracer.correlate import Correlator
 from tracer.events import Event
 from tracer.model import LoadVerdict, Model, Profile, RequestVerdict
 from tracer.stories import Load, Request
+from tracer.udev import Device
 
 RequestCallback = Callable[[Request, RequestVerdict | None], None]
 LoadCallback = Callable[[Load, LoadVerdict | None], None]
@@ -29,6 +31,8 @@ class Judge:
         self.on_load = on_load
         self._verdicts: dict[int, RequestVerdict] = {}
         self.freed: list[tuple[int, str]] = []
+        # udev worker pid -> its finished loads, shown once the worker names the device
+        self._held: dict[int, list[tuple[Load, LoadVerdict]]] = {}
 
     def request_arrive(self, req: Request) -> None:
         self.model.request_arrive(req)
@@ -47,8 +51,26 @@ class Judge:
 
     def load_complete(self, load: Load) -> None:
         verdict = self.model.load_done(load)
-        if self.on_load is not None:
+        if udev.is_worker(load.comm):
+            self._held.setdefault(load.pid, []).append((load, verdict))
+        elif self.on_load is not None:
             self.on_load(load, verdict)
+
+    def device_done(self, pid: int, device: Device) -> None:
+        """udev worker PID finished DEVICE: the loads it made since its last one were
+        for it."""
+        for load, verdict in self._held.pop(pid, []):
+            load.device = device
+            if self.on_load is not None:
+                self.on_load(load, verdict)
+
+    def flush(self) -> None:
+        """The trace ended: show held loads whose device never came."""
+        held, self._held = self._held, {}
+        for stories in held.values():
+            for load, verdict in stories:
+                if self.on_load is not None:
+                    self.on_load(load, verdict)
 
     def module_free(self, ev: Event) -> None:
         if len(self.freed) < 10_000:
@@ -70,7 +92,8 @@ class Replay:
 
 
 def replay(events: Iterable[Event], profile: Profile,
-           oracle: Callable[[Request], bool | None] | None = None) -> Replay:
+           oracle: Callable[[Request], bool | None] | None = None,
+           modaliases: Mapping[str, str] | None = None) -> Replay:
     requests: list[tuple[Request, RequestVerdict | None]] = []
     loads: list[tuple[Load, LoadVerdict | None]] = []
     judge = Judge(
@@ -79,7 +102,8 @@ def replay(events: Iterable[Event], profile: Profile,
         on_load=lambda ld, v: loads.append((ld, v)),
         oracle=oracle,
     )
-    corr = Correlator(judge)
+    corr = Correlator(judge, modaliases)
     for ev in sorted(events, key=lambda e: e.ts_ns):
         corr.feed(ev)
+    judge.flush()
     return Replay(requests, loads, judge, corr)

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from tracer.udev import Device
+
 # Not the kernel's: a story whose closing event never came (a missed kretprobe, a ring
 # buffer drop, the tracer started mid-way) is dropped after this long, by the correlator
 # and by the model alike, so that state stays bounded.
@@ -64,6 +66,8 @@ class Load:
     init_end_ns: int | None = None
     init_ret: int | None = None
     request_id: int | None = None  # the Request whose modprobe made this call
+    alias: str = ""  # the request name modprobe resolved (udev's: device.modalias)
+    device: Device | None = None  # the device a udev worker loaded this for
     id: int = 0
 
     @property

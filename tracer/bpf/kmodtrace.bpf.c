@@ -341,3 +341,46 @@ int dup_announce(struct pt_regs *ctx, char *name, int ret)
     events.ringbuf_submit(e, 0);
     return 0;
 }
+
+#ifdef HAVE_TP_SYS_ENTER_SENDMSG
+// udev's worker broadcasts each device it finished (rules run, builtin kmod's
+// modules loaded) to the udev netlink group: iov[0] is a header that starts with
+// "libudev\0", iov[1] the KEY=VALUE\0 properties (systemd's
+// device_monitor_send_device()). The (f)init_module calls that worker made just
+// before were for that device. Own minimal structs: the uapi ABI, no includes.
+struct kt_msghdr { void *name; int namelen; void *iov; u64 iovlen; };
+struct kt_iovec { void *base; u64 len; };
+struct kt_sockaddr_nl { u16 family; u16 pad; u32 pid; u32 groups; };
+#define LIBUDEV_MAGIC 0x007665647562696cULL /* "libudev\0", little endian */
+#define UDEV_GROUP 2 /* MONITOR_GROUP_UDEV */
+
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
+{
+    struct kt_msghdr m = {};
+    struct kt_sockaddr_nl sa = {};
+    struct kt_iovec iov[2] = {};
+    u64 magic = 0;
+    if (bpf_probe_read_user(&m, sizeof(m), (void *)args->msg) || m.iovlen != 2 || !m.name)
+        return 0;
+    if (bpf_probe_read_user(&sa, sizeof(sa), m.name) || sa.family != 16 /* AF_NETLINK */ ||
+        sa.groups != UDEV_GROUP)
+        return 0;
+    if (bpf_probe_read_user(iov, sizeof(iov), m.iov) ||
+        bpf_probe_read_user(&magic, sizeof(magic), iov[0].base) || magic != LIBUDEV_MAGIC)
+        return 0;
+    struct event *e = reserve(KIND_UDEV_DEVICE);
+    if (!e)
+        return 0;
+    e->size = iov[1].len;
+    bpf_probe_read_user(e->path, sizeof(e->path), iov[1].base);
+    // NUL-separated properties: make them newline-separated so the text survives
+    // decoding as a C string.
+#pragma unroll
+    for (int i = 0; i < PATH_LEN - 1; i++)
+        if (e->path[i] == 0)
+            e->path[i] = '\n';
+    e->path[PATH_LEN - 1] = 0;
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+#endif

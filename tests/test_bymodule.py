@@ -1,0 +1,68 @@
+"""Rows per module joined from requests and loads, and udev's device properties."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tracer import bymodule, udev
+from tracer.record import read_trace
+from tracer.session import replay
+
+DATA = Path(__file__).parent / "data"
+
+
+def _rows(name: str) -> dict[str, bymodule.ModuleRow]:
+    trace = read_trace(str(DATA / name / "trace.jsonl"))
+    rep = replay(trace.events, trace.features.profile)
+    return bymodule.join(rep.requests, rep.loads)
+
+
+def test_requests_join_the_modules_their_modprobes_loaded() -> None:
+    rows = _rows("vm-6.1")
+    # 8 concurrent mount -t minix: 8 fs-minix requests, one row for minix
+    minix = rows["minix"]
+    assert minix.requests == 8
+    assert dict(minix.aliases) == {"fs-minix": 8}
+    assert minix.ok == 1
+    assert minix.attempts == minix.ok + sum(minix.failures.values()) + minix.converged
+    assert minix.wasted_bytes > 0 and minix.span_ns > 0
+    assert "fs-minix" not in rows  # the request string is not a row of its own
+    # socket(AF_APPLETALK) loads appletalk and its dependencies for net-pf-5
+    assert set(rows["psnap"].aliases) == {"net-pf-5"}
+    assert rows["appletalk"].aliases["net-pf-5"] == 8
+
+
+def test_loads_nobody_requested_have_no_alias() -> None:
+    xfs = _rows("vm-6.1")["xfs"]  # 8 concurrent modprobe xfs, as udev would
+    assert xfs.requests == 0 and not xfs.aliases
+    assert xfs.attempts == 8 and xfs.failures["EEXIST"] == 7
+
+
+def test_busy_time_merges_overlapping_loads() -> None:
+    trace = read_trace(str(DATA / "vm-6.1" / "trace.jsonl"))
+    rep = replay(trace.events, trace.features.profile)
+    loads = [ld for ld, _ in rep.loads]
+    busy = bymodule.busy_ns(loads)
+    total = sum(ld.duration_ns or 0 for ld in loads)
+    first = min(ld.start_ns for ld in loads)
+    last = max(ld.end_ns or 0 for ld in loads)
+    assert 0 < busy <= last - first
+    assert busy < total  # the storms overlap
+
+
+def test_table_puts_repeated_modules_first_within_100_columns() -> None:
+    rows = _rows("vm-6.1")
+    table = bymodule.table_rows(rows)
+    repeated = [r for r in table if int(r[2]) > 1]
+    assert table[: len(repeated)] == repeated
+    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(bymodule.COLUMNS)]
+    assert sum(widths) + 2 * (len(widths) - 1) <= 100
+
+
+def test_udev_properties_as_the_bpf_side_sends_them() -> None:
+    text = "ACTION=add\nDEVPATH=/devices/system/cpu/cpu7\nSUBSYSTEM=cpu\nMODALIAS=cpu:ty"
+    dev = udev.device_from_properties(text, modalias="cpu:type:x86,ven0000:feature:,0001")
+    assert dev == udev.Device("/devices/system/cpu/cpu7", "cpu", "add",
+                              "cpu:type:x86,ven0000:feature:,0001")
+    assert udev.device_from_properties("ACTION=add\nSUBSYSTEM=cpu\n") is None
+    assert udev.parse_properties("A=1\nDEVPATH=/x\n") == {"A": "1", "DEVPATH": "/x"}
