@@ -432,3 +432,57 @@ def test_lab_installs_from_the_list() -> None:
     assert set(oracle.BUILD_DEPS) <= set(programs.packages())
     assert programs.packages("oracle") == oracle.BUILD_DEPS
     assert programs.packages("kernel") == ["linux-image-amd64", "linux-headers-amd64"]
+
+
+# --- bootstrap's install path, with apt and dpkg stubbed (nothing on the system changes) ---
+
+_STUBS = {
+    # installed packages are the lines of $STATE
+    "dpkg-query": 'p="${!#}"; grep -qx "$p" "$STATE" && printf "install ok installed"; exit 0',
+    # logs its arguments; "install" marks its packages installed unless $APT_FAILS
+    "apt-get": 'echo "$*" >>"$LOG"\n'
+               'if [ "$1" != update ] && [ -z "${APT_FAILS:-}" ]; then\n'
+               '  for a; do case "$a" in -*|install) ;; *) echo "$a" >>"$STATE";; esac; done\n'
+               '  echo "Setting up x"\nfi',
+    "id": "echo 0",
+}
+
+
+def _bootstrap(tmp: Path, installed: list[str], apt_fails: bool = False) -> tuple[int, str, str]:
+    repo, stubs = tmp / "repo", tmp / "stubs"
+    (repo / "vm").mkdir(parents=True, exist_ok=True)
+    (repo / "kmodlab").mkdir(exist_ok=True)
+    shutil.copy(ROOT / "vm" / "bootstrap.sh", repo / "vm")
+    shutil.copy(ROOT / "kmodlab" / "programs.tsv", repo / "kmodlab")
+    (repo / ".venv" / "bin").mkdir(parents=True, exist_ok=True)
+    stubs.mkdir(exist_ok=True)
+    for name, body in [*_STUBS.items(), (str(repo / ".venv" / "bin" / "python"), "exit 0"),
+                       (str(repo / ".venv" / "bin" / "pip"), "exit 0")]:
+        path = stubs / name if "/" not in name else Path(name)
+        path.write_text(f"#!/bin/bash\n{body}\n")
+        path.chmod(0o755)
+    (tmp / "state").write_text("".join(f"{p}\n" for p in installed))
+    (tmp / "log").write_text("")
+    env = {"PATH": f"{stubs}:/usr/bin:/bin", "STATE": str(tmp / "state"),
+           "LOG": str(tmp / "log"), **({"APT_FAILS": "1"} if apt_fails else {})}
+    p = subprocess.run(["bash", str(repo / "vm" / "bootstrap.sh")], env=env,
+                       capture_output=True, text=True, timeout=60, check=False)
+    return p.returncode, p.stderr, (tmp / "log").read_text()
+
+
+def test_bootstrap_installs_what_is_missing_once(tmp_path: Path) -> None:
+    pkgs = programs.packages()
+    rc, err, apt = _bootstrap(tmp_path, [p for p in pkgs if p not in ("busybox-static", "udev")])
+    assert rc == 0, err
+    assert apt.splitlines() == ["update -q",
+                                "install -y -q --no-install-recommends busybox-static udev"]
+    rc, err, apt = _bootstrap(tmp_path, pkgs)  # a second run: nothing to do
+    assert rc == 0, err
+    assert apt == ""
+
+
+def test_bootstrap_fails_when_apt_installs_nothing(tmp_path: Path) -> None:
+    pkgs = programs.packages()
+    rc, err, _ = _bootstrap(tmp_path, [p for p in pkgs if p != "busybox-static"], apt_fails=True)
+    assert rc != 0
+    assert "did not install: busybox-static" in err
