@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tracer import bymodule
 from tracer.kernel import Features
 from tracer.model import LoadVerdict, RequestVerdict
 from tracer.perfetto import chrome_trace, load_group, request_group, write_chrome_trace
@@ -108,14 +109,18 @@ def test_metadata(doc: dict[str, Any], rep: Replay) -> None:
     assert meta["modules"]["xfs"]["wasted_bytes"] == rep.judge.model.modules()["xfs"].wasted_bytes
 
 
-def test_one_process_per_name(doc: dict[str, Any], rep: Replay) -> None:
+def test_one_process_per_module(doc: dict[str, Any], rep: Replay) -> None:
     names = {e["args"]["name"] for e in _of(doc, "M") if e["name"] == "process_name"}
-    groups = {request_group(r) for r, _ in rep.requests} | {load_group(ld) for ld, _ in rep.loads}
-    assert names == groups
-    # Requests for "dummy" and the dummy module loads share one process; fs-minix and minix
-    # are apart.
-    assert {"dummy", "fs-minix", "minix", "xfs", "kmt-no-such-module"} <= names
+    modules = bymodule.request_modules(rep.requests, rep.loads)
+    groups = {modules.get(r.id, request_group(r)) for r, _ in rep.requests}
+    assert names == groups | {load_group(ld) for ld, _ in rep.loads}
+    # Requests share their module's track: fs-minix requests sit with the minix loads;
+    # a request that loaded nothing keeps its own string.
+    assert {"dummy", "minix", "xfs", "kmt-no-such-module"} <= names
+    assert "fs-minix" not in names
     pid = {e["args"]["name"]: e["pid"] for e in _of(doc, "M") if e["name"] == "process_name"}
+    on_minix = Counter(e["cat"] for e in _of(doc, "X") if e["pid"] == pid["minix"])
+    assert on_minix["request"] == 8 and on_minix["load"] == 7
     on_dummy = Counter(e["cat"] for e in _of(doc, "X") if e["pid"] == pid["dummy"])
     assert on_dummy["request"] == 50 and on_dummy["load"] == 10
     # Small pids, in order of first activity, the same on every export.

@@ -11,7 +11,7 @@ same string that did load something. udev's loads carry their device (tracer/ude
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,17 +100,8 @@ def join(requests: Iterable[tuple[Request, RequestVerdict | None]],
         by_id[load.id] = load.module
         _add_load(_row(rows, load.module), load, verdict)
     reqs = list(requests)
-    # request string -> the modules a request of that string loaded
-    learned: dict[str, set[str]] = {}
-    for req, _rv in reqs:
-        mods = {by_id[i] for i in req.load_ids if i in by_id}
-        if mods:
-            learned.setdefault(req.display_name, set()).update(mods)
-    for req, rv in reqs:
+    for (req, rv), mods in zip(reqs, _joined(reqs, by_id, rows.keys()), strict=True):
         name = req.display_name
-        mods = {by_id[i] for i in req.load_ids if i in by_id} or learned.get(name, set())
-        if not mods and kmod_name(name) in rows:
-            mods = {kmod_name(name)}  # request_module("xfs"): the string is the module
         for mod in mods:
             row = _row(rows, mod)
             row.requests += 1
@@ -118,6 +109,34 @@ def join(requests: Iterable[tuple[Request, RequestVerdict | None]],
             if rv is not None and rv.verdict == "duplicate":
                 row.duplicates += 1
     return rows
+
+
+def _joined(reqs: list[tuple[Request, RequestVerdict | None]], by_id: dict[int, str],
+            known: Collection[str]) -> list[set[str]]:
+    """For each request, the modules it led to."""
+    # request string -> the modules a request of that string loaded
+    learned: dict[str, set[str]] = {}
+    for req, _ in reqs:
+        mods = {by_id[i] for i in req.load_ids if i in by_id}
+        if mods:
+            learned.setdefault(req.display_name, set()).update(mods)
+    out = []
+    for req, _ in reqs:
+        name = req.display_name
+        mods = {by_id[i] for i in req.load_ids if i in by_id} or learned.get(name, set())
+        if not mods and kmod_name(name) in known:
+            mods = {kmod_name(name)}  # request_module("xfs"): the string is the module
+        out.append(mods)
+    return out
+
+
+def request_modules(requests: Iterable[tuple[Request, RequestVerdict | None]],
+                    loads: Iterable[tuple[Load, LoadVerdict | None]]) -> dict[int, str]:
+    """Request id -> the module it led to (the first by name, when it loaded several)."""
+    by_id = {ld.id: ld.module for ld, _ in loads if ld.module}
+    reqs = list(requests)
+    joined = _joined(reqs, by_id, set(by_id.values()))
+    return {req.id: min(mods) for (req, _), mods in zip(reqs, joined, strict=True) if mods}
 
 
 def busy_ns(loads: Iterable[Load]) -> int:

@@ -28,8 +28,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from tracer import bymodule
 from tracer.model import LoadVerdict, RequestVerdict
-from tracer.report import errno_name, module_json, request_ret
+from tracer.report import errno_name, load_alias, module_json, request_ret
 from tracer.session import Replay
 from tracer.stories import Load, Request, decode_wait_status
 
@@ -108,7 +109,8 @@ def _last_ns(rep: Replay) -> int:
     return max([time_span(rep)[1]] + [ts for ts, _ in rep.judge.freed])
 
 
-def _request_story(req: Request, v: RequestVerdict | None, last: int) -> _Story:
+def _request_story(req: Request, v: RequestVerdict | None, last: int,
+                   group: str | None = None) -> _Story:
     end = req.end_ns if req.end_ns is not None else max(last, req.start_ns)
     args: dict[str, Any] = {
         "id": req.id, "pid": req.pid, "tid": req.tid, "comm": req.comm, "ppid": req.ppid,
@@ -123,6 +125,7 @@ def _request_story(req: Request, v: RequestVerdict | None, last: int) -> _Story:
     if req.end_ns is None:
         args["unfinished"] = True
     top = _Slice(f"request {request_group(req)}", "request", req.start_ns, end, args)
+    group = group or request_group(req)
     if req.tp_ns is not None and req.tp_ns - req.start_ns >= QUEUED_SLICE_NS:
         q = _child("queued", "request", req.start_ns, req.tp_ns, top,
                    {"queue_ns": req.queue_ns})
@@ -143,7 +146,7 @@ def _request_story(req: Request, v: RequestVerdict | None, last: int) -> _Story:
             "predicted_ret": v.predicted_ret, "actual_ret": v.actual_ret,
             "would_wait_ns": v.would_wait_ns, "modprobe_saved": v.modprobe_saved,
         }))
-    return _Story(request_group(req), req.tid, req.comm, top)
+    return _Story(group, req.tid, req.comm, top)
 
 
 def _load_story(ld: Load, v: LoadVerdict | None, last: int) -> _Story:
@@ -159,10 +162,16 @@ def _load_story(ld: Load, v: LoadVerdict | None, last: int) -> _Story:
         "winner_id": None if v is None else v.winner_id,
         "would_converge": None if v is None else v.would_converge,
         "bytes_saved": None if v is None else v.bytes_saved,
+        "alias": load_alias(ld) or None,
+        "devpath": None if ld.device is None else ld.device.devpath,
+        "subsystem": None if ld.device is None else ld.device.subsystem,
     }
     if ld.end_ns is None:
         args["unfinished"] = True
-    top = _Slice(ld.syscall, "load", ld.start_ns, end, args)
+    # udev's loads are named by their device: a per-CPU storm reads cpu0, cpu1, ...
+    name = ld.syscall if ld.device is None else \
+        f"{ld.syscall} {ld.device.devpath.rsplit('/', 1)[-1]}"
+    top = _Slice(name, "load", ld.start_ns, end, args)
     init = _child("init", "init", ld.init_start_ns, ld.init_end_ns, top,
                   {"init_ret": ld.init_ret})
     if init is not None:
@@ -197,7 +206,9 @@ def _sort_key(ev: dict[str, Any]) -> tuple[int, float, float]:
 def chrome_trace(rep: Replay, header: dict[str, Any]) -> dict[str, Any]:
     """The Chrome trace JSON object for a replayed trace (see the module docstring)."""
     last = _last_ns(rep)
-    stories = [_request_story(r, v, last) for r, v in rep.requests]
+    # one process track per module: a request goes where its modprobe's loads went
+    modules = bymodule.request_modules(rep.requests, rep.loads)
+    stories = [_request_story(r, v, last, modules.get(r.id)) for r, v in rep.requests]
     stories += [_load_story(ld, v, last) for ld, v in rep.loads]
     freed = list(rep.judge.freed)
 
