@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tracer import kernel
 from tracer.model import (
     DUP_TAIL_NS,
+    MAX_KMOD_CONCURRENT,
     MODULE_INIT_COMPRESSED_FILE,
     PROFILE_6_1,
     PROFILE_6_4,
@@ -838,6 +839,39 @@ def test_report_says_where_announce_and_stats_come_from(args: tuple[str, ...],
         "figures modelled" in text
 
 
+# ---- the kmod throttle under simulated dups -------------------------------------------------
+
+KMOD = "kernel/module/kmod.c __request_module(): up(&kmod_concurrent_max) only as it returns"
+
+
+def test_sleeping_wait_duplicates_hold_their_throttle_slots() -> None:
+    """51 wait requests while the anchor's modprobe runs: under dups 49 sleep on it, each
+    holding its slot, so the 51st finds all 50 held and would queue."""
+    n = MAX_KMOD_CONCURRENT + 1
+    reqs = [mkreq(1, "fs-xfs", MS, S, 0)]
+    # on the actual kernel each ran its own short modprobe and returned at once
+    reqs += [mkreq(i, "fs-xfs", i * MS, i * MS + 1000, 0) for i in range(2, n + 1)]
+    m = Model(PROFILE_6_1)
+    run = replay(m, reqs)
+    assert [run.reqs[i].slots_held for i in (1, 2, n - 1, n)] == [0, 1, n - 2, n - 1], KMOD
+    assert m.modules()["fs-xfs"].would_queue == 1
+    # completion woke them all: a request after it finds no slot held
+    assert m.request_arrive(mkreq(99, "fs-xfs", 2 * S, 2 * S + 5, 0)).slots_held == 0
+
+
+def test_nowait_and_tail_duplicates_give_their_slot_back_at_once() -> None:
+    reqs = [mkreq(1, "net-pf-10", MS, S, 0)]
+    reqs += [mkreq(i, "net-pf-10", i * MS, S, 0, wait=False) for i in range(2, 70)]
+    m = Model(PROFILE_6_1)
+    run = replay(m, reqs)
+    # each finds the anchor and nothing else: dups returned 0 to the nowait ones at once
+    assert {run.reqs[i].slots_held for i in range(2, 70)} == {1}, KMOD
+    tail = [mkreq(i, "net-pf-10", 2 * S + i * MS, 3 * S, 0) for i in range(100, 170)]
+    run = replay(m, tail)  # in the 60 s tail: dup_ret read without sleeping
+    assert max(v.slots_held or 0 for v in run.reqs.values()) == 0
+    assert m.modules()["net-pf-10"].would_queue == 0
+
+
 # ---- bounded state --------------------------------------------------------------------------
 
 
@@ -865,7 +899,7 @@ def test_state_is_bounded_and_expires_to_zero() -> None:
     m.expire(10**12)
     assert m.state_sizes() == {
         "entries": 0, "expiry_queue": 0, "pending_requests": 0, "pending_loads": 0,
-        "inode_winners": 0, "loads_active": 0,
+        "inode_winners": 0, "loads_active": 0, "throttle_slots": 0,
     }  # fmt: skip
     # Stats are aggregated, not lost.
     assert m.modules()["fs-mod0"].requests == 160

@@ -26,6 +26,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -153,6 +154,115 @@ SystemCallArchitectures=native
 [Install]
 WantedBy={WANTED_BY}
 """
+
+
+# --- the start timeout while bcc compiles ----------------------------------------------------
+
+EXTEND_EVERY_S = 5.0  # how often a progressing attach asks for more time
+EXTEND_BY_S = 60  # each request: this long from now (a stall this long times the unit out)
+EXTEND_MAX_S = 1200  # never past this long after attach began: a busy loop cannot hold boot
+
+
+def thread_activity(tid: int) -> Callable[[], tuple[float, int]]:
+    """(CPU seconds, context switches) of thread TID of this process, readable from any
+    thread; (0.0, 0) once it cannot be read."""
+    base = f"/proc/self/task/{tid}"
+
+    def read() -> tuple[float, int]:
+        try:
+            with open(f"{base}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"{base}/status") as f:
+                switches = sum(int(line.split()[1]) for line in f
+                               if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")))
+        except (OSError, IndexError, ValueError):
+            return 0.0, 0
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK"), switches
+
+    return read
+
+
+class StartTimeoutExtender:
+    """Keeps systemd's start timeout (TimeoutStartSec=) ahead of a slow attach that progresses.
+
+    bcc compiles the probes and the kernel attaches them before READY=1; under emulation that
+    takes minutes, far more than the unit's TimeoutStartSec. Used as a context manager around
+    the attach, in the attaching thread: a daemon thread sends EXTEND_TIMEOUT_USEC= (systemd
+    236+) every every_s while that thread has run since the last look (used CPU time, or was
+    switched in and out: clang, the verifier, reading headers and waiting on the kernel all
+    do; a thread blocked for good does neither), each asking for extend_s from now, never
+    past max_s after the start. A stalled or endless attach therefore still runs out of time
+    and fails the unit. Outside systemd (no NOTIFY_SOCKET) nothing starts. log() hears when
+    the attach stalls or moves again, and a summary at the end.
+    """
+
+    def __init__(self, notify: Callable[[str], None], every_s: float = EXTEND_EVERY_S,
+                 extend_s: float = EXTEND_BY_S, max_s: float = EXTEND_MAX_S,
+                 activity: Callable[[], tuple[float, int]] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.notify, self.every_s, self.extend_s, self.max_s = notify, every_s, extend_s, max_s
+        self._activity, self._clock, self._log = activity, clock, log
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.start = 0.0
+        self._last: tuple[float, int] = (0.0, 0)
+        self._stalled = False
+        self.sent = 0  # extensions sent
+
+    def begin(self) -> None:
+        """Start watching the calling thread (no thread; tick() does the work)."""
+        if self._activity is None:
+            self._activity = thread_activity(threading.get_native_id())
+        self.start = self._clock()
+        self._last = self._activity()
+
+    def tick(self) -> bool:
+        """One look: extend if the watched thread progressed; False once past max_s."""
+        assert self._activity is not None
+        now, seen = self._clock(), self._activity()
+        left = self.start + self.max_s - now
+        if left <= 0:
+            self._say(f"attach still running after {self.max_s:.0f}s: no more start time")
+            return False
+        progressed = seen != self._last
+        self._last = seen
+        if progressed != (not self._stalled):
+            self._stalled = not progressed
+            self._say(f"attach {'stalled' if self._stalled else 'moving again'} "
+                      f"{now - self.start:.0f}s in")
+        if progressed:
+            usec = int(min(self.extend_s, left) * 1_000_000)
+            try:
+                self.notify(f"EXTEND_TIMEOUT_USEC={usec}")
+                self.sent += 1
+            except OSError as e:
+                self._say(f"cannot extend the start timeout: {e}")
+        return True
+
+    def _say(self, msg: str) -> None:
+        if self._log is not None:
+            self._log(msg)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s) and self.tick():
+            pass
+
+    def __enter__(self) -> StartTimeoutExtender:
+        if os.environ.get("NOTIFY_SOCKET"):
+            self.begin()
+            self._thread = threading.Thread(target=self._loop, name="extend-start-timeout",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._say(f"start timeout extended {self.sent} times over "
+                      f"{self._clock() - self.start:.0f}s of attaching")
 
 
 # --- stopping once boot has settled ------------------------------------------------------

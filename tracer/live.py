@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from tracer import report, requester
+from tracer.boot import StartTimeoutExtender
 from tracer.correlate import Correlator
 from tracer.events import Event, Kind
 from tracer.ksyms import KernelSymbols
@@ -110,7 +111,9 @@ def start(opts: Options, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -
         check_output(opts.output)  # before the second of attaching: a bad path fails fast
     reorder = Reorder()
     tracer = Tracer(reorder.push, notice=lambda m: print(m, file=err))
-    attached = tracer.attach()
+    # under systemd: more start time while bcc compiles and the kernel attaches
+    with StartTimeoutExtender(sd_notify, log=lambda m: print(m, file=err)):
+        attached = tracer.attach()
     try:
         writer = TraceWriter(opts.output) if opts.output else None
     except BaseException:

@@ -12,6 +12,7 @@ One module per kernel mechanism it copies (see ../shared/docs/kernel-semantics.m
 * dups.py: kernel/module/dups.c, entries, announce forms, the 60 s tail, ties.
 * loads.py: idempotent() and module_patient_check_exists() in kernel/module/main.c.
 * stats.py: MODULE_STATS byte accounting (kernel/module/stats.c) by failure phase.
+* throttle.py: the 50 kmod throttle slots, a wait duplicate holding its slot as it sleeps.
 * counters.py: the per-name counters, defined once for the model, table and JSON.
 * profile.py: what a kernel tree does (version table, announce form).
 * core.py: the Model that feeds each moment to these.
@@ -44,10 +45,12 @@ from tracer.model.profile import (
     with_announce,
 )
 from tracer.model.stats import MODULE_INIT_COMPRESSED_FILE, ByteClass, DupFailed, StatsSummary
+from tracer.model.throttle import MAX_KMOD_CONCURRENT
 from tracer.stories import STALE_NS
 
 __all__ = [
     "DUP_TAIL_NS",
+    "MAX_KMOD_CONCURRENT",
     "MODULE_INIT_COMPRESSED_FILE",
     "NS_PER_S",
     "PROFILE_6_1",

@@ -10,6 +10,7 @@ from tracer.model.dups import DUP_TAIL_NS, Dups, RequestVerdict
 from tracer.model.loads import Loads, LoadVerdict
 from tracer.model.profile import Profile
 from tracer.model.stats import ModStats, StatsSummary
+from tracer.model.throttle import Throttle
 from tracer.stories import STALE_NS, Load, Request
 
 _INF: Final = float("inf")
@@ -36,6 +37,7 @@ class Model:
         self._dups = Dups(actual, tail_ns, self._tallies, oracle)
         self._stats = ModStats(modelled=not actual.module_stats)
         self._loads = Loads(actual, self._tallies, self._stats)
+        self._throttle = Throttle()
         self._pending_reqs: dict[int, tuple[RequestVerdict, Tally]] = {}
         self._next_sweep: float = _INF if stale_ns is None else 0
 
@@ -53,6 +55,7 @@ class Model:
         """Drop dups entries whose tail ended (dups.c kmod_dup_request_delete()) and, after
         stale_ns, in-flight records whose end was never seen."""
         self._dups.expire(now_ns)
+        self._throttle.expire(now_ns)
         if now_ns >= self._next_sweep and self.stale_ns is not None:
             before = now_ns - self.stale_ns
             for rid, (v, tally) in list(self._pending_reqs.items()):
@@ -61,6 +64,7 @@ class Model:
                     tally.race.leave(before)
             self._dups.sweep(before)
             self._loads.sweep(before)
+            self._throttle.sweep(before)
             self._next_sweep = now_ns + max(1, self.stale_ns // 2)
 
     def state_sizes(self) -> dict[str, int]:
@@ -72,6 +76,7 @@ class Model:
             "pending_loads": len(self._loads.pending),
             "inode_winners": len(self._loads.winners),
             "loads_active": len(self._loads.active),
+            "throttle_slots": len(self._throttle),
         }
 
     # ---- requests: kernel/module/kmod.c + dups.c -----------------------------------------
@@ -85,6 +90,10 @@ class Model:
         self._advance(t)
         tally = self._tallies[req.name]
         v = self._dups.arrive(req, t, tally)
+        v.slots_held = self._throttle.enter(req.id, t)
+        tally.c.would_queue += v.slots_held >= self._throttle.slots
+        if v.verdict == "duplicate" and v.predicted_ret is not None:
+            self._throttle.release(req.id, t)  # dups returns at once: nowait or tail
         tally.c.requests += 1
         tally.race.arrive(t)
         self._pending_reqs[req.id] = (v, tally)
@@ -116,7 +125,9 @@ class Model:
             # call_modprobe(): kmod_dup_request_announce(name, ret) after the helper.
             if req.ret is not None:
                 at = req.kernel_announce_ns if req.kernel_announce_ns is not None else end
-                self._dups.announce(v.name, req.ret, at)
+                for w in self._dups.announce(v.name, req.ret, at):
+                    self._throttle.release(w.req_id, at)  # woken: up() as it returns
+            self._throttle.release(req.id, end)
         return v
 
     def _rejected(self, req: Request, ran: bool) -> RequestVerdict:

@@ -45,6 +45,8 @@ class ModuleStats:
     modprobe_spawns: int = _stat(json=True, column="MODPROBE", of="modprobe_needed")
     modprobe_needed: int = _stat(json=True, derive=lambda m: m.firsts + m.untracked)
     extra_modprobe: int = _stat(json=True, derive=lambda m: m.modprobe_spawns - m.modprobe_needed)
+    # requests that under simulated dups would have found all kmod throttle slots held
+    would_queue: int = _stat(json=True)
     loads: int = _stat(column="LOADS")  # load attempts finished
     loads_ok: int = _stat(json=True, column="OK")
     # errno name -> count (not counting converged waiters)

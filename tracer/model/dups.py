@@ -18,13 +18,7 @@ Timing the trace cannot see, and what the model does about it:
   ("tie"); a request inside the delete timer's slack after the tail ("tail-boundary").
   With the kernel's own verdict (the oracle) it decides; without, the model's guess stands.
 
-TODO(throttle): __request_module() holds its kmod_concurrent_max slot (50, down_timeout 5 s)
-until after kmod_dup_request_exists_wait(), so a wait duplicate keeps its slot while it
-sleeps. Under simulated dups the 51st concurrent request would queue or fail -ETIME where
-the actual kernel (whose duplicates ran modprobe and returned) let it through, or the other
-way round. Missing: a per-kernel count of held slots fed by request entry (REQ_ENTER, not
-an input of the model today) and the 5 s timeout; verdicts of requests that would not have
-passed are not marked.
+The throttle slot a sleeping wait duplicate keeps is counted in throttle.py.
 """
 
 from __future__ import annotations
@@ -76,6 +70,9 @@ class RequestVerdict:
     # the module docstring) or "announce-assumed" (the value depends on the assumed form).
     indeterminate: str | None = None
     decided_by_kernel: bool = False  # the oracle's verdict replaced the model's guess
+    # kmod throttle slots held under simulated dups when it entered __request_module()
+    # (throttle.py); 50 or more: it would have queued for one.
+    slots_held: int | None = None
 
 
 def kernel_disagrees(req: Request, v: RequestVerdict | None) -> bool:
@@ -228,11 +225,12 @@ class Dups:
 
     # ---- completion: kmod_dup_request_announce() -----------------------------------------
 
-    def announce(self, name: str, ret: int, t: int) -> None:
-        """Matches by name only: an untracked request's announce completes a wait entry."""
+    def announce(self, name: str, ret: int, t: int) -> list[RequestVerdict]:
+        """Matches by name only: an untracked request's announce completes a wait entry.
+        Returns the waiters it woke."""
         ent = self.entries.get(name)
         if ent is None:
-            return
+            return []
         if ent.done_ns is not None:
             if ent.done_ns + self.tail_ns <= t:
                 del self.entries[name]
@@ -241,7 +239,7 @@ class Dups:
                 # delete_work stays where the first completion put it). The "first" form
                 # returns early instead: first_ret keeps what it would hand out.
                 ent.dup_ret = ret
-            return
+            return []
         # First announce: dup_ret = ret; complete_all(); delete_work in tail_ns.
         ent.dup_ret = ent.first_ret = ret
         ent.done_ns = t
@@ -254,10 +252,11 @@ class Dups:
             ent.tally.c.dup_wait_ns += wait
             if oracle and w.done:
                 w.oracle_agrees = not w.modprobe_saved and w.actual_ret == ret
-        ent.waiters = []
+        woken, ent.waiters = ent.waiters, []
         expiry = t + self.tail_ns + self.slack_ns  # kept through the timer's slack
         self.expiry.append((expiry, name, ent))
         self.next_expiry = min(self.next_expiry, expiry)
+        return woken
 
     # ---- removal: kmod_dup_request_delete() ----------------------------------------------
 
