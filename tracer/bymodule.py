@@ -28,7 +28,8 @@ class ModuleRow:
     duplicates: int = 0  # requests a dups.c kernel would have converged
     aliases: Counter[str] = field(default_factory=Counter)  # request strings, MODALIASes
     devices: Counter[str] = field(default_factory=Counter)  # devpath -> load attempts
-    subsystems: Counter[str] = field(default_factory=Counter)
+    subsystems: Counter[str] = field(default_factory=Counter)  # subsystem -> attempts
+    device_subsystem: dict[str, str] = field(default_factory=dict)  # devpath -> subsystem
     attempts: int = 0  # (f)init_module calls for this module
     ok: int = 0
     converged: int = 0  # idempotent() waiters
@@ -85,6 +86,7 @@ def _add_load(row: ModuleRow, load: Load, verdict: LoadVerdict | None) -> None:
     if load.device is not None:
         row.devices[load.device.devpath] += 1
         row.subsystems[load.device.subsystem] += 1
+        row.device_subsystem[load.device.devpath] = load.device.subsystem
         if load.device.modalias:
             row.aliases[load.device.modalias] += 1
 
@@ -156,11 +158,13 @@ def busy_ns(loads: Iterable[Load]) -> int:
 
 
 def _devices(row: ModuleRow) -> str:
+    """Distinct devices per subsystem, most first: "cpu:16 acpi:16"."""
     if not row.devices:
         return "-"
-    sub, _ = row.subsystems.most_common(1)[0] if row.subsystems else ("", 0)
-    text = f"{len(row.devices)} {sub or 'device'}"
-    return text + (f" +{len(row.subsystems) - 1} more" if len(row.subsystems) > 1 else "")
+    per_sub: Counter[str] = Counter()
+    for devpath in row.devices:
+        per_sub[row.device_subsystem.get(devpath, "") or "?"] += 1
+    return " ".join(f"{sub}:{n}" for sub, n in per_sub.most_common())
 
 
 def _aliases(row: ModuleRow, width: int) -> str:

@@ -267,7 +267,16 @@ def boot_show(which: str | None, as_json: bool, wide: bool) -> None:
     except ValueError as e:
         fail(str(e))
     click.echo(f"boot trace {path}", err=True)
-    show_report(str(path), as_json, wide=wide)
+    if as_json:
+        show_report(str(path), as_json=True)
+        return
+    try:
+        trace, rep = report.load(str(path))
+    except TraceFormatError as e:
+        fail(str(e))
+    for line in report.render_boot(trace, rep, wide):
+        click.echo(line)
+    click.echo(f"(every request and load: kmodtrace report {path})")
 
 
 def _add_plugin_commands() -> None:

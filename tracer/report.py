@@ -299,6 +299,7 @@ def document(trace: Trace, rep: Replay) -> dict[str, Any]:
         "modules": {k: module_json(m) for k, m in rep.judge.model.modules().items()},
         "by_module": {k: row.to_json()
                       for k, row in bymodule.join(rep.requests, rep.loads).items()},
+        "loading": loading_json(trace, rep),
     }
 
 
@@ -325,4 +326,45 @@ def render_text(trace: Trace, rep: Replay, wide: bool = False) -> list[str]:
                    f"{trace.first_bad_line}")
     out += table_lines(SUMMARY_COLUMNS, summary_rows(rep.judge.model.modules()),
                        None if wide else LINE_WIDTH)
+    return out
+
+
+# --- `boot show`: the boot debugger's questions at a glance ----------------------------------
+
+
+def loading_json(trace: Trace, rep: Replay) -> dict[str, Any]:
+    """How much of the traced time went to module loading, and what the repeats cost."""
+    start, end = trace.header.get("start_mono_ns"), (trace.trailer or {}).get("end_mono_ns")
+    rows = bymodule.join(rep.requests, rep.loads)
+    return {
+        "traced_from_ns": start if type(start) is int else None,
+        "traced_to_ns": end if type(end) is int else None,
+        "busy_ns": bymodule.busy_ns(ld for ld, _ in rep.loads),
+        "attempts": sum(r.attempts for r in rows.values()),
+        "repeated_modules": sorted(k for k, r in rows.items() if r.repeated),
+        "wasted_bytes": sum(r.wasted_bytes for r in rows.values()),
+    }
+
+
+def render_boot(trace: Trace, rep: Replay, wide: bool = False) -> list[str]:
+    """Which modules were tried more than once and by which devices, the vmalloc they
+    wasted, their first-to-last span and the boot's share spent loading modules."""
+    load = loading_json(trace, rep)
+    start, end = load["traced_from_ns"], load["traced_to_ns"]
+    traced = end - start if start is not None and end is not None else 0
+    h = trace.header
+    out = [f"boot {str(h.get('boot_id', '?'))[:8]}  kernel {h.get('kernel')}  "
+           f"{h.get('cpus')} CPUs  profile {trace.features.profile.name}"]
+    if start is not None:
+        out.append(f"traced from {start / 1e9:.2f} s after boot"
+                   + (f" to {end / 1e9:.2f} s" if end is not None else " (no trailer)")
+                   + "; loads before the tracer attached are not in it")
+    rows = bymodule.join(rep.requests, rep.loads)
+    for line in bymodule.headline(rows, load["busy_ns"], traced):
+        out += [line] if wide else textwrap.wrap(line, LINE_WIDTH)
+    out.append("")
+    width = None if wide else LINE_WIDTH
+    out += table_lines(bymodule.COLUMNS, bymodule.table_rows(rows, 60 if wide else 18), width)
+    note = profile_note(trace.features.profile)
+    out += [note] if wide else textwrap.wrap(note, LINE_WIDTH)
     return out
