@@ -159,10 +159,15 @@ def _literal(node: ast.expr) -> str | None:
     return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
 
 
-def python_programs(source: str) -> set[str]:
-    """The programs SOURCE starts by a literal name: argv lists (inline, or bound to a
-    name first) given to subprocess/os.exec*, or to a function of the module that passes
-    its argument on to them; shell=True strings; sh -c scripts; shutil.which names."""
+def python_programs(source: str, module: str = "",
+                    known: dict[str, int] | None = None) -> tuple[set[str], dict[str, int]]:
+    """The programs SOURCE (the module MODULE) starts by a literal name: argv lists (inline,
+    or bound to a name first) given to subprocess/os.exec*, or to a function that passes
+    its argument on to them (this module's, or KNOWN: "module.function" -> which
+    argument); shell=True strings; sh -c scripts; shutil.which names.
+
+    Also returns this module's such functions, as "MODULE.function" -> argument index.
+    """
     tree = ast.parse(source)
     imports: dict[str, str] = {}
     for node in ast.walk(tree):
@@ -183,7 +188,7 @@ def python_programs(source: str) -> set[str]:
     def argv_of(call: ast.Call, name: str, wrappers: dict[str, int]) -> ast.expr | None:
         if name in _EXEC:
             return call.args[1] if len(call.args) > 1 else None
-        idx = wrappers.get(name, 0 if name in _SPAWN else -1)
+        idx = wrappers.get(name, (known or {}).get(name, 0 if name in _SPAWN else -1))
         if idx < 0:
             return None
         if idx < len(call.args):
@@ -249,7 +254,7 @@ def python_programs(source: str) -> set[str]:
         elif (text := _literal(node) if isinstance(node, ast.Constant) else None) and (
                 text.startswith("#!/bin/") or text.startswith("#!/usr/bin/")):
             found.update(shell_programs(text))
-    return found
+    return found, {f"{module}.{name}": idx for name, idx in wrappers.items()}
 
 
 # --- what the repository calls -------------------------------------------------------------
@@ -279,8 +284,17 @@ def _unit_programs() -> set[str]:
 def called_programs() -> dict[str, set[str]]:
     """Every program the code and scripts name, by where it is named."""
     where: dict[str, set[str]] = {}
-    for path in sorted([*ROOT.glob("tracer/**/*.py"), *ROOT.glob("kmodlab/**/*.py")]):
-        where[str(path.relative_to(ROOT))] = python_programs(path.read_text())
+    sources = {".".join(p.relative_to(ROOT).with_suffix("").parts): p
+               for p in sorted([*ROOT.glob("tracer/**/*.py"), *ROOT.glob("kmodlab/**/*.py")])}
+    known: dict[str, int] = {}  # wrappers in any module (vm.run_step), to a fixed point
+    while True:
+        before = dict(known)
+        for module, path in sources.items():
+            where[str(path.relative_to(ROOT))], found = python_programs(
+                path.read_text(), module, known)
+            known.update(found)
+        if known == before:
+            break
     scripts = [*ROOT.glob("tracer/**/*.sh"), *ROOT.glob("kmodlab/**/*.sh"),
                *ROOT.glob("vm/**/*.sh"), ROOT / ".ci" / "run"]
     for path in sorted(scripts):
@@ -329,7 +343,12 @@ planted-script-line --x
 
 
 def test_scanner_finds_planted_calls() -> None:
-    assert python_programs(SAMPLE) == {
+    progs, wrappers = python_programs(SAMPLE, "pkg.sample")
+    # f hands x to subprocess.run too
+    assert wrappers == {"pkg.sample._run": 0, "pkg.sample._job": 0, "pkg.sample.f": 0}
+    other = "from pkg import sample\nsample._run(['planted-elsewhere'], 'what')\n"
+    assert python_programs(other, "pkg.other", wrappers)[0] == {"planted-elsewhere"}
+    assert progs == {
         "planted-run", "planted-popen", "planted-wrapper", "planted-exec", "planted-bound",
         "planted-shell", "planted-pipe", "sh", "planted-sh-c", "planted-which",
         "planted-prefix", "planted-in-script", "bash", "planted-script-line"}
