@@ -17,6 +17,7 @@ from tracer.model import STALE_NS as MODEL_STALE_NS
 from tracer.record import read_trace
 from tracer.session import replay
 from tracer.stories import Load, Request, decode_wait_status, module_from_path
+from tracer.udev import Device
 
 DATA = Path(__file__).parent / "data" / "vm-6.1"
 
@@ -28,6 +29,7 @@ class Collect:
         self.requests: list[Request] = []
         self.loads: list[Load] = []
         self.freed: list[str] = []
+        self.devices: list[tuple[int, Device]] = []
 
     def request_arrive(self, req: Request) -> None:
         self.arrived.append(req.id)
@@ -46,6 +48,9 @@ class Collect:
 
     def module_free(self, ev: Event) -> None:
         self.freed.append(ev.name)
+
+    def device_done(self, pid: int, device: Device) -> None:
+        self.devices.append((pid, device))
 
 
 def feed(events: list[Event]) -> Collect:
