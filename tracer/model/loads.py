@@ -112,24 +112,12 @@ class Loads:
         self.pending[load.id] = PendingLoad(name, t, key, own, waiter_of, rival, tally)
 
     def done(self, load: Load) -> LoadVerdict:
-        """At syscall exit: classify the actual outcome and what it cost."""
-        p = self.pending.pop(load.id, None)
-        if p is None:  # start not seen: replay it now
-            self.start(load)
-            p = self.pending.pop(load.id)
-        end = load.end_ns if load.end_ns is not None else p.start_ns
-        if p.own is not None:  # idempotent_complete(): waiters get ret, no tail
-            p.own.ret, p.own.done = load.ret, True
-        self.forget(p, end)
-        name = load.module or p.name
-        tally = p.tally if p.tally is not None and p.name == name else self.tallies[name]
-        if p.tally is None:
-            tally.race.late(p.start_ns, end)
+        """At syscall exit: judge the outcome, charge what it cost, count it."""
+        p, end = self._finish(load)
+        name, tally = self._tally_of(load, p, end)
         judged = self._judge(load, p)
         byte_class, approx, read = self._byte_class(load, judged)
-        cost = 0 if byte_class is None else wasted(load, byte_class)
-        if byte_class is not None:
-            self.stats.bump(byte_class, cost, approx)
+        cost = self._charge(load, byte_class, approx)
         if judged.rule is not None and judged.rule != "idempotent":
             # try_add_failed_module(); the attempt's run time was avoidable work
             reason = "Becoming" if judged.rule == "patient-becoming" else "Load"
@@ -144,6 +132,36 @@ class Loads:
             winner.load_id if winner is not None else None, winner is not None, saved,
             byte_class, approx,
         )  # fmt: skip
+
+    def _finish(self, load: Load) -> tuple[PendingLoad, int]:
+        """The attempt leaves the in-flight state; its winner hands waiters its ret."""
+        p = self.pending.pop(load.id, None)
+        if p is None:  # start not seen: replay it now
+            self.start(load)
+            p = self.pending.pop(load.id)
+        end = load.end_ns if load.end_ns is not None else p.start_ns
+        if p.own is not None:  # idempotent_complete(): waiters get ret, no tail
+            p.own.ret, p.own.done = load.ret, True
+        self.forget(p, end)
+        return p, end
+
+    def _tally_of(self, load: Load, p: PendingLoad, end: int) -> tuple[str, Tally]:
+        """The name the kernel gave it (init_module: known only at exit) and its counters."""
+        name = load.module or p.name
+        if p.tally is not None and p.name == name:
+            return name, p.tally
+        tally = self.tallies[name]
+        if p.tally is None:
+            tally.race.late(p.start_ns, end)
+        return name, tally
+
+    def _charge(self, load: Load, byte_class: ByteClass | None, approx: bool) -> int:
+        """stats.c: the bytes the failure adds to its counter."""
+        if byte_class is None:
+            return 0
+        cost = wasted(load, byte_class)
+        self.stats.bump(byte_class, cost, approx)
+        return cost
 
     def _judge(self, load: Load, p: PendingLoad) -> _Judged:
         """The outcome and the kernel check that produced it."""
