@@ -63,7 +63,7 @@ def rss_kib(pid: int, field: str = "RssAnon") -> int:
 def timed_storm(sc: storms.Scenario, ko: Path) -> float:
     t0 = time.monotonic()
     storms.run(sc, ko)
-    return time.monotonic() - t0 - (1.5 if sc.kind == "kthread" else 0.5)  # run()'s sleeps
+    return time.monotonic() - t0 - (1.5 if sc.generator == "kthread" else 0.5)  # run()'s sleeps
 
 
 def main() -> int:

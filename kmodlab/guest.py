@@ -110,7 +110,7 @@ def main() -> int:
     else:
         scenarios = [storms.Scenario(**d) for d in json.loads(args.scenarios)]
     kmodstorm = None
-    if not args.command and any(s.kind == "kthread" for s in scenarios):
+    if not args.command and any(s.generator == "kthread" for s in scenarios):
         progress("building kmodstorm against this kernel's headers")
         kmodstorm = storms.build_kmodstorm(release, args.cache / "kmodstorm")
     save_module_stats(out / "stats-before.txt")
@@ -129,7 +129,7 @@ def main() -> int:
         manifest["command"] = {"cmd": args.command, "rc": rc, "start_ns": t0,
                                "end_ns": time.monotonic_ns()}
     for sc in scenarios if not args.command else []:
-        progress(f"storm {sc.name}: {sc.count} x {sc.kind} {sc.target}")
+        progress(f"storm {sc.name}: {sc.count} x {sc.generator} {sc.target}")
         storms.run(sc, kmodstorm)
         manifest["scenarios"].append(asdict(sc))
     time.sleep(0.5)

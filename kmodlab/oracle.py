@@ -40,19 +40,40 @@ CONFIG = [
 ]
 
 
-def _apt_opts(base: Path) -> list[str]:
-    return [f"-oDir::Etc::SourceList={base / 'sources.list'}", "-oDir::Etc::SourceParts=/dev/null",
-            f"-oDir::State::Lists={base / 'lists'}", f"-oDir::Cache={base / 'cache'}",
-            f"-oDir::Cache::archives={base / 'archives'}"]
+# The fix named when the kernel build fails.
+MAKE_FIX = ("read the log; `kmodtrace parity --build-only` again resumes the build "
+            "(remove the cache directory named there to start over)")
+
+
+def _run(cmd: list[str], progress: vm.Progress | None, what: str, fix: str,
+         cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """One step of the build: its stdout, or VMError naming it and the fix (vm.run_step's
+    errors; spelled out here so that each program the oracle runs is named in this file)."""
+    if progress is not None:
+        progress(what)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=cwd, env=env)
+    except OSError as e:
+        raise vm.not_run(cmd, what, e) from e
+    return vm.step_output(p, what, fix)
+
+
+def install_build_deps(progress: vm.Progress) -> None:
+    """apt-get install what the kernel build needs and is missing (VMError if apt fails)."""
+    missing = vm.missing_packages(BUILD_DEPS)
+    if missing:
+        _run(["apt-get", "install", "-y", "--no-install-recommends", *missing], progress,
+             f"installing build dependencies: {' '.join(missing)}", vm.APT_FIX)
 
 
 def fetch_source(progress: vm.Progress) -> tuple[str, Path]:
     """(version, unpacked source tree) of linux-source-6.12 from bookworm-backports."""
     vm.backports_kernel(progress)  # sets up the private apt state (and caches 6.12)
-    base = vm.cache_dir() / "apt" / "bookworm-backports"
-    opts = _apt_opts(base)
-    info = subprocess.run(["apt-cache", *opts, "show", SOURCE_PACKAGE], capture_output=True,
-                          text=True, check=True).stdout.split("\n\n")[0]
+    base = vm.private_apt_dir("bookworm-backports")
+    opts = vm.apt_opts(base)
+    info = _run(["apt-cache", *opts, "show", SOURCE_PACKAGE], progress,
+                f"finding {SOURCE_PACKAGE} in bookworm-backports",
+                vm.APT_FIX).split("\n\n")[0]
     m = re.search(r"^Version: (\S+)", info, re.M)
     if m is None:
         raise vm.VMError(f"{SOURCE_PACKAGE} not found in bookworm-backports")
@@ -62,22 +83,26 @@ def fetch_source(progress: vm.Progress) -> tuple[str, Path]:
         return version, tree
     dl = base / "debs"
     dl.mkdir(exist_ok=True)
-    progress(f"downloading {SOURCE_PACKAGE} {version} (150 MB)")
-    subprocess.run(["apt-get", *opts, "download", f"{SOURCE_PACKAGE}={version}"], cwd=dl,
-                   check=True, capture_output=True)
-    deb = next(dl.glob(f"{SOURCE_PACKAGE}_*.deb"))
+    _run(["apt-get", *opts, "download", f"{SOURCE_PACKAGE}={version}"], progress,
+         f"downloading {SOURCE_PACKAGE} {version} (150 MB)", vm.APT_FIX, cwd=dl)
+    deb = next(dl.glob(f"{SOURCE_PACKAGE}_*.deb"), None)
+    if deb is None:
+        raise vm.VMError(f"apt-get download left no {SOURCE_PACKAGE}_*.deb in {dl} "
+                         f"(fix: {vm.APT_FIX})")
     unpack = vm.cache_dir() / "oracle" / "deb"
     shutil.rmtree(unpack, ignore_errors=True)
     unpack.mkdir(parents=True)
-    progress("unpacking the source package")
-    subprocess.run(["dpkg-deb", "-x", str(deb), str(unpack)], check=True)
-    tarball = next((unpack / "usr" / "src").glob("linux-source-*.tar.xz"))
+    _run(["dpkg-deb", "-x", str(deb), str(unpack)], progress,
+         "unpacking the source package", f"remove {deb} and run again")
+    tarball = next((unpack / "usr" / "src").glob("linux-source-*.tar.xz"), None)
+    if tarball is None:
+        raise vm.VMError(f"{deb} holds no usr/src/linux-source-*.tar.xz "
+                         f"(fix: remove {deb} and run again)")
     tmp = tree.with_name(tree.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    progress(f"extracting {tarball.name}")
-    subprocess.run(["tar", "-xf", str(tarball), "-C", str(tmp), "--strip-components=1"],
-                   check=True)
+    _run(["tar", "-xf", str(tarball), "-C", str(tmp), "--strip-components=1"],
+         progress, f"extracting {tarball.name}", "check the free disk space")
     shutil.rmtree(unpack)
     tmp.rename(tree)
     return version, tree
@@ -97,29 +122,23 @@ def build(progress: vm.Progress, jobs: int | None = None) -> vm.KernelImage:
         release = done.read_text().strip()
         link_trees(root, release, vm.cache_dir() / "oracle" / f"build-{key}", src)
         return vm.KernelImage(release, root / "boot" / f"vmlinuz-{release}", root)
-    missing = [p for p in BUILD_DEPS if subprocess.run(
-        ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True,
-        check=False).stdout != "install ok installed"]
-    if missing:
-        progress(f"installing build dependencies: {' '.join(missing)}")
-        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *missing],
-                       check=True, capture_output=True)
+    install_build_deps(progress)
     build_dir = vm.cache_dir() / "oracle" / f"build-{key}"
     build_dir.mkdir(parents=True, exist_ok=True)
     # vng --kconfig calls virtme-configkernel, which sits beside it in the venv
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     vng = vm.vng_path()
-    progress("configuring (virtme-ng's config plus the oracle's items)")
     cfg = [a for item in CONFIG for a in ("--configitem", item)]
-    subprocess.run([vng, "--kconfig", *cfg, f"O={build_dir}"], cwd=src, check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+    _run([vng, "--kconfig", *cfg, f"O={build_dir}"], progress,
+         "configuring (virtme-ng's config plus the oracle's items)",
+         "pip install -U virtme-ng", cwd=src, env=env)
     jobs = jobs or (os.cpu_count() or 2) + 1
     progress(f"building with make -j{jobs} (about 15 minutes on 2 cores)")
     t0 = time.monotonic()
     _make(["-j", str(jobs), "bzImage", "modules"], src, build_dir, progress)
     progress(f"built in {time.monotonic() - t0:.0f}s; installing modules into the cache")
-    release = subprocess.run(["make", "-s", "kernelrelease", f"O={build_dir}"], cwd=src,
-                             capture_output=True, text=True, check=True).stdout.strip()
+    release = _run(["make", "-s", "kernelrelease", f"O={build_dir}"], None,
+                   "make kernelrelease", MAKE_FIX, cwd=src).strip()
     shutil.rmtree(root, ignore_errors=True)
     (root / "boot").mkdir(parents=True)
     _make(["modules_install", f"INSTALL_MOD_PATH={root}", "INSTALL_MOD_STRIP=1"], src,
@@ -143,15 +162,23 @@ def link_trees(root: Path, release: str, build_dir: Path, src: Path) -> None:
 
 def _make(targets: list[str], src: Path, build_dir: Path, progress: vm.Progress) -> None:
     """Run make, showing one line of progress every 30 s instead of its whole output."""
-    proc = subprocess.Popen(["make", f"O={build_dir}", *targets], cwd=src,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = build_dir / "make.log"
+    try:
+        proc = subprocess.Popen(["make", f"O={build_dir}", *targets], cwd=src,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    except FileNotFoundError as e:
+        raise vm.VMError("make is not installed: apt-get install make") from e
     assert proc.stdout is not None
-    last, tail = time.monotonic(), list[str]()
-    for line in proc.stdout:
-        tail = [*tail[-20:], line]
-        if time.monotonic() - last > 30:
-            progress(f"make: {line.strip()[:100]}")
-            last = time.monotonic()
+    last, errors = time.monotonic(), list[str]()
+    with open(log, "w") as f:
+        for line in proc.stdout:
+            f.write(line)
+            if "error" in line.lower():
+                errors = [*errors[-2:], line.strip()]
+            if time.monotonic() - last > 30:
+                progress(f"make: {line.strip()[:100]}")
+                last = time.monotonic()
     if proc.wait() != 0:
-        sys.stderr.writelines(tail)
-        raise vm.VMError(f"make {' '.join(targets)} failed (exit {proc.returncode})")
+        why = " | ".join(errors) or "see the log"
+        raise vm.VMError(f"make {' '.join(targets)} failed (exit {proc.returncode}): {why}; "
+                         f"full log in {log} (fix: {MAKE_FIX})")

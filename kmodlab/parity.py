@@ -148,12 +148,11 @@ def render(par: Parity) -> list[str]:
 
 def run(outdir: Path) -> Parity:
     """Parity of one oracle run's results directory (trace.jsonl, stats-*.txt)."""
-    from tracer.kernel import Features
     from tracer.record import read_trace
     from tracer.session import replay
 
     trace = read_trace(str(outdir / "trace.jsonl"))
-    features = Features.from_dict(trace.header.get("features", {}))
+    features = trace.features
     par = Parity()
     if not features.dups:
         par.mismatches.append(Mismatch("kernel", f"{features.release} has no dups.c: "
@@ -169,7 +168,6 @@ def run(outdir: Path) -> Parity:
     check_requests(rep, trace.events, par)
     before, after = outdir / "stats-before.txt", outdir / "stats-after.txt"
     if before.exists() and after.exists():
-        assert rep.judge is not None
         check_stats(rep.judge.model.stats(), parse_stats(before.read_text()),
                     parse_stats(after.read_text()), par)
     else:

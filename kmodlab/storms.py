@@ -65,7 +65,7 @@ def _socket(family: int) -> Callable[[], int]:
 @dataclass(slots=True)
 class Scenario:
     name: str
-    kind: str  # kthread, rtnl, fs, socket, modprobe
+    generator: str  # how the storm is made: kthread, rtnl, fs, socket, modprobe, selftest
     target: str  # module / link kind / fs type / family number
     count: int
     nowait: bool = False
@@ -86,7 +86,7 @@ class Scenario:
             "socket": [f"net-pf-{self.target}"],
             "modprobe": [],
             "selftest": [],
-        }[self.kind]
+        }[self.generator]
 
 
 def build_kmodstorm(release: str, cache: Path) -> Path:
@@ -113,7 +113,7 @@ def build_kmodstorm(release: str, cache: Path) -> Path:
 def run(sc: Scenario, kmodstorm: Path | None) -> None:
     time.sleep(sc.pause_before)
     sc.start_ns = time.monotonic_ns()
-    if sc.kind == "kthread":
+    if sc.generator == "kthread":
         assert kmodstorm is not None
         args = ["insmod", str(kmodstorm), f"name={sc.target}", f"count={sc.count}"]
         if sc.nowait:
@@ -123,16 +123,16 @@ def run(sc: Scenario, kmodstorm: Path | None) -> None:
         sc.statuses = [subprocess.run(args, check=False).returncode]
         time.sleep(1.0)  # nowait requests and their modprobes finish after init returns
         subprocess.run(["rmmod", "kmodstorm"], check=False)
-    elif sc.kind == "rtnl":
+    elif sc.generator == "rtnl":
         sc.statuses = fork_together([
             _exec(["ip", "link", "add", f"kmt{i}", "type", sc.target]) for i in range(sc.count)])
-    elif sc.kind == "fs":
+    elif sc.generator == "fs":
         os.makedirs("/tmp/kmt-mnt", exist_ok=True)
         sc.statuses = fork_together([
             _exec(["mount", "-t", sc.target, "none", "/tmp/kmt-mnt"]) for _ in range(sc.count)])
-    elif sc.kind == "socket":
+    elif sc.generator == "socket":
         sc.statuses = fork_together([_socket(int(sc.target)) for _ in range(sc.count)])
-    elif sc.kind == "selftest":
+    elif sc.generator == "selftest":
         # The kernel's own stress test of request_module()/get_fs_type(), with test_kmod
         script = Path(f"/lib/modules/{os.uname().release}/build/source/tools/testing/"
                       "selftests/kmod/kmod.sh")
@@ -140,10 +140,10 @@ def run(sc: Scenario, kmodstorm: Path | None) -> None:
                                       check=False, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL).returncode
                        for test in sc.target.split(",")]
-    elif sc.kind == "modprobe":
+    elif sc.generator == "modprobe":
         sc.statuses = fork_together([_exec(["modprobe", sc.target]) for _ in range(sc.count)])
     else:
-        raise ValueError(f"unknown storm kind {sc.kind}")
+        raise ValueError(f"unknown storm generator {sc.generator}")
     time.sleep(0.5)  # let helpers spawned by nowait requests finish
     sc.end_ns = time.monotonic_ns()
 

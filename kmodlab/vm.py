@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tracer import record
+
 Progress = Callable[[str], None]
 
 
@@ -41,13 +43,73 @@ class KernelImage:
     root: Path | None  # extracted packages for a cached kernel; None for the system's
 
 
-def _run(cmd: list[str], progress: Progress, what: str) -> str:
-    progress(what)
-    p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+# The fix named when apt fails (the lab's apt runs are installs and private fetches).
+APT_FIX = "check the network and the Debian mirror in /etc/apt, and run as root"
+
+
+def run_step(cmd: list[str], progress: Progress | None, what: str, *, fix: str = "",
+             cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """Run one step of the lab; its stdout, or VMError naming the step, its last words
+    and the fix: never a CalledProcessError traceback."""
+    if progress is not None:
+        progress(what)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=cwd, env=env)
+    except OSError as e:
+        raise not_run(cmd, what, e) from e
+    return step_output(p, what, fix)
+
+
+def not_run(cmd: list[str], what: str, e: OSError) -> VMError:
+    """The one-line error for a step whose program could not be started."""
+    if isinstance(e, FileNotFoundError):
+        return VMError(f"{what}: {cmd[0]} is not installed (vm/bootstrap.sh installs what "
+                       "the lab runs: kmodlab/programs.tsv)")
+    return VMError(f"{what}: cannot run {cmd[0]}: {e.strerror}")
+
+
+def step_output(p: subprocess.CompletedProcess[str], what: str, fix: str = "") -> str:
+    """The stdout of a finished step, or VMError naming it, its last words and the fix."""
     if p.returncode != 0:
-        tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
-        raise VMError(f"{what} failed: {' | '.join(tail)}")
+        tail = " | ".join((p.stderr or p.stdout).strip().splitlines()[-3:]) or "no output"
+        raise VMError(f"{what} failed (exit {p.returncode}): {tail}"
+                      + (f" (fix: {fix})" if fix else ""))
     return p.stdout
+
+
+def missing_packages(packages: list[str]) -> list[str]:
+    """Those of PACKAGES dpkg does not report installed (all of them without dpkg)."""
+    missing = []
+    for pkg in packages:
+        try:
+            status = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg],
+                                    capture_output=True, text=True, check=False).stdout
+        except OSError:
+            status = ""
+        if status != "install ok installed":
+            missing.append(pkg)
+    return missing
+
+
+def apt_install(packages: list[str], progress: Progress, what: str,
+                recommends: bool = False) -> None:
+    """apt-get install PACKAGES; VMError (one line, with the fix) if apt fails."""
+    run_step(["apt-get", "install", "-y", *([] if recommends else ["--no-install-recommends"]),
+              *packages], progress, what, fix=APT_FIX)
+
+
+def apt_opts(base: Path) -> list[str]:
+    """apt options for a private state under BASE (sources.list, lists, cache, archives):
+    the system's apt configuration is neither read for sources nor changed."""
+    return [f"-oDir::Etc::SourceList={base / 'sources.list'}",
+            "-oDir::Etc::SourceParts=/dev/null",
+            f"-oDir::State::Lists={base / 'lists'}", f"-oDir::Cache={base / 'cache'}",
+            f"-oDir::Cache::archives={base / 'archives'}"]
+
+
+def private_apt_dir(suite: str) -> Path:
+    """Where the private apt state of SUITE lives in the cache."""
+    return cache_dir() / "apt" / suite
 
 
 def _depends_release(pkg_info: str) -> str | None:
@@ -58,19 +120,17 @@ def _depends_release(pkg_info: str) -> str | None:
 def stable_kernel(progress: Progress) -> KernelImage:
     """The kernel linux-image-amd64 names, installed (with its headers) if missing."""
     need = ["linux-image-amd64", "linux-headers-amd64"]
-    status = subprocess.run(["dpkg-query", "-W", "-f=${Status}\n", *need], capture_output=True,
-                            text=True, check=False).stdout
-    if status.count("install ok installed") < len(need):
-        _run(["apt-get", "install", "-y", "--no-install-recommends", *need], progress,
-             "installing Debian's stable kernel and headers with apt")
-    info = _run(["dpkg-query", "-s", "linux-image-amd64"], progress, "reading linux-image-amd64")
+    if missing_packages(need):
+        apt_install(need, progress, "installing Debian's stable kernel and headers with apt")
+    info = run_step(["dpkg-query", "-s", "linux-image-amd64"], progress,
+                    "reading linux-image-amd64")
     release = _depends_release(info)
     if release is None:
         raise VMError("cannot tell which kernel linux-image-amd64 depends on")
     vmlinuz = Path(f"/boot/vmlinuz-{release}")
     if not vmlinuz.exists() or not Path(f"/lib/modules/{release}/build").exists():
-        _run(["apt-get", "install", "-y", f"linux-image-{release}", f"linux-headers-{release}"],
-             progress, f"installing linux-image-{release} and headers")
+        apt_install([f"linux-image-{release}", f"linux-headers-{release}"], progress,
+                    f"installing linux-image-{release} and headers", recommends=True)
     return KernelImage(release, vmlinuz, None)
 
 
@@ -91,19 +151,18 @@ def _system_debian_uri() -> str:
 
 def backports_kernel(progress: Progress, suite: str = "bookworm-backports") -> KernelImage:
     """The newest linux-image-amd64 of SUITE, extracted into the cache."""
-    base = cache_dir() / "apt" / suite
+    base = private_apt_dir(suite)
     lists = base / "lists"
     (lists / "partial").mkdir(parents=True, exist_ok=True)
     (base / "archives" / "partial").mkdir(parents=True, exist_ok=True)
     sources = base / "sources.list"
     sources.write_text(f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
                        f"{_system_debian_uri()} {suite} main\n")
-    opts = [f"-oDir::Etc::SourceList={sources}", "-oDir::Etc::SourceParts=/dev/null",
-            f"-oDir::State::Lists={lists}", f"-oDir::Cache={base / 'cache'}",
-            f"-oDir::Cache::archives={base / 'archives'}"]
-    _run(["apt-get", *opts, "update"], progress, f"reading {suite} package lists (private apt)")
-    info = _run(["apt-cache", *opts, "show", f"linux-image-amd64/{suite}"], progress,
-                f"finding the kernel of {suite}")
+    opts = apt_opts(base)
+    run_step(["apt-get", *opts, "update"], progress,
+             f"reading {suite} package lists (private apt)", fix=APT_FIX)
+    info = run_step(["apt-cache", *opts, "show", f"linux-image-amd64/{suite}"], progress,
+                    f"finding the kernel of {suite}", fix=APT_FIX)
     release = _depends_release(info.split("\n\n")[0])
     if release is None:
         raise VMError(f"no linux-image-amd64 in {suite}")
@@ -111,23 +170,20 @@ def backports_kernel(progress: Progress, suite: str = "bookworm-backports") -> K
     vmlinuz = root / "boot" / f"vmlinuz-{release}"
     if vmlinuz.exists() and (root / "lib" / "modules" / release / "modules.dep").exists():
         return KernelImage(release, vmlinuz, root)
-    hdr = _run(["apt-cache", *opts, "depends", f"linux-headers-{release}"], progress,
-               "resolving header packages")
+    hdr = run_step(["apt-cache", *opts, "depends", f"linux-headers-{release}"], progress,
+                   "resolving header packages", fix=APT_FIX)
     pkgs = {f"linux-image-{release}", f"linux-headers-{release}"}
     pkgs |= set(re.findall(r"Depends: (linux-(?:headers|kbuild)-\S+)", hdr))
     dl = base / "debs"
     dl.mkdir(exist_ok=True)
-    progress(f"downloading {', '.join(sorted(pkgs))}")
-    p = subprocess.run(["apt-get", *opts, "download", *sorted(pkgs)], cwd=dl,
-                       capture_output=True, text=True, check=False)
-    if p.returncode != 0:
-        raise VMError(f"apt-get download failed: {p.stderr.strip().splitlines()[-1:]}")
+    run_step(["apt-get", *opts, "download", *sorted(pkgs)], progress,
+             f"downloading {', '.join(sorted(pkgs))}", cwd=dl, fix=APT_FIX)
     tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for deb in sorted(dl.glob(f"*{release.split('-')[0]}*.deb")):
-        _run(["dpkg-deb", "-x", str(deb), str(tmp)], progress, f"unpacking {deb.name}")
-    _run(["depmod", "-b", str(tmp), release], progress, "depmod")
+        run_step(["dpkg-deb", "-x", str(deb), str(tmp)], progress, f"unpacking {deb.name}")
+    run_step(["depmod", "-b", str(tmp), release], progress, "depmod")
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
     return KernelImage(release, vmlinuz, root)
@@ -139,6 +195,11 @@ def resolve_kernel(spec: str, progress: Progress) -> KernelImage:
     if spec == "backports":
         return backports_kernel(progress)
     path = Path(spec)
+    if "/" in spec and not path.exists():
+        raise VMError(f"kernel {spec}: no such file (give an existing vmlinuz-RELEASE, or "
+                      "-k stable / -k backports)")
+    if path.is_dir():
+        raise VMError(f"kernel {spec} is a directory: give its boot/vmlinuz-RELEASE file")
     if path.is_file():
         m = re.match(r"vmlinuz-(.+)", path.name)
         if not m:
@@ -156,10 +217,7 @@ def kvm_usable(vmlinuz: Path, timeout: float = 20.0) -> bool:
     """
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot = "unknown"
+    boot = record.boot_id() or "unknown"
     marker = cache_dir() / f"kvm-{boot}"
     if marker.exists():
         return marker.read_text() == "yes"

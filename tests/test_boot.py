@@ -428,3 +428,92 @@ def test_not_settled_until_udevd_has_started() -> None:
     f.udev = True
     assert run_until(f, w, 0.5, f.t + 10) is not None
     assert w.reason == "settled"
+
+
+# --- a root unit runs only what root alone can change -------------------------------------
+
+
+def _script(path: Path, text: str = "#!/bin/sh\nexit 0\n", mode: int = 0o755) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def _refused(argv: list[str], *needles: str) -> str:
+    with pytest.raises(boot.BootError) as e:
+        boot.check_trusted(argv)
+    msg = str(e.value)
+    assert msg.startswith("refusing to install: the boot ") and "fix: chown root" in msg, msg
+    for n in needles:
+        assert n in msg, msg
+    return msg
+
+
+def test_trusted_command_installs(tmp_path: Path) -> None:
+    exe = _script(tmp_path / "sbin" / "kmodtrace")
+    boot.check_trusted([str(exe)])
+    assert str(tmp_path / "root" / UNIT_REL) in boot.install(
+        root=str(tmp_path / "root"), exe=str(exe), run_systemctl=False)
+
+
+def test_world_writable_command_is_refused_and_nothing_written(tmp_path: Path) -> None:
+    exe = _script(tmp_path / "sbin" / "kmodtrace", mode=0o777)
+    _refused([str(exe)], f"the boot command {exe} is not root's alone: {exe} is writable by "
+             "group and others (mode 777)")
+    with pytest.raises(boot.BootError):
+        boot.install(root=str(tmp_path / "root"), exe=str(exe), run_systemctl=False)
+    assert not (tmp_path / "root").exists()
+
+
+def test_writable_parent_directory_is_refused(tmp_path: Path) -> None:
+    exe = _script(tmp_path / "opt" / "bin" / "kmodtrace")
+    (tmp_path / "opt").chmod(0o757)
+    _refused([str(exe)], f"{tmp_path / 'opt'} is writable by others (mode 757)")
+
+
+def test_sticky_root_directory_above_is_allowed(tmp_path: Path) -> None:
+    """Like /tmp: others may create entries there but not replace root's."""
+    shared = tmp_path / "shared"
+    exe = _script(shared / "own" / "kmodtrace")
+    shared.chmod(0o1777)
+    boot.check_trusted([str(exe)])
+    shared.chmod(0o777)  # the same without the sticky bit
+    _refused([str(exe)], f"{shared} is writable by group and others")
+
+
+def test_command_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    exe = _script(tmp_path / "sbin" / "kmodtrace")
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another user")
+    os.chown(exe, 65534, 65534)
+    _refused([str(exe)], f"{exe} is owned by uid 65534, not root")
+
+
+def test_symlinked_command_is_checked_where_it_points(tmp_path: Path) -> None:
+    target = _script(tmp_path / "drop" / "kmodtrace")
+    (tmp_path / "drop").chmod(0o777)
+    link = tmp_path / "sbin" / "kmodtrace"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    _refused([str(link)], f"the boot command {link}", f"{tmp_path / 'drop'} is writable")
+
+
+def test_console_script_python_and_venv_are_checked(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    real_python = _script(tmp_path / "pythons" / "python3.11")
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python3").symlink_to(real_python)
+    cfg = venv / "pyvenv.cfg"
+    cfg.write_text("home = /usr/bin\n")
+    exe = _script(venv / "bin" / "kmodtrace", f"#!{venv / 'bin' / 'python3'}\nimport x\n")
+    boot.check_trusted([str(exe)])
+
+    (tmp_path / "pythons").chmod(0o775)  # the Python the venv links to
+    _refused([str(exe)], f"the boot Python {venv / 'bin' / 'python3'}",
+             f"{tmp_path / 'pythons'} is writable by its group")
+    (tmp_path / "pythons").chmod(0o755)
+    cfg.chmod(0o666)
+    _refused([str(exe)], f"the boot venv {cfg}", f"{cfg} is writable by group and others")
+    cfg.chmod(0o644)
+    boot.check_trusted([str(venv / "bin" / "python3"), "-m", "tracer"])

@@ -217,10 +217,8 @@ def test_recorded_trace_matches_its_witness() -> None:
 
 def test_recorded_612_storm_uses_init_module_and_the_patient_check() -> None:
     """Debian 6.12's kmod decompresses .ko.xz itself and calls init_module()."""
-    from tracer.kernel import Features
-
     trace = read_trace(str(Path(__file__).parent / "data" / "vm-6.12" / "trace.jsonl"))
-    profile = Features.from_dict(trace.header["features"]).profile
+    profile = trace.features.profile
     assert (profile.idempotent, profile.patient) == (True, True)
     rep = replay(trace.events, profile)
     xfs = [(ld, v) for ld, v in rep.loads if ld.module == "xfs"]

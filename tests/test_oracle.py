@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from kmodlab import oracle, parity, vm
-from tracer.kernel import Features
 from tracer.record import read_trace
 from tracer.session import replay
 
@@ -47,7 +46,7 @@ def test_parity_is_n_of_n(oracle_out: Path) -> None:
 def test_every_kernel_duplicate_is_logged_once(oracle_out: Path) -> None:
     """The kernel's dmesg line per duplicate equals the duplicates its kretprobe returned."""
     trace = read_trace(str(oracle_out / "trace.jsonl"))
-    rep = replay(trace.events, Features.from_dict(trace.header["features"]).profile)
+    rep = replay(trace.events, trace.features.profile)
     kernel_dups = Counter(r.name for r, _ in rep.requests if r.kernel_dup)
     # Only what the kernel logged while the tracer ran (boot-time requests came before);
     # dmesg stamps are seconds since boot, the trace's CLOCK_MONOTONIC ns: the same clock
@@ -64,7 +63,7 @@ def test_every_kernel_duplicate_is_logged_once(oracle_out: Path) -> None:
 
 def test_duplicates_run_no_modprobe_on_the_oracle(oracle_out: Path) -> None:
     trace = read_trace(str(oracle_out / "trace.jsonl"))
-    rep = replay(trace.events, Features.from_dict(trace.header["features"]).profile)
+    rep = replay(trace.events, trace.features.profile)
     for req, _ in rep.requests:
         if req.kernel_dup:
             assert req.modprobe_pid is None and req.umh_start_ns is None

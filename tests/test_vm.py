@@ -10,7 +10,6 @@ import pytest
 
 from tests.conftest import VMRun
 from tracer.events import Event, Kind
-from tracer.kernel import Features
 from tracer.record import read_trace
 from tracer.session import Replay, replay
 from tracer.stories import Load, Request, kmod_name
@@ -21,7 +20,7 @@ LOAD_ENTERS = {Kind.FINIT_ENTER, Kind.INIT_ENTER}
 
 
 def _replay(run: VMRun) -> Replay:
-    return replay(run.trace.events, Features.from_dict(run.trace.header["features"]).profile)
+    return replay(run.trace.events, run.trace.features.profile)
 
 
 def _in(run: VMRun, name: str, ts: int) -> bool:
@@ -127,7 +126,7 @@ def test_kthread_storm_model_verdicts(vm_run: VMRun) -> None:
     kinds = Counter(v.verdict for v in verdicts if v is not None)
     assert kinds == {"first": 1, "duplicate": 49}
     assert all(v.predicted_ret == 0 for v in verdicts if v is not None and v.verdict == "duplicate")
-    mods = rep.judge.model.modules() if rep.judge else {}
+    mods = rep.judge.model.modules()
     assert mods["dummy"].modprobe_needed == 1
 
 
@@ -202,14 +201,14 @@ def test_killed_recording_keeps_what_it_wrote(vm_run: VMRun) -> None:
     theirs = [w for w in vm_run.witness if w.event == "module_request"
               and w.name == sc["target"]]
     assert len(ours) == len(theirs) == sc["count"]
-    rep = replay(killed.events, Features.from_dict(killed.header["features"]).profile)
+    rep = replay(killed.events, killed.features.profile)
     assert sum(1 for r, _ in rep.requests if r.name == sc["target"]) == sc["count"]
 
 
 def test_failed_loads_cost_what_the_profile_says(vm_run: VMRun) -> None:
     """6.1 fails EEXIST after allocating (2 x len); 6.4+ checks early (len)."""
     rep = _replay(vm_run)
-    profile = Features.from_dict(vm_run.trace.header["features"]).profile
+    profile = vm_run.trace.features.profile
     failed = [(ld, v) for ld, v in rep.loads if v is not None and v.outcome == "EEXIST"
               and _in(vm_run, "modprobe", ld.start_ns)]
     assert failed, "no EEXIST among the concurrent xfs loads"

@@ -498,7 +498,8 @@ def install(root: str = "/", exe: str | Sequence[str] | None = None, enable: boo
         target = _link_target()
         if not (link.is_symlink() and os.readlink(link) == target):
             if link.exists() and not link.is_symlink():
-                raise BootError(f"{link} exists and is not a symlink; not touching it")
+                raise BootError(f"{link} exists and is not a symlink; not touching it "
+                                "(fix: move it away if it is not yours, then install again)")
             _mkdirs(link.parent, changed)
             if link.is_symlink():
                 link.unlink()
@@ -524,7 +525,8 @@ def uninstall(root: str = "/", run_systemctl: bool = True,
     for p in (link, unit):
         if p.is_symlink() or p.exists():
             if p.is_dir() and not p.is_symlink():
-                raise BootError(f"{p} is a directory; not touching it")
+                raise BootError(f"{p} is a directory, not what install wrote; not touching "
+                                "it (fix: move it away if it is not yours, then uninstall again)")
             p.unlink()
             removed.append(str(p))
     # Directories install may have made, bottom up, while empty.
@@ -628,10 +630,9 @@ def parse_show(text: str) -> dict[str, str]:
 
 
 def _current_boot_id() -> str | None:
-    try:
-        return _norm_id(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
-    except OSError:
-        return None
+    from tracer.record import boot_id  # imported here: record pulls in the model
+
+    return _norm_id(boot_id()) or None
 
 
 def status(root: str = "/", exe: str | Sequence[str] | None = None) -> dict[str, Any]:

@@ -41,6 +41,7 @@ class _Main(click.Group):
     def main(self, args: Any = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
              **extra: Any) -> Any:
+        prog_name = prog_name or "kmodtrace"  # also under `python -m tracer`
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, False, **extra)
         try:

@@ -166,7 +166,13 @@ class Trace:
     def ksyms(self) -> dict[int, str]:
         """Call sites the recorder resolved on the traced kernel."""
         raw = (self.trailer or {}).get("ksyms", {})
-        return {int(k, 16): v for k, v in raw.items()} if isinstance(raw, dict) else {}
+        out: dict[int, str] = {}
+        for k, v in raw.items() if isinstance(raw, dict) else ():
+            try:
+                out[int(k, 16)] = str(v)
+            except ValueError:  # a damaged trailer: that call site stays unnamed
+                continue
+        return out
 
     def bad(self, n: int) -> None:
         self.bad_lines += 1
