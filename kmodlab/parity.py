@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracer.events import Event
+from tracer.events import Event, Kind
 from tracer.model import StatsSummary
 from tracer.session import Replay
 
@@ -69,6 +69,9 @@ def _context(events: list[Event], ts: int, window_ns: int = 2_000_000) -> list[s
 
 
 def check_requests(rep: Replay, events: list[Event], par: Parity) -> None:
+    # call_modprobe() announces on every path, so with the announce hooked every request
+    # the kernel did not call a duplicate announced, and no duplicate did.
+    announces = any(e.kind == Kind.DUP_ANNOUNCE for e in events)
     for req, v in rep.requests:
         if req.kernel_dup is None or req.tp_ns is None:
             continue  # rejected before the dups check, or not traced by the kernel
@@ -81,6 +84,10 @@ def check_requests(rep: Replay, events: list[Event], par: Parity) -> None:
         elif model_dup and v is not None and v.predicted_ret != req.kernel_dup_ret:
             problems.append(f"model predicts ret {v.predicted_ret}, kernel returned "
                             f"{req.kernel_dup_ret}")
+        announced = req.kernel_announce_ns is not None
+        if announces and announced == model_dup:
+            problems.append(f"model {'does not announce' if model_dup else 'announces'}, "
+                            f"kernel {'announced' if announced else 'did not announce'}")
         # Count where the kernel's answer differed from the model's default guess: a
         # late request first by the tracepoint order, an expired entry past the tail.
         if not problems and v is not None and v.decided_by_kernel:

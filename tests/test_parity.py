@@ -26,17 +26,22 @@ def test_parse_stats() -> None:
     assert st.dup_failed == {"xfs": (7, "Becoming")}
 
 
-def _storm(n: int, dup_rets: list[int | None]) -> list[Event]:
-    """N wait requests for one name; the kernel's verdicts as dup_rets (None: not a dup)."""
+def _storm(n: int, dup_rets: list[int | None],
+           announcers: set[int] | None = None) -> list[Event]:
+    """N wait requests for one name; the kernel's verdicts as dup_rets (None: not a dup).
+    With announcers, the requests (by index) whose kmod_dup_request_announce() was traced."""
     evs: list[Event] = []
     for i in range(n):
         t = 1000 + i
+        ret = 256 if dup_rets[i] is None else dup_rets[i] or 0
         evs += [Event(ts_ns=t, kind=Kind.REQ_ENTER, pid=i + 1, tid=i + 1, wait=1),
                 Event(ts_ns=t + 1, kind=Kind.REQ_TP, pid=i + 1, tid=i + 1, wait=1, name="x"),
                 Event(ts_ns=t + 2, kind=Kind.DUP_VERDICT, pid=i + 1, tid=i + 1,
                       wait=int(dup_rets[i] is not None), ret=dup_rets[i] or 0),
-                Event(ts_ns=10_000 + i, kind=Kind.REQ_EXIT, pid=i + 1, tid=i + 1,
-                      ret=256 if dup_rets[i] is None else dup_rets[i] or 0)]
+                Event(ts_ns=10_000 + i, kind=Kind.REQ_EXIT, pid=i + 1, tid=i + 1, ret=ret)]
+        if announcers is not None and i in announcers:
+            evs.append(Event(ts_ns=9_000 + i, kind=Kind.DUP_ANNOUNCE, pid=i + 1, tid=i + 1,
+                             name="x", ret=ret))
     return evs
 
 
@@ -177,3 +182,16 @@ def test_no_kernel_verdict_where_none_was_traced() -> None:
         d = request_json(r, v)
         assert (d["kernel_verdict"], d["kernel_ret"]) == (None, None)
         assert "!k" not in request_line(r, v, 0)
+
+
+def test_announces_follow_the_verdicts() -> None:
+    """call_modprobe() announces on every path; a duplicate returns before it."""
+    evs = _storm(3, [None, 256, 256], announcers={0})
+    par = Parity()
+    check_requests(replay(evs, profile_with_dups(PROFILE_6_5)), evs, par)
+    assert (par.requests_checked, par.requests_agree, par.mismatches) == (3, 3, [])
+    evs = _storm(3, [None, 256, 256], announcers={0, 2})  # a duplicate announced
+    par = Parity()
+    check_requests(replay(evs, profile_with_dups(PROFILE_6_5)), evs, par)
+    assert [m.detail for m in par.mismatches] == [
+        "model does not announce, kernel announced"]
