@@ -11,6 +11,7 @@ import click
 from tracer.cli import fail as _fail
 from tracer.cli import progress as _progress
 from tracer.cli import show_report
+from tracer.record import TraceFormatError
 
 
 @click.command()
@@ -113,7 +114,10 @@ def parity(out: str | None, build_only: bool, trace_dir: str | None) -> None:
             _fail(f"the oracle guest failed (exit {rc}); see the logs in {outdir}")
     else:
         outdir = Path(trace_dir)
-    par = paritymod.run(outdir)
+    try:
+        par = paritymod.run(outdir)
+    except TraceFormatError as e:
+        _fail(f"{e}; is {outdir} the results directory of an oracle run?")
     for line in paritymod.render(par):
         click.echo(line)
     sys.exit(0 if par.ok else 1)

@@ -148,3 +148,23 @@ def test_ebpf_prints_the_program_without_root_or_bcc(tmp_path: Path) -> None:
         assert p.returncode == 0, p.stderr
         assert "struct event {" in p.stdout and "BPF_RINGBUF_OUTPUT" in p.stdout
         assert p.stdout.startswith("#define KIND_REQ_ENTER 1\n")
+
+
+def test_failed_only_filter_on_a_recorded_storm() -> None:
+    """-x keeps duplicates, failures and loads that wasted memory, as bcc's -x keeps errors."""
+    from tracer.live import Filter
+
+    _, rep = report.load(str(TRACE))
+    keep = Filter(None, None, failed_only=True)
+    shown = [(r, v) for r, v in rep.requests if keep.request(r, v)]
+    assert shown and all(r.ret != 0 or r.rejected or (v is not None and v.verdict == "duplicate")
+                         for r, v in shown)
+    dups = sum(1 for _, v in rep.requests if v is not None and v.verdict == "duplicate")
+    assert len(shown) >= dups == 74
+    loads = [(ld, v) for ld, v in rep.loads if keep.load(ld, v)]
+    assert all(ld.ret != 0 or (v is not None and (v.outcome != "loaded" or v.wasted_bytes))
+               for ld, v in loads)
+    assert not any(ld.module == "kmodstorm" for ld, _ in loads)  # loaded once, cleanly
+    assert len([1 for ld, _ in loads if ld.module == "xfs"]) == 7  # the 7 EEXIST of 8
+    assert Filter(None, "xfs", failed_only=True).load(*next(
+        (ld, v) for ld, v in rep.loads if ld.module == "xfs" and ld.ret != 0))

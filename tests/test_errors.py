@@ -270,3 +270,18 @@ def test_trust_check_sees_real_modes(tmp_path: Path) -> None:
     exe.chmod(exe.stat().st_mode | stat.S_IWOTH)
     with pytest.raises(boot.BootError, match="is writable by others"):
         boot.check_trusted([str(exe)])
+
+
+def test_record_around_a_missing_command(tmp_path: Path) -> None:
+    """Found before attaching: the trace file is not even created."""
+    line = one_line(kmodtrace("record", "-o", str(tmp_path / "t.jsonl"), "--",
+                              "kmodtrace-no-such-command"))
+    assert line == ("kmodtrace: cannot run kmodtrace-no-such-command: no such command (give a "
+                    "program on PATH, or its path, after --)")
+    assert not (tmp_path / "t.jsonl").exists()
+
+
+def test_parity_of_a_directory_without_results(tmp_path: Path) -> None:
+    line = one_line(kmodtrace("parity", "--trace-dir", str(tmp_path)))
+    assert line.startswith(f"kmodtrace: {tmp_path / 'trace.jsonl'}: no such file")
+    assert line.endswith(f"is {tmp_path} the results directory of an oracle run?")

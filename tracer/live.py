@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from tracer.correlate import Correlator
 from tracer.events import Event, Kind
 from tracer.ksyms import KernelSymbols
 from tracer.model import LoadVerdict, RequestVerdict
-from tracer.probes import Attached, Tracer
+from tracer.probes import Attached, Tracer, TracerError
 from tracer.record import Procs, TraceWriter, check_output, make_header
 from tracer.session import Judge
 from tracer.stories import Load, Request, kmod_name
@@ -109,6 +110,9 @@ def start(opts: Options, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -
     (one line each) if it cannot."""
     if opts.output:
         check_output(opts.output)  # before the second of attaching: a bad path fails fast
+    if opts.command and shutil.which(opts.command[0]) is None:
+        raise TracerError(f"cannot run {opts.command[0]}: no such command (give a program on "
+                          "PATH, or its path, after --)")
     reorder = Reorder()
     tracer = Tracer(reorder.push, notice=lambda m: print(m, file=err))
     # under systemd: more start time while bcc compiles and the kernel attaches
@@ -219,7 +223,11 @@ class Run:
             with open(self.opts.ready_file, "w") as f:
                 f.write(f"{attached.attach_s:.3f}\n")
         sd_notify("READY=1")
-        child = subprocess.Popen(self.opts.command) if self.opts.command else None
+        try:
+            child = subprocess.Popen(self.opts.command) if self.opts.command else None
+        except OSError as e:
+            self.tracer.close()
+            raise TracerError(f"cannot run {self.opts.command[0]}: {e.strerror}") from e
         if not self.opts.quiet and not self.opts.json:
             what = "until the command exits" if child else "Hit Ctrl-C to end"
             print(f"Tracing module requests and loads... {what}.", file=self.err)
