@@ -28,7 +28,7 @@ LINE_WIDTH = 100
 
 # Column widths (TIME, PID, COMM, WHAT, NAME, RET, LAT): full, and within LINE_WIDTH.
 _WIDE = (10, 7, 16, 6, 22, 10, 8)
-_NARROW = (10, 7, 16, 5, 18, 7, 8)
+_NARROW = (10, 7, 16, 5, 18, 6, 8)
 
 
 def _columns(wide: bool) -> tuple[int, ...]:
