@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from tracer import report, requester
+from tracer import report, requester, udev
 from tracer.boot import StartTimeoutExtender
 from tracer.correlate import Correlator
 from tracer.events import Event, Kind
@@ -141,7 +141,8 @@ class Run:
         self.writer = writer  # None: not recording
         self.features = attached.features
         self.judge = Judge(self.features.profile, self._show_request, self._show_load)
-        self.correlator = Correlator(self.judge)
+        self.modaliases: dict[str, str] = {}  # devpath -> MODALIAS, from sysfs
+        self.correlator = Correlator(self.judge, self.modaliases)
         if writer is not None:
             writer.write(make_header(
                 self.features.to_dict(), attached.hook_names(),
@@ -166,6 +167,8 @@ class Run:
             # kernel-thread storm from costing a /proc walk per thread
             if ev.kind in _STARTS and ev.ppid != 2 and (ev.pid, ev.comm) not in self.procs:
                 self._describe(ev)
+            elif ev.kind == Kind.UDEV_DEVICE:
+                self._describe_device(ev)
             if self.writer is not None:
                 self.writer.event(ev)
             self.correlator.feed(ev)
@@ -176,6 +179,18 @@ class Run:
         cmdline, parents = self.procs[(ev.pid, ev.comm)] = requester.describe(ev.pid)
         if self.writer is not None:
             self.writer.proc(ev.pid, ev.comm, cmdline, parents)
+
+    def _describe_device(self, ev: Event) -> None:
+        """The MODALIAS udev looked up is too long for the event: read it from sysfs
+        while the device is there, for the trace and the correlator."""
+        devpath = udev.parse_properties(ev.path).get("DEVPATH")
+        if not devpath or devpath in self.modaliases:
+            return
+        if len(self.modaliases) > MAX_PROCS:
+            self.modaliases.clear()
+        modalias = self.modaliases[devpath] = udev.read_modalias(devpath)
+        if self.writer is not None:
+            self.writer.device(devpath, modalias)
 
     def _show_request(self, req: Request, v: RequestVerdict | None) -> None:
         if self.opts.quiet or not self.filter.request(req, v):
@@ -265,6 +280,7 @@ class Run:
         time.sleep(0.2)  # let in-flight events of the last calls land
         self.tracer.drain()
         self._release(None)
+        self.judge.flush()  # udev loads whose device broadcast never came
         lost, missed = self.tracer.lost(), self.tracer.missed()
         for ip, name in self.ksyms.items():
             if not name:
