@@ -230,3 +230,40 @@ def test_recorded_612_storm_uses_init_module_and_the_patient_check() -> None:
     # init_module never converges by inode, and a becoming failure costs len bytes
     assert all(v is not None and not v.would_converge for v in failed)
     assert all(v is not None and v.wasted_bytes == ld.size for (ld, v) in xfs if not ld.loaded)
+
+
+def test_module_length_after_its_signature_joins_the_open_load() -> None:
+    # module_sig_check's return carries info->len: the signed file is 1000 bytes, the
+    # module without its signature 700; MODULE_STATS counts 700 per copy.
+    evs = [E(Kind.FINIT_ENTER, 1, 7, path="xfs.ko", ino=42, dev=3, size=1000),
+           E(Kind.MOD_LEN, 2, 7, size=700),
+           E(Kind.MOD_LEN, 2, 8, size=5),  # another thread's load: not this one
+           E(Kind.FINIT_EXIT, 3, 7, ret=-errno.EEXIST, name="xfs")]
+    [load] = feed(evs).loads
+    assert (load.size, load.mod_len) == (1000, 700)
+    model = Model(PROFILE_6_1)
+    model.load_start(load)
+    assert model.load_done(load).wasted_bytes == 2 * 700  # pre-6.4: exists after layout
+
+
+def test_udev_worker_loads_take_the_device_it_broadcasts_next() -> None:
+    props = "UDEV_DATABASE_VERSION=1\nACTION=add\nDEVPATH=/devices/system/cpu/cpu3\nSUBSYSTEM=cpu\n"
+    evs = [E(Kind.FINIT_ENTER, 1, 9, comm="(udev-worker)", path="acpi-cpufreq.ko", ino=5,
+             size=10),
+           E(Kind.FINIT_EXIT, 2, 9, comm="(udev-worker)", ret=-errno.EBUSY, name="acpi_cpufreq"),
+           E(Kind.UDEV_DEVICE, 3, 9, comm="(udev-worker)", path=props)]
+    rep = replay(evs, PROFILE_6_1, modaliases={"/devices/system/cpu/cpu3": "cpu:type:x86"})
+    [(load, verdict)] = rep.loads
+    assert load.device == Device("/devices/system/cpu/cpu3", "cpu", "add", "cpu:type:x86")
+    assert verdict is not None and verdict.outcome == "EBUSY"
+    # without the broadcast the load is still reported, with no device
+    [(orphan, _)] = replay(evs[:2], PROFILE_6_1).loads
+    assert orphan.device is None
+
+
+def test_load_info_len_offset_follows_btf() -> None:
+    from tracer.kernel import load_info_len_offset
+
+    assert load_info_len_offset(lambda s, f: True) == 24
+    assert load_info_len_offset(lambda s, f: None) == 24  # no BTF: the 6.x layout
+    assert load_info_len_offset(lambda s, f: False) == 8

@@ -68,6 +68,7 @@ class Correlator:
             Kind.DUP_VERDICT: self._dup_verdict,
             Kind.DUP_ANNOUNCE: self._dup_announce,
             Kind.UDEV_DEVICE: self._udev_device,
+            Kind.MOD_LEN: self._mod_len,
         }
 
     def _id(self) -> int:
@@ -196,6 +197,11 @@ class Correlator:
         if load is not None:
             load.loaded = True
             load.kernel_name = ev.name
+
+    def _mod_len(self, ev: Event) -> None:
+        load = self._loads_by_tid.get(ev.tid)
+        if load is not None and ev.size:
+            load.mod_len = ev.size  # info->len, what MODULE_STATS counts
 
     def _modinit_enter(self, ev: Event) -> None:
         load = self._loads_by_tid.get(ev.tid)

@@ -48,6 +48,8 @@ class Kind(enum.IntEnum):
     # tracepoint syscalls:sys_enter_sendmsg of udev's "device processed" broadcast:
     # path = its first properties, newline-separated (ACTION, DEVPATH, SUBSYSTEM...)
     UDEV_DEVICE = 18
+    # kretprobe module_sig_check: size = info->len without the signature, ret
+    MOD_LEN = 19
 
 
 NAME_LEN: int = 64

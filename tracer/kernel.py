@@ -139,6 +139,15 @@ def detect(has_symbol: Callable[[str], bool]) -> Features:
     return features._overridden()
 
 
+def load_info_len_offset(has_field: Callable[[str, str], bool | None]) -> int:
+    """Where `len` sits in struct load_info (kernel/module/internal.h), read by the
+    module_sig_check probe. It is `name, mod, hdr, len` in every kernel this tool
+    models (checked in 6.1's and 6.12's internal.h); trees whose load_info has no
+    `name` field (before kernel/module/ was split out in 5.19 it lived in
+    kernel/module.c and started `hdr, len`) are told apart by BTF."""
+    return 8 if has_field("load_info", "name") is False else 24
+
+
 def tracefs() -> str | None:
     for path in TRACEFS_CANDIDATES:
         if os.path.exists(os.path.join(path, "available_events")):

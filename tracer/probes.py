@@ -61,6 +61,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook("kretprobe", "do_init_module", "modinit_exit", "init result"),
     Hook("tracepoint", "module:module_free", "", "modules freed"),
     Hook("tracepoint", "syscalls:sys_enter_sendmsg", "", "the device of each udev load"),
+    Hook("kprobe", "module_sig_check", "sig_check_enter", "module length without signature"),
+    Hook("kretprobe", "module_sig_check", "sig_check_exit", "module length without signature"),
     Hook("kprobe", "kmod_dup_request_exists_wait", "dup_check_enter", "kernel dup verdicts",
          quiet=True),
     Hook("kretprobe", "kmod_dup_request_exists_wait", "dup_check_exit", "kernel dup verdicts",
@@ -151,6 +153,7 @@ class Tracer:
             f"-DRINGBUF_PAGES={self.ringbuf_pages}",
             f"-DMAX_HELPERS={max(self.maxactive * 4, 1024)}",
             "-w",  # kernel headers trip clang warnings that bury our own messages
+            f"-DLOAD_INFO_LEN_OFFSET={kernel.load_info_len_offset(self._struct_has_field)}",
         ]
         kprobes: list[Hook] = []
         for hook in HOOKS:
@@ -186,6 +189,17 @@ class Tracer:
         self.bpf["events"].open_ring_buffer(self._callback)
         return Attached(list(self._hooks), list(self._skipped), features,
                         time.monotonic() - t0)
+
+    @staticmethod
+    def _struct_has_field(struct: str, field: str) -> bool | None:
+        """From the kernel's BTF; None where there is none to ask."""
+        try:
+            import bcc
+
+            found = bcc.BPF.kernel_struct_has_field(struct.encode(), field.encode())
+        except Exception:  # noqa: BLE001 - no BTF, or a bcc without the call
+            return None
+        return None if found < 0 else bool(found)
 
     def _skip(self, hook: Hook, why: str) -> None:
         self._skipped.append((hook, why))

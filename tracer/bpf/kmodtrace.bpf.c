@@ -384,3 +384,35 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
     return 0;
 }
 #endif
+
+// module_sig_check(struct load_info *info, int flags), kernel/module/signing.c (only
+// with CONFIG_MODULE_SIG, which every distribution sets): on return info->len has lost
+// the appended signature, and for a compressed file it is the decompressed length, so
+// it is the len MODULE_STATS counts, not the file size. struct load_info is private to
+// kernel/module/internal.h: LOAD_INFO_LEN_OFFSET (a -D flag) is where len sits.
+BPF_HASH(sig_info, u32, u64, MAX_HELPERS); // tid -> the load_info pointer
+
+int sig_check_enter(struct pt_regs *ctx, void *info)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 ptr = (u64)info;
+    sig_info.update(&tid, &ptr);
+    return 0;
+}
+
+int sig_check_exit(struct pt_regs *ctx)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 *ptr = sig_info.lookup(&tid);
+    if (!ptr)
+        return 0;
+    struct event *e = reserve(KIND_MOD_LEN);
+    if (e) {
+        bpf_probe_read_kernel(&e->size, sizeof(e->size),
+                              (void *)(*ptr + LOAD_INFO_LEN_OFFSET));
+        e->ret = (int)PT_REGS_RC(ctx);
+        events.ringbuf_submit(e, 0);
+    }
+    sig_info.delete(&tid);
+    return 0;
+}
