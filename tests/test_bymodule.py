@@ -51,12 +51,18 @@ def test_busy_time_merges_overlapping_loads() -> None:
 
 
 def test_table_puts_repeated_modules_first_within_100_columns() -> None:
+    from tracer.report import table_lines
+
     rows = _rows("vm-6.1")
     table = bymodule.table_rows(rows)
-    repeated = [r for r in table if int(r[2]) > 1]
+    tries = bymodule.COLUMNS.index("TRIES")
+    repeated = [r for r in table if int(r[tries]) > 1]
     assert table[: len(repeated)] == repeated
-    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(bymodule.COLUMNS)]
-    assert sum(widths) + 2 * (len(widths) - 1) <= 100
+    lines = table_lines(bymodule.COLUMNS, table, 100)
+    assert all(len(line) <= 100 for line in lines)
+    assert lines[0].split()[:7] == list(bymodule.COLUMNS[:7])
+    # a request string that led to no module keeps its own row, with no attempts
+    assert rows["kmt-no-such-module"].attempts == 0 and rows["kmt-no-such-module"].requests == 5
 
 
 def test_udev_properties_as_the_bpf_side_sends_them() -> None:

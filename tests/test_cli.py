@@ -29,8 +29,12 @@ def test_report_table_of_a_recorded_storm() -> None:
     out = p.stdout
     assert "kernel 6.1.0-56-amd64 profile 6.1: 791 events, lost 0" in out
     dummy = next(ln.split() for ln in out.splitlines() if ln.startswith("dummy "))
-    # MODULE REQS DUPS MODPROBE LOADS OK FAILED ...
-    assert dummy[1:7] == ["50", "49", "50/1", "10", "1", "EEXIST:9"]
+    # per module: MODULE REQS DUPS TRIES OK FAILED ...
+    assert dummy[1:6] == ["50", "49", "10", "1", "EEXIST:9"]
+    # fs-minix requests are joined to the minix module they loaded: one row
+    minix = next(ln.split() for ln in out.splitlines() if ln.startswith("minix "))
+    assert minix[1:6] == ["8", "7", "7", "1", "EEXIST:6"]
+    assert not any(ln.startswith("fs-minix ") for ln in out.splitlines())
     assert any(" dummy " in ln and " dup mp=" in ln for ln in out.splitlines())
     assert "duplicate request for module dummy" not in out  # that is --wide's detail
 
@@ -41,6 +45,8 @@ def test_report_wide_keeps_every_detail() -> None:
     assert "duplicate request for module dummy (dups: ret 0, wait" in p.stdout
     assert "file=xfs.ko ino=" in p.stdout and "for-request=#" in p.stdout
     assert "DUPWAIT(ms)" in p.stdout and "--wide adds" not in p.stdout
+    assert "per request string and module name" in p.stdout  # the model's own keys
+    assert any(ln.startswith("fs-minix ") for ln in p.stdout.splitlines())
 
 
 def test_report_json_schema() -> None:

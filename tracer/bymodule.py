@@ -11,8 +11,8 @@ same string that did load something. udev's loads carry their device (tracer/ude
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tracer.model import LoadVerdict, RequestVerdict
@@ -91,54 +91,72 @@ def _add_load(row: ModuleRow, load: Load, verdict: LoadVerdict | None) -> None:
             row.aliases[load.device.modalias] += 1
 
 
+class ByModule:
+    """Builds the rows as stories finish (live, or from a replay), in bounded state: one
+    row per module, and per request string its counts and the modules it led to."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, ModuleRow] = {}
+        self._learned: dict[str, set[str]] = {}  # request string -> modules it loaded
+        self._requests: Counter[str] = Counter()  # request string -> requests
+        self._duplicates: Counter[str] = Counter()
+
+    def add_load(self, load: Load, verdict: LoadVerdict | None) -> None:
+        if not load.module:
+            return
+        _add_load(_row(self._rows, load.module), load, verdict)
+        if load.alias and load.request_id is not None:  # modprobe's: the request string
+            self._learned.setdefault(load.alias, set()).add(load.module)
+
+    def add_request(self, req: Request, verdict: RequestVerdict | None) -> None:
+        self._requests[req.display_name] += 1
+        if verdict is not None and verdict.verdict == "duplicate":
+            self._duplicates[req.display_name] += 1
+
+    def modules_of(self, name: str) -> set[str]:
+        """The modules requests for NAME led to: what their modprobes loaded, else the
+        module of that very name (request_module("xfs"))."""
+        mods = self._learned.get(name)
+        if mods:
+            return mods
+        return {kmod_name(name)} if kmod_name(name) in self._rows else set()
+
+    def rows(self) -> dict[str, ModuleRow]:
+        """Rows keyed by module, requests attributed to every module their string led to;
+        a request string that led to no module keeps a row of its own."""
+        rows = {k: replace(r, aliases=Counter(r.aliases)) for k, r in self._rows.items()}
+        for name, n in self._requests.items():
+            for mod in self.modules_of(name) or {name}:
+                row = _row(rows, mod)
+                row.requests += n
+                row.duplicates += self._duplicates[name]
+                row.aliases[name] += n
+        return rows
+
+
 def join(requests: Iterable[tuple[Request, RequestVerdict | None]],
          loads: Iterable[tuple[Load, LoadVerdict | None]]) -> dict[str, ModuleRow]:
-    """Rows keyed by kmod module name, largest race first when iterated by the caller."""
-    rows: dict[str, ModuleRow] = {}
-    by_id: dict[int, str] = {}
-    for load, verdict in loads:
-        if not load.module:
-            continue
-        by_id[load.id] = load.module
-        _add_load(_row(rows, load.module), load, verdict)
-    reqs = list(requests)
-    for (req, rv), mods in zip(reqs, _joined(reqs, by_id, rows.keys()), strict=True):
-        name = req.display_name
-        for mod in mods:
-            row = _row(rows, mod)
-            row.requests += 1
-            row.aliases[name] += 1
-            if rv is not None and rv.verdict == "duplicate":
-                row.duplicates += 1
-    return rows
-
-
-def _joined(reqs: list[tuple[Request, RequestVerdict | None]], by_id: dict[int, str],
-            known: Collection[str]) -> list[set[str]]:
-    """For each request, the modules it led to."""
-    # request string -> the modules a request of that string loaded
-    learned: dict[str, set[str]] = {}
-    for req, _ in reqs:
-        mods = {by_id[i] for i in req.load_ids if i in by_id}
-        if mods:
-            learned.setdefault(req.display_name, set()).update(mods)
-    out = []
-    for req, _ in reqs:
-        name = req.display_name
-        mods = {by_id[i] for i in req.load_ids if i in by_id} or learned.get(name, set())
-        if not mods and kmod_name(name) in known:
-            mods = {kmod_name(name)}  # request_module("xfs"): the string is the module
-        out.append(mods)
-    return out
+    """Rows keyed by kmod module name for a finished replay."""
+    acc = ByModule()
+    for load, lv in loads:
+        acc.add_load(load, lv)
+    for req, rv in requests:
+        acc.add_request(req, rv)
+    return acc.rows()
 
 
 def request_modules(requests: Iterable[tuple[Request, RequestVerdict | None]],
                     loads: Iterable[tuple[Load, LoadVerdict | None]]) -> dict[int, str]:
-    """Request id -> the module it led to (the first by name, when it loaded several)."""
-    by_id = {ld.id: ld.module for ld, _ in loads if ld.module}
-    reqs = list(requests)
-    joined = _joined(reqs, by_id, set(by_id.values()))
-    return {req.id: min(mods) for (req, _), mods in zip(reqs, joined, strict=True) if mods}
+    """Request id -> the module it led to (the first by name, when it led to several)."""
+    acc = ByModule()
+    for load, lv in loads:
+        acc.add_load(load, lv)
+    out = {}
+    for req, _ in requests:
+        mods = acc.modules_of(req.display_name)
+        if mods:
+            out[req.id] = min(mods)
+    return out
 
 
 def busy_ns(loads: Iterable[Load]) -> int:
@@ -173,8 +191,8 @@ def _aliases(row: ModuleRow, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-COLUMNS = ("MODULE", "REQS", "TRIES", "OK", "FAILED", "WASTED", "SPAN(ms)", "LOAD(ms)",
-           "DEVICES", "ALIASES")
+COLUMNS = ("MODULE", "REQS", "DUPS", "TRIES", "OK", "FAILED", "WASTED", "SPAN(ms)",
+           "LOAD(ms)", "DEVICES", "ALIASES")
 
 
 def table_rows(rows: dict[str, ModuleRow], alias_width: int = 18) -> list[tuple[str, ...]]:
@@ -188,7 +206,8 @@ def table_rows(rows: dict[str, ModuleRow], alias_width: int = 18) -> list[tuple[
         failed = ",".join(f"{k}:{n}" for k, n in sorted(r.failures.items())) or "0"
         if r.converged:
             failed += f",conv:{r.converged}" if r.failures else f" conv:{r.converged}"
-        out.append((r.module[:20], str(r.requests), str(r.attempts), str(r.ok), failed,
+        out.append((r.module[:20], str(r.requests), str(r.duplicates), str(r.attempts),
+                    str(r.ok), failed,
                     human_bytes(r.wasted_bytes), f"{r.span_ns / 1e6:.1f}",
                     f"{r.load_ns / 1e6:.1f}", _devices(r), _aliases(r, alias_width)))
     return out

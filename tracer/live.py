@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from tracer import report, requester, udev
+from tracer import bymodule, report, requester, udev
 from tracer.boot import StartTimeoutExtender
 from tracer.correlate import Correlator
 from tracer.events import Event, Kind
@@ -141,6 +141,7 @@ class Run:
         self.writer = writer  # None: not recording
         self.features = attached.features
         self.judge = Judge(self.features.profile, self._show_request, self._show_load)
+        self.by_module = bymodule.ByModule()  # the exit summary's rows
         self.modaliases: dict[str, str] = {}  # devpath -> MODALIAS, from sysfs
         self.correlator = Correlator(self.judge, self.modaliases)
         if writer is not None:
@@ -193,6 +194,7 @@ class Run:
             self.writer.device(devpath, modalias)
 
     def _show_request(self, req: Request, v: RequestVerdict | None) -> None:
+        self.by_module.add_request(req, v)
         if self.opts.quiet or not self.filter.request(req, v):
             return
         self.shown += 1
@@ -207,6 +209,7 @@ class Run:
         self.out.flush()
 
     def _show_load(self, load: Load, v: LoadVerdict | None) -> None:
+        self.by_module.add_load(load, v)
         if self.opts.quiet or not self.filter.load(load, v):
             return
         self.shown += 1
@@ -296,13 +299,15 @@ class Run:
 
     def print_summary(self, lost: int, missed: int) -> None:
         mods = self.judge.model.modules()
+        rows = self.by_module.rows()
         if self.filter.module is not None:
             mods = {k: v for k, v in mods.items() if kmod_name(k) == self.filter.module}
+            rows = {k: v for k, v in rows.items() if k == self.filter.module}
         err = self.err
         print(f"\n{self.correlator.events} events, {lost} lost, {missed} missed probes.",
               file=err)
-        if mods:
-            report.print_table(err, report.SUMMARY_COLUMNS, report.summary_rows(mods),
-                               None if self.opts.wide else report.LINE_WIDTH)
+        if rows:
+            for line in report.module_summary(rows, mods, self.opts.wide):
+                print(line, file=err)
         if lost or missed:
             print("WARNING: events were dropped; counts above are lower bounds.", file=err)

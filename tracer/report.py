@@ -324,8 +324,21 @@ def render_text(trace: Trace, rep: Replay, wide: bool = False) -> list[str]:
     if trace.first_bad_line is not None:
         out.append(f"{trace.bad_lines} unreadable line(s), first at line "
                    f"{trace.first_bad_line}")
-    out += table_lines(SUMMARY_COLUMNS, summary_rows(rep.judge.model.modules()),
+    out += module_summary(bymodule.join(rep.requests, rep.loads), rep.judge.model.modules(),
+                          wide)
+    return out
+
+
+def module_summary(rows: dict[str, bymodule.ModuleRow], stats: dict[str, ModuleStats],
+                   wide: bool) -> list[str]:
+    """The exit summary: one row per module, requests joined to the modules they led to;
+    with wide, also the model's table per request string (dups.c's own keys)."""
+    out = ["", "per module:"]
+    out += table_lines(bymodule.COLUMNS, bymodule.table_rows(rows, 60 if wide else 18),
                        None if wide else LINE_WIDTH)
+    if wide:
+        out += ["", "per request string and module name (the model's keys, as dups.c's):"]
+        out += table_lines(SUMMARY_COLUMNS, summary_rows(stats), None)
     return out
 
 
