@@ -88,3 +88,39 @@ def test_boot_view_fits_100_columns_and_answers_at_a_glance() -> None:
     assert doc["loading"]["attempts"] == sum(r.attempts for r in rows.values())
     assert doc["by_module"]["minix"]["aliases"] == {"fs-minix": 8}
     assert 0 < doc["loading"]["busy_ns"] < doc["loading"]["traced_to_ns"]
+
+
+def test_recorded_udev_coldplug_ties_every_worker_load_to_its_device() -> None:
+    """A real 6.1 VM trace of `udevadm trigger --action=add`: each (udev-worker) load
+    names the cpu or ACPI processor device it was for, with the MODALIAS sysfs gave it,
+    and the kernel's own witness saw the same load attempts."""
+    from kmodlab.witness import parse
+
+    base = DATA / "vm-6.1-udev"
+    trace = read_trace(str(base / "trace.jsonl"))
+    rep = replay(trace.events, trace.features.profile, modaliases=trace.modaliases)
+    udev_loads = [ld for ld, _ in rep.loads if udev.is_worker(ld.comm)]
+    assert udev_loads and all(ld.device is not None for ld in udev_loads)
+    witness = [w for w in parse((base / "witness.txt").read_text())
+               if w.event == "sys_exit_finit_module" and w.comm == "(udev-worker)"]
+    assert sorted((w.tid, w.ret) for w in witness) == sorted(
+        (ld.tid, ld.ret) for ld in udev_loads)
+    for ld in udev_loads:
+        assert ld.device is not None
+        if ld.device.subsystem == "cpu":
+            assert ld.device.devpath.startswith("/devices/system/cpu/cpu")
+        else:  # this recorder read `modalias`, which CPU devices lack; ACPI ones have it
+            assert ld.device.subsystem == "acpi" and ld.device.modalias.startswith("acpi:")
+    rows = bymodule.join(rep.requests, rep.loads)
+    acpi_cpufreq = rows["acpi_cpufreq"]
+    # one attempt per processor device (2 vCPUs: cpu0, cpu1 and their ACPI twins)
+    assert acpi_cpufreq.attempts == sum(acpi_cpufreq.devices.values()) == 4
+    assert set(acpi_cpufreq.subsystems) == {"cpu", "acpi"}
+
+
+def test_modalias_is_read_from_the_uevent_file() -> None:
+    # this machine's own CPU: its uevent carries MODALIAS; there is no `modalias` file
+    cpu0 = Path("/sys/devices/system/cpu/cpu0")
+    assert (cpu0 / "uevent").exists()
+    assert udev.read_modalias("/devices/system/cpu/cpu0").startswith("cpu:type:x86,")
+    assert udev.read_modalias("/devices/no/such/device") == ""

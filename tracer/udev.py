@@ -54,8 +54,13 @@ def device_from_properties(text: str, modalias: str = "") -> Device | None:
 
 
 def read_modalias(devpath: str, sysfs: str = "/sys") -> str:
-    """The device's MODALIAS as udev saw it (the uevent's, also in sysfs); "" if none."""
+    """The device's MODALIAS as udev saw it in the uevent; "" if it has none. The
+    uevent file, not `modalias`: CPU devices have only the former."""
     try:
-        return Path(sysfs + devpath, "modalias").read_text().strip()
+        text = Path(sysfs + devpath, "uevent").read_text()
     except (OSError, ValueError):
         return ""
+    for line in text.splitlines():
+        if line.startswith("MODALIAS="):
+            return line[len("MODALIAS="):]
+    return ""
