@@ -175,16 +175,16 @@ def test_announce_keys_absent_from_an_old_trace_header() -> None:
     assert kernel.Features.from_dict(old).announce_source == "detected"
 
 
-def test_announce_override_reaches_detect_and_trace_headers() -> None:
-    kernel.override_announce("first")
-    try:
-        f = kernel.detect(_symbols(*DUPS_SYMS, "kmod_dup_request_complete"))
-        assert (f.announce, f.announce_source) == ("first", "override")
-        g = kernel.Features.from_dict({"dups": True, "dups_deferred": True})
-        assert (g.profile.announce, g.profile.announce_source) == ("first", "override")
-    finally:
-        kernel.override_announce(None)
+def test_announce_override_is_recorded_and_read_back() -> None:
+    f = kernel.detect(_symbols(*DUPS_SYMS, "kmod_dup_request_complete"))
+    assert (f.announce, f.announce_source) == ("deferred", "detected")
+    g = f.with_announce(kernel.announce_form("first"))
+    assert (g.announce, g.announce_source) == ("first", "override")
+    h = kernel.Features.from_dict(g.to_dict())  # what a trace header carries
+    assert (h.profile.announce, h.profile.announce_source) == ("first", "override")
     assert kernel.detect(_symbols()).announce_source == "assumed"
+    with pytest.raises(ValueError, match="unknown announce form"):
+        kernel.announce_form("last")
 
 
 def _tail_storm(profile: Profile) -> Run:

@@ -16,7 +16,6 @@ from typing import Any, NoReturn
 import click
 
 from tracer import __version__, report
-from tracer.kernel import override_announce
 from tracer.live import Options, start
 from tracer.probes import TracerError
 from tracer.record import TraceFormatError, TraceOutputError
@@ -90,7 +89,6 @@ def main() -> None:
 # dups.c's announce form cannot be seen on a kernel without dups.c: deferred is assumed.
 announce_option = click.option(
     "--announce", type=click.Choice(["first", "deferred"]),
-    callback=lambda _ctx, _param, v: override_announce(v),
     help="dups.c announce form to model (default: detected, else deferred)")
 
 
@@ -137,7 +135,7 @@ def live(pid: int | None, module: str | None, failed_only: bool, timestamps: boo
     """
     _trace(Options(output=output, duration=duration, pid=pid, module=module,
                    timestamps=timestamps, json=as_json, ready_file=ready_file,
-                   failed_only=failed_only, wide=wide))
+                   failed_only=failed_only, wide=wide, announce=announce))
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -156,7 +154,7 @@ def record(output: str, duration: float | None, ready_file: str | None,
            announce: str | None = None) -> None:
     """Record a trace to FILE, around COMMAND if given (kmodtrace record -o F -- CMD...)."""
     _trace(Options(output=output, duration=duration, quiet=True, command=list(command),
-                   ready_file=ready_file, until_settled=until_settled))
+                   ready_file=ready_file, until_settled=until_settled, announce=announce))
 
 
 @main.command(name="report")
@@ -170,14 +168,15 @@ def record(output: str, duration: float | None, ready_file: str | None,
 def report_cmd(trace_file: str, as_json: bool, wide: bool, perfetto: str | None = None,
                plot: str | None = None, announce: str | None = None) -> None:
     """Judge a recorded trace offline: the same model as `live`."""
-    show_report(trace_file, as_json, perfetto, plot, wide)
+    show_report(trace_file, as_json, perfetto, plot, wide, announce)
 
 
 def show_report(trace_file: str, as_json: bool = False, perfetto: str | None = None,
-                plot: str | None = None, wide: bool = False) -> None:
+                plot: str | None = None, wide: bool = False,
+                announce: str | None = None) -> None:
     """What `report` prints; `boot show` and the lab's `vm` print the same."""
     try:
-        trace, rep = report.load(trace_file)
+        trace, rep = report.load(trace_file, announce)
     except TraceFormatError as e:
         fail(str(e))
     if perfetto:

@@ -90,30 +90,21 @@ class Features:
             announce=announce,
             announce_source=source,
         )
-        return features._overridden()
+        return features
 
-    def _overridden(self) -> Features:
-        if _announce_override is None:
-            return self
-        return self.with_announce(_announce_override)
+
+def announce_form(text: str) -> Announce:
+    """A form the user named (--announce); ValueError if it is none."""
+    for form in get_args(Announce):
+        if text == form:
+            return form  # type: ignore[no-any-return]
+    raise ValueError(f"unknown announce form {text!r}: {' or '.join(get_args(Announce))}")
 
 
 def _announce_form(dups: bool, deferred: bool) -> tuple[Announce, AnnounceSource]:
     if dups and deferred:
         return "deferred", "detected"
     return "deferred", "assumed"
-
-
-# --announce: the user's word on the form, set once by the command line and applied
-# wherever features are read (detect() deep inside the attach, a trace header's). A
-# stopgap until the tracer's options and the report's loader carry it.
-_announce_override: Announce | None = None
-
-
-def override_announce(announce: Announce | None) -> None:
-    """Make detect() report ANNOUNCE as an override (None: detect or assume it)."""
-    global _announce_override
-    _announce_override = announce
 
 
 def detect(has_symbol: Callable[[str], bool]) -> Features:
@@ -136,7 +127,7 @@ def detect(has_symbol: Callable[[str], bool]) -> Features:
         announce=announce,
         announce_source=source,
     )
-    return features._overridden()
+    return features
 
 
 def load_info_len_offset(has_field: Callable[[str, str], bool | None]) -> int:

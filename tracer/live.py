@@ -19,6 +19,7 @@ from tracer import bymodule, report, requester, udev
 from tracer.boot import StartTimeoutExtender
 from tracer.correlate import Correlator
 from tracer.events import Event, Kind
+from tracer.kernel import announce_form
 from tracer.ksyms import KernelSymbols
 from tracer.model import LoadVerdict, RequestVerdict
 from tracer.probes import Attached, Tracer, TracerError
@@ -49,6 +50,7 @@ class Options:
     command: list[str] = field(default_factory=list)
     ready_file: str | None = None
     until_settled: float | None = None  # stop once udev and boot settle this long
+    announce: str | None = None  # --announce: the dups.c form to model, over detection
 
 
 class Filter:
@@ -139,7 +141,8 @@ class Run:
         self.filter = Filter(opts.pid, opts.module, opts.failed_only)
         self.tracer, self.attached, self.reorder = tracer, attached, reorder
         self.writer = writer  # None: not recording
-        self.features = attached.features
+        self.features = attached.features if opts.announce is None else \
+            attached.features.with_announce(announce_form(opts.announce))
         self.judge = Judge(self.features.profile, self._show_request, self._show_load)
         self.by_module = bymodule.ByModule()  # the exit summary's rows
         self.modaliases: dict[str, str] = {}  # devpath -> MODALIAS, from sysfs

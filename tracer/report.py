@@ -7,6 +7,7 @@ import textwrap
 from typing import IO, Any
 
 from tracer import bymodule
+from tracer.kernel import announce_form
 from tracer.model import (
     LoadVerdict,
     ModuleStats,
@@ -275,10 +276,13 @@ def module_json(m: ModuleStats) -> dict[str, Any]:
 # --- the report document: what `report`, `boot show` and the lab's `vm` show ---------------
 
 
-def load(path: str) -> tuple[Trace, Replay]:
-    """Read the trace in PATH and replay it through the model; TraceFormatError if it is not
-    a trace."""
+def load(path: str, announce: str | None = None) -> tuple[Trace, Replay]:
+    """Read the trace in PATH and replay it through the model (with the dups.c announce
+    form ANNOUNCE over the recorded one, if given); TraceFormatError if it is not a trace."""
     trace = read_trace(path)
+    if announce is not None:
+        trace.header["features"] = trace.features.with_announce(
+            announce_form(announce)).to_dict()
     return trace, replay(trace.events, trace.features.profile, modaliases=trace.modaliases)
 
 
