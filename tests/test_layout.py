@@ -1,0 +1,50 @@
+"""The house rules that the tree itself can check: the lab imports the core, never the
+reverse; the tracer runs without the lab's modules loaded."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def imported_modules(source: str) -> set[str]:
+    """Every module an `import` or `from ... import` names, at any depth of the file."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_scanner_sees_every_import_form() -> None:
+    src = "import kmodlab\nfrom kmodlab import vm\ndef f():\n    from kmodlab.vm import x\n"
+    assert {"kmodlab", "kmodlab.vm", "kmodlab.vm.x"} <= imported_modules(src)
+
+
+def test_the_tracer_never_imports_the_lab() -> None:
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(m for m in imported_modules(path.read_text())
+                                            if m == "kmodlab" or m.startswith("kmodlab."))
+        for path in sorted((ROOT / "tracer").rglob("*.py"))
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_lab_stays_out_of_a_tracer_run() -> None:
+    # `report` and `live --ebpf` load the CLI (which finds the lab's commands through
+    # entry points) but must not import the lab's modules for their own work.
+    code = ("import sys; from tracer import cli, report, live, probes, boot\n"
+            "import json; print(json.dumps(sorted(m for m in sys.modules\n"
+            "                                   if m.startswith('kmodlab.'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout.strip()
+    lab = json.loads(out)
+    assert set(lab) <= {"kmodlab.cli"}, lab
