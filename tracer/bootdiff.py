@@ -1,0 +1,300 @@
+"""`boot diff A B`: two boots per module, side by side, and what changed.
+
+"What changed since the last kernel update" is a question about modules: which ones
+appeared or disappeared, which ones took longer to load or raced more. Each trace is
+replayed through the model and reduced to tracer.bymodule's rows; the diff compares
+the rows of a module in both boots and gives it one status:
+
+- ``new`` (only in B), ``gone`` (only in A);
+- ``slower`` / ``faster``: its load time (time in its (f)init_module calls) or its span
+  (first to last attempt) grew / shrank by at least PCT % of A's figure *and* at least
+  MS milliseconds (25 % and 50 ms by default): small timing noise between boots is not a
+  change;
+- ``more`` / ``fewer``: more / fewer load attempts, duplicates, failures or wasted bytes;
+- ``same``: none of these.
+
+A module can change in several ways (slower with fewer attempts): ``changes`` lists them
+all, and the status is the first in STATUSES order, regressions before improvements.
+
+Duplicates here are both kinds the tracer sees: requests the model judged duplicate
+(a dups.c kernel would have converged them; ModuleRow.duplicates) plus load attempts
+that lost to a same-name load (converged idempotent() waiters and EEXIST/EBUSY
+failures; `dup_attempts`).
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tracer import bymodule, report
+from tracer.bymodule import ModuleRow
+
+DIFF_VERSION = 1
+# Regressions first, then improvements: the order of the table and of the status choice.
+STATUSES = ("new", "gone", "slower", "more", "faster", "fewer", "same")
+MARKS = {"new": "+", "gone": "-", "slower": ">", "more": "^", "faster": "<", "fewer": "v",
+         "same": ""}
+# The errnos of an attempt that found the module already loading or loaded.
+_DUP_ERRNOS = ("EEXIST", "EBUSY")
+_FAILED_CELL = 22  # narrow FAILED cells longer than this end in "+"
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    """How much a time must grow (or shrink) to count: both PCT % of A's and MS ms."""
+
+    pct: float = 25.0
+    ms: float = 50.0
+
+    def grew(self, a: int, b: int) -> bool:
+        """b is past a by both margins (a == 0: any growth of at least MS)."""
+        d = b - a
+        return d > 0 and d >= self.ms * 1e6 and d * 100 >= self.pct * a
+
+
+def dup_attempts(row: ModuleRow) -> int:
+    """Load attempts that lost to a same-name load: converged waiters, EEXIST, EBUSY."""
+    return row.converged + sum(row.failures.get(e, 0) for e in _DUP_ERRNOS)
+
+
+def duplicates(row: ModuleRow) -> int:
+    """Requests judged duplicate plus attempts that lost to a same-name load."""
+    return row.duplicates + dup_attempts(row)
+
+
+def _costs(row: ModuleRow) -> tuple[int, int, int, int]:
+    return row.attempts, duplicates(row), sum(row.failures.values()), row.wasted_bytes
+
+
+def changes(a: ModuleRow | None, b: ModuleRow | None,
+            threshold: Threshold = Threshold()) -> tuple[str, ...]:
+    """Every way the module changed from A to B, in STATUSES order; ("same",) if none."""
+    if a is None or b is None:
+        return ("new",) if a is None else ("gone",)
+    found = set()
+    if threshold.grew(a.load_ns, b.load_ns) or threshold.grew(a.span_ns, b.span_ns):
+        found.add("slower")
+    if threshold.grew(b.load_ns, a.load_ns) or threshold.grew(b.span_ns, a.span_ns):
+        found.add("faster")
+    pairs = list(zip(_costs(a), _costs(b), strict=True))
+    if any(y > x for x, y in pairs):
+        found.add("more")
+    if any(y < x for x, y in pairs):
+        found.add("fewer")
+    return tuple(s for s in STATUSES if s in found) or ("same",)
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleDiff:
+    module: str
+    changes: tuple[str, ...]
+    a: ModuleRow | None
+    b: ModuleRow | None
+
+    @property
+    def status(self) -> str:
+        return self.changes[0]
+
+    @property
+    def wasted_delta(self) -> int:
+        return ((0 if self.b is None else self.b.wasted_bytes)
+                - (0 if self.a is None else self.a.wasted_bytes))
+
+    @property
+    def load_delta(self) -> int:
+        return (0 if self.b is None else self.b.load_ns) - (0 if self.a is None else self.a.load_ns)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": self.status, "changes": list(self.changes),
+                "a": _row_json(self.a), "b": _row_json(self.b)}
+
+
+def _row_json(row: ModuleRow | None) -> dict[str, Any] | None:
+    return None if row is None else row.to_json() | {"dup_attempts": dup_attempts(row)}
+
+
+@dataclass(slots=True)
+class Boot:
+    """One side of the diff: a trace reduced to its rows and headline figures."""
+
+    path: str
+    header: dict[str, Any]
+    profile: str
+    rows: dict[str, ModuleRow]
+    loading: dict[str, Any]  # report.loading_json(): attempts, busy_ns, traced span...
+
+    @property
+    def traced_ns(self) -> int | None:
+        start, end = self.loading["traced_from_ns"], self.loading["traced_to_ns"]
+        return None if start is None or end is None else end - start
+
+    def headline(self) -> dict[str, Any]:
+        h = self.header
+        return {
+            "path": self.path, "boot_id": h.get("boot_id"), "kernel": h.get("kernel"),
+            "cpus": h.get("cpus"), "profile": self.profile, "modules": len(self.rows),
+            **self.loading, "traced_ns": self.traced_ns,
+        }
+
+
+def resolve(which: str, log_dir: str | os.PathLike[str]) -> Path:
+    """A trace file as is, or a boot (id prefix, 0, -1, ...) of log_dir; ValueError if
+    neither."""
+    from tracer.boot import find_boot_trace  # boot.py is big; only this needs it
+
+    if os.path.exists(which):
+        return Path(which)
+    if os.sep in which or which.endswith(".jsonl"):  # meant as a file: say so, not "boot"
+        raise ValueError(f"{which}: no such trace file (give a trace file or a boot: an id "
+                         "prefix, 0, -1, ...)")
+    return find_boot_trace(log_dir, which)
+
+
+def load_boot(path: str | os.PathLike[str]) -> Boot:
+    """Replay the trace in PATH; TraceFormatError (a ValueError) if it is not one."""
+    trace, rep = report.load(str(path))
+    return Boot(str(path), trace.header, trace.features.profile.name,
+                bymodule.join(rep.requests, rep.loads), report.loading_json(trace, rep))
+
+
+def _order(d: ModuleDiff) -> tuple[int, int, int, str]:
+    """Status first, then the biggest wasted change, then the biggest load-time change."""
+    return (STATUSES.index(d.status), -abs(d.wasted_delta), -abs(d.load_delta), d.module)
+
+
+@dataclass(slots=True)
+class BootDiff:
+    a: Boot
+    b: Boot
+    threshold: Threshold
+    modules: list[ModuleDiff]  # in _order: what a boot debugger looks at first
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(1 for d in self.modules if d.status == s) for s in STATUSES}
+
+
+def diff(a: Boot, b: Boot, threshold: Threshold = Threshold()) -> BootDiff:
+    names = a.rows.keys() | b.rows.keys()
+    mods = [ModuleDiff(n, changes(a.rows.get(n), b.rows.get(n), threshold), a.rows.get(n),
+                       b.rows.get(n)) for n in names]
+    return BootDiff(a, b, threshold, sorted(mods, key=_order))
+
+
+def document(d: BootDiff) -> dict[str, Any]:
+    """The `boot diff --json` document (version 1)."""
+    return {
+        "version": DIFF_VERSION,
+        "threshold": {"pct": d.threshold.pct, "ms": d.threshold.ms},
+        "a": d.a.headline(), "b": d.b.headline(), "counts": d.counts(),
+        "modules": {m.module: m.to_json() for m in d.modules},
+    }
+
+
+# --- text ----------------------------------------------------------------------------------
+
+
+def _ms(ns: int) -> str:
+    ms = ns / 1e6
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}"
+
+
+def _s(ns: int | None) -> str:
+    return "-" if ns is None else f"{ns / 1e9:.2f} s"
+
+
+def _signed(n: float, text: str) -> str:
+    """TEXT (the magnitude) with N's sign."""
+    return ("+" if n > 0 else "-") + text if n else "0"
+
+
+def _failed(a: ModuleRow | None, b: ModuleRow | None) -> str:
+    """Per errno, A's count / B's: "EEXIST:9/22,EBUSY:-/1"."""
+    fa = a.failures if a is not None else {}
+    fb = b.failures if b is not None else {}
+    keys = sorted(set(fa) | set(fb))
+    cell = ",".join(f"{k}:{fa.get(k, 0) if a else '-'}/{fb.get(k, 0) if b else '-'}"
+                    for k in keys)
+    return cell or "0"
+
+
+def _pair(a: ModuleRow | None, b: ModuleRow | None, cell: Any) -> str:
+    return f"{'-' if a is None else cell(a)}/{'-' if b is None else cell(b)}"
+
+
+COLUMNS = ("", "MODULE", "TRIES A/B", "OK", "DUPS", "WASTED", "LOAD(ms)", "SPAN(ms)",
+           "FAILED", "REQS", "CHANGES")
+
+
+def table_rows(d: BootDiff, wide: bool = False) -> list[tuple[str, ...]]:
+    out: list[tuple[str, ...]] = []
+    for m in d.modules:
+        a, b = m.a, m.b
+        failed = _failed(a, b)
+        if not wide and len(failed) > _FAILED_CELL:
+            failed = failed[: _FAILED_CELL - 1] + "+"
+        out.append((
+            MARKS[m.status], m.module if wide else m.module[:20],
+            _pair(a, b, lambda r: r.attempts), _pair(a, b, lambda r: r.ok),
+            _pair(a, b, duplicates),
+            _pair(a, b, lambda r: report.human_bytes(r.wasted_bytes)),
+            _pair(a, b, lambda r: _ms(r.load_ns)), _pair(a, b, lambda r: _ms(r.span_ns)),
+            failed, _pair(a, b, lambda r: r.requests), ",".join(m.changes),
+        ))
+    return out
+
+
+def _fit_path(label: str, path: str, width: int | None) -> str:
+    line = f"{label} = {path}"
+    if width is None or len(line) <= width:
+        return line
+    return f"{label} = ...{path[len(line) - width + 3:]}"
+
+
+def _headline_rows(d: BootDiff) -> list[tuple[str, ...]]:
+    a, b = d.a.headline(), d.b.headline()
+    hb = report.human_bytes
+
+    def num(label: str, x: int | None, y: int | None, fmt: Any) -> tuple[str, ...]:
+        if x is None or y is None:
+            return (label, "-" if x is None else fmt(x), "-" if y is None else fmt(y), "")
+        delta = y - x
+        return (label, fmt(x), fmt(y), _signed(delta, fmt(abs(delta))))
+
+    return [
+        ("boot", str(a["boot_id"] or "?")[:8], str(b["boot_id"] or "?")[:8], ""),
+        ("kernel", str(a["kernel"]), str(b["kernel"]), ""),
+        ("profile", a["profile"], b["profile"], ""),
+        num("CPUs", a["cpus"], b["cpus"], str),
+        num("modules", a["modules"], b["modules"], str),
+        num("load attempts", a["attempts"], b["attempts"], str),
+        num("tried > once", len(a["repeated_modules"]), len(b["repeated_modules"]), str),
+        num("vmalloc wasted", a["wasted_bytes"], b["wasted_bytes"], hb),
+        num("loading busy", a["busy_ns"], b["busy_ns"], _s),
+        num("traced", a["traced_ns"], b["traced_ns"], _s),
+    ]
+
+
+def render(d: BootDiff, wide: bool = False) -> list[str]:
+    """The headline side by side, then one row per module, changes first; within
+    report.LINE_WIDTH columns unless wide."""
+    width = None if wide else report.LINE_WIDTH
+    out = [_fit_path("A", d.a.path, width), _fit_path("B", d.b.path, width), ""]
+    out += report.table_lines(("", "A", "B", "CHANGE"), _headline_rows(d), width)
+    n = d.counts()
+    th = d.threshold
+    summary = (", ".join(f"{n[s]} {s}" for s in STATUSES) + f" (slower/faster: load or span "
+               f"time {th.pct:g} % and {th.ms:g} ms apart)")
+    out += ["", *([summary] if wide else textwrap.wrap(summary, report.LINE_WIDTH)), ""]
+    cols = COLUMNS if wide else COLUMNS[:-2]  # REQS and CHANGES: details for --wide
+    rows = [r[: len(cols)] for r in table_rows(d, wide)]
+    out += report.table_lines(cols, rows, width)
+    legend = ("+ new (only in B), - gone (only in A), > slower, ^ more attempts, duplicates, "
+              "failures or wasted bytes, < faster, v fewer. DUPS: requests judged duplicate "
+              "+ attempts that lost to a same-name load (EEXIST, EBUSY, idempotent() "
+              "waiters). Times: LOAD in (f)init_module, SPAN first to last attempt.")
+    out += [""] + ([legend] if wide else textwrap.wrap(legend, report.LINE_WIDTH))
+    return out
