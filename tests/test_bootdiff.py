@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from tracer import bootdiff, bymodule
+from tracer import bootdiff, bymodule, report
 from tracer.bootdiff import Threshold
 from tracer.bymodule import ModuleRow
+from tracer.cli import main
 from tracer.record import TraceWriter, read_trace
 from tracer.session import replay
 from tracer.stories import Load
@@ -166,3 +171,84 @@ def test_a_module_that_raced_less_is_fewer(tmp_path: Path) -> None:
     assert (dict(xfs.a.failures), dict(xfs.b.failures)) == ({"EEXIST": 7}, {})
     assert xfs.b.ok == 1 and xfs.b.wasted_bytes == 0 and bootdiff.dup_attempts(xfs.b) == 0
     assert {m.status for m in d.modules if m is not xfs} == {"same"}
+
+
+def kmodtrace(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tracer", *args], capture_output=True,
+                          text=True, timeout=120, check=False, cwd=Path(__file__).parent.parent)
+
+
+def test_cli_text_fits_100_columns_and_wide_keeps_everything() -> None:
+    p = kmodtrace("boot", "diff", T61, T612)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert all(len(line) <= report.LINE_WIDTH for line in lines)
+    assert lines[:2] == [f"A = {T61}", f"B = {T612}"]
+    kernel = next(ln.split() for ln in lines if ln.startswith("kernel "))
+    assert kernel[1:] == ["6.1.0-56-amd64", "6.12.95+deb12-amd64"]
+    dummy = next(ln.split() for ln in lines if ln.split()[1:2] == ["dummy"])
+    assert dummy[:3] == [">", "dummy", "10/23"]
+    assert "FAILED" in p.stdout
+    wide = kmodtrace("boot", "diff", "--wide", T61, T612)
+    assert wide.returncode == 0, wide.stderr
+    assert "CHANGES" in wide.stdout and "--wide adds" not in wide.stdout
+    assert any(len(line) > report.LINE_WIDTH for line in wide.stdout.splitlines())
+
+
+def test_cli_json_schema() -> None:
+    p = kmodtrace("boot", "diff", "--json", "--slower", "30", T61, UDEV)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["version"] == 1 and doc["threshold"] == {"pct": 30.0, "ms": 50.0}
+    for side, path, kernel in (("a", T61, "6.1.0-56-amd64"), ("b", UDEV, "6.1.0-56-amd64")):
+        h = doc[side]
+        assert h["path"] == path and h["kernel"] == kernel and h["cpus"] == 2
+        assert {"boot_id", "attempts", "repeated_modules", "wasted_bytes", "busy_ns",
+                "traced_ns"} <= h.keys()
+    assert doc["a"]["boot_id"].startswith("7ae9891b") and doc["a"]["busy_ns"] > 0
+    assert doc["counts"]["new"] == 4 and doc["counts"]["gone"] == 12
+    acpi = doc["modules"]["acpi_cpufreq"]
+    assert acpi["status"] == "new" and acpi["a"] is None
+    assert acpi["b"]["failures"] == {"ENODEV": 2, "EBUSY": 2} and acpi["b"]["dup_attempts"] == 2
+    assert doc["modules"]["xfs"]["b"] is None and doc["modules"]["xfs"]["status"] == "gone"
+
+
+def _boots(log: Path) -> None:
+    """Two boot traces in log, vm-6.1's the older."""
+    for n, (src, boot_id) in enumerate(((T61, "7ae9891b571d"), (T612, "85c177c4bd83"))):
+        dst = log / f"boot-{boot_id}.jsonl"
+        dst.write_bytes(Path(src).read_bytes())
+        os.utime(dst, (1000 + n, 1000 + n))
+
+
+def test_cli_resolves_boots_as_boot_show_does(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from tracer import boot
+
+    monkeypatch.setattr(boot, "LOG_DIR", str(tmp_path))
+    _boots(tmp_path)
+    runner = CliRunner()
+    by_rel = runner.invoke(main, ["boot", "diff", "--json", "-1", "0"])
+    assert by_rel.exit_code == 0, by_rel.output
+    doc = json.loads(by_rel.stdout)
+    assert doc["a"]["path"] == str(tmp_path / "boot-7ae9891b571d.jsonl")
+    assert doc["b"]["path"] == str(tmp_path / "boot-85c177c4bd83.jsonl")
+    by_id = runner.invoke(main, ["boot", "diff", "--json", "7ae9", T612])  # and a file
+    assert by_id.exit_code == 0, by_id.output
+    assert json.loads(by_id.stdout)["modules"] == doc["modules"]
+
+
+@pytest.mark.parametrize("args", [["-1", "0"], ["deadbeef", "0"], ["nosuch/t.jsonl", "0"],
+                                  ["README.md", "0"]])
+def test_cli_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 args: list[str]) -> None:
+    from tracer import boot
+
+    log = tmp_path / "log"
+    log.mkdir()
+    (log / "boot-85c177c4bd83.jsonl").write_bytes(Path(T612).read_bytes())  # one boot only
+    monkeypatch.setattr(boot, "LOG_DIR", str(log))
+    monkeypatch.chdir(Path(__file__).parent.parent)  # README.md: a file, not a trace
+    r = CliRunner().invoke(main, ["boot", "diff", *args])
+    assert r.exit_code == 1 and r.stdout == ""
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("kmodtrace: ")

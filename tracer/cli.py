@@ -279,6 +279,37 @@ def boot_show(which: str | None, as_json: bool, wide: bool) -> None:
     click.echo(f"(every request and load: kmodtrace report {path})")
 
 
+@boot.command("diff", context_settings={"ignore_unknown_options": True})  # A may be -1
+@click.argument("a")
+@click.argument("b")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable diff (version 1)")
+@click.option("--wide", is_flag=True, help="every detail, past 100 columns")
+@click.option("--slower", type=click.FloatRange(min=0), default=25.0, show_default=True,
+              metavar="PCT", help="a load or span time changed by at least PCT % ...")
+@click.option("--slower-ms", type=click.FloatRange(min=0), default=50.0, show_default=True,
+              metavar="MS", help="... and at least MS ms counts as slower/faster")
+def boot_diff(a: str, b: str, as_json: bool, wide: bool, slower: float,
+              slower_ms: float) -> None:
+    """Two boots per module, side by side: what appeared, disappeared, got slower.
+
+    A and B: a trace file, or a boot as `boot show` names it (id prefix, 0, -1, ...).
+    """
+    from tracer import boot as bootmod
+    from tracer import bootdiff
+
+    try:  # TraceFormatError is a ValueError: a missing boot and a foreign file alike
+        boot_a, boot_b = (bootdiff.load_boot(bootdiff.resolve(w, bootmod.LOG_DIR))
+                          for w in (a, b))
+    except ValueError as e:
+        fail(str(e))
+    d = bootdiff.diff(boot_a, boot_b, bootdiff.Threshold(slower, slower_ms))
+    if as_json:
+        click.echo(json.dumps(bootdiff.document(d), indent=1))
+        return
+    for line in bootdiff.render(d, wide):
+        click.echo(line)
+
+
 def _add_plugin_commands() -> None:
     """Commands other packages register (the lab's vm, parity, bench)."""
     for ep in entry_points(group="kmodtrace.commands"):
