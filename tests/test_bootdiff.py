@@ -252,3 +252,21 @@ def test_cli_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     r = CliRunner().invoke(main, ["boot", "diff", *args])
     assert r.exit_code == 1 and r.stdout == ""
     assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("kmodtrace: ")
+
+
+def test_a_header_without_the_figures_still_diffs(tmp_path: Path) -> None:
+    """A trace from an older or damaged recorder: no cpus, boot id or kernel, no trailer."""
+    lines = Path(T61).read_text().splitlines()
+    header = json.loads(lines[0])
+    for key in ("boot_id", "kernel"):
+        del header[key]
+    header["cpus"] = "two"
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text("\n".join([json.dumps(header), *lines[1:-1]]) + "\n")
+    d = bootdiff.diff(bootdiff.load_boot(T61), bootdiff.load_boot(bare))
+    assert bootdiff.document(d)["b"]["cpus"] is None
+    text = bootdiff.render(d)
+    assert next(ln.split() for ln in text if ln.startswith("kernel")) == [
+        "kernel", "6.1.0-56-amd64", "?"]
+    assert next(ln.split() for ln in text if ln.startswith("traced")) == ["traced", "20.04", "s",
+                                                                        "-"]

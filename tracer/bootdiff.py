@@ -134,9 +134,11 @@ class Boot:
 
     def headline(self) -> dict[str, Any]:
         h = self.header
+        cpus = h.get("cpus")  # the header is the recorder's word: a damaged one is no number
         return {
             "path": self.path, "boot_id": h.get("boot_id"), "kernel": h.get("kernel"),
-            "cpus": h.get("cpus"), "profile": self.profile, "modules": len(self.rows),
+            "cpus": cpus if type(cpus) is int else None, "profile": self.profile,
+            "modules": len(self.rows),
             **self.loading, "traced_ns": self.traced_ns,
         }
 
@@ -266,7 +268,7 @@ def _headline_rows(d: BootDiff) -> list[tuple[str, ...]]:
 
     return [
         ("boot", str(a["boot_id"] or "?")[:8], str(b["boot_id"] or "?")[:8], ""),
-        ("kernel", str(a["kernel"]), str(b["kernel"]), ""),
+        ("kernel", str(a["kernel"] or "?"), str(b["kernel"] or "?"), ""),
         ("profile", a["profile"], b["profile"], ""),
         num("CPUs", a["cpus"], b["cpus"], str),
         num("modules", a["modules"], b["modules"], str),
