@@ -287,16 +287,15 @@ def render(d: BootDiff, wide: bool = False) -> list[str]:
     out = [_fit_path("A", d.a.path, width), _fit_path("B", d.b.path, width), ""]
     out += report.table_lines(("", "A", "B", "CHANGE"), _headline_rows(d), width)
     n = d.counts()
-    th = d.threshold
-    summary = (", ".join(f"{n[s]} {s}" for s in STATUSES) + f" (slower/faster: load or span "
-               f"time {th.pct:g} % and {th.ms:g} ms apart)")
-    out += ["", *([summary] if wide else textwrap.wrap(summary, report.LINE_WIDTH)), ""]
+    out += ["", ", ".join(f"{n[s]} {s}" for s in STATUSES), ""]
     cols = COLUMNS if wide else COLUMNS[:-2]  # REQS and CHANGES: details for --wide
     rows = [r[: len(cols)] for r in table_rows(d, wide)]
     out += report.table_lines(cols, rows, width)
-    legend = ("+ new (only in B), - gone (only in A), > slower, ^ more attempts, duplicates, "
-              "failures or wasted bytes, < faster, v fewer. DUPS: requests judged duplicate "
-              "+ attempts that lost to a same-name load (EEXIST, EBUSY, idempotent() "
-              "waiters). Times: LOAD in (f)init_module, SPAN first to last attempt.")
+    th = d.threshold
+    legend = (f"+ new (only in B), - gone (only in A), > slower / < faster (LOAD or SPAN moved "
+              f"by {th.pct:g} % and {th.ms:g} ms), ^ more / v fewer tries, DUPS, failures or "
+              "wasted bytes. DUPS: requests judged duplicate + attempts that lost to a "
+              "same-name load (EEXIST, EBUSY, idempotent() waiters). LOAD: time in "
+              "(f)init_module; SPAN: first to last attempt.")
     out += [""] + ([legend] if wide else textwrap.wrap(legend, report.LINE_WIDTH))
     return out
