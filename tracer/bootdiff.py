@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tracer import bymodule, report
+from tracer.boot import find_boot_trace
 from tracer.bymodule import ModuleRow
 
 DIFF_VERSION = 1
@@ -146,8 +147,6 @@ class Boot:
 def resolve(which: str, log_dir: str | os.PathLike[str]) -> Path:
     """A trace file as is, or a boot (id prefix, 0, -1, ...) of log_dir; ValueError if
     neither."""
-    from tracer.boot import find_boot_trace  # boot.py is big; only this needs it
-
     if os.path.exists(which):
         return Path(which)
     if os.sep in which or which.endswith(".jsonl"):  # meant as a file: say so, not "boot"
