@@ -291,10 +291,15 @@ def render(d: BootDiff, wide: bool = False) -> list[str]:
     rows = [r[: len(cols)] for r in table_rows(d, wide)]
     out += report.table_lines(cols, rows, width)
     th = d.threshold
-    legend = (f"+ new (only in B), - gone (only in A), > slower / < faster (LOAD or SPAN moved "
-              f"by {th.pct:g} % and {th.ms:g} ms), ^ more / v fewer tries, DUPS, failures or "
-              "wasted bytes. DUPS: requests judged duplicate + attempts that lost to a "
-              "same-name load (EEXIST, EBUSY, idempotent() waiters). LOAD: time in "
-              "(f)init_module; SPAN: first to last attempt.")
-    out += [""] + ([legend] if wide else textwrap.wrap(legend, report.LINE_WIDTH))
+    legend = [
+        f"+ new (only in B), - gone (only in A), > slower / < faster (LOAD or SPAN moved by "
+        f"{th.pct:g} % and {th.ms:g} ms),",
+        "^ more / v fewer tries, DUPS, failures or wasted bytes.",
+        "DUPS: requests judged duplicate + attempts that lost to a same-name load (EEXIST, "
+        "EBUSY, idempotent() waiters). LOAD: time in (f)init_module; SPAN: first to last "
+        "attempt.",
+    ]
+    out.append("")
+    for text in legend:  # each its own line: a mark never wraps away from its meaning
+        out += [text] if wide else textwrap.wrap(text, report.LINE_WIDTH)
     return out
