@@ -23,9 +23,12 @@ from tracer.record import TraceFormatError
 @click.option("--kvm/--no-kvm", default=None, help="default: use KVM only if a probe boot works")
 @click.option("-c", "--command", help="trace this shell command instead of the demo storms")
 @click.option("--boot", "boot_trace", is_flag=True,
-              help="trace the guest's boot from before udev's coldplug instead")
+              help="boot systemd with `kmodtrace boot install`'s unit instead; the boot trace, "
+              "`boot show --json` and systemd's timings land in the results directory")
+@click.option("--no-unit", is_flag=True,
+              help="with --boot: the same boot without the unit (the baseline for its delay)")
 def vm(kernel_spec: str, out: str | None, cpus: int, memory: str, kvm: bool | None,
-       command: str | None, boot_trace: bool) -> None:
+       command: str | None, boot_trace: bool, no_unit: bool) -> None:
     """Boot a stock Debian kernel in virtme-ng, trace storms (or COMMAND, or the boot)."""
     from kmodlab import vm as vmmod
 
@@ -33,15 +36,21 @@ def vm(kernel_spec: str, out: str | None, cpus: int, memory: str, kvm: bool | No
         kern = vmmod.resolve_kernel(kernel_spec, _progress)
         outdir = Path(out or f"out/vm-{kern.release}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
         if boot_trace:
-            from kmodlab import vmboot  # imported here: needs virtme
+            from kmodlab import vmboot
 
-            rc = vmboot.run_boot(kern, outdir, _progress, kvm=kvm)
+            rc = vmboot.run_boot(kern, outdir, _progress, cpus=cpus, memory=memory, kvm=kvm,
+                                 unit=not no_unit)
         else:
             args = ["--command", command] if command else []
             rc = vmmod.run_guest(kern, outdir, args, _progress, cpus=cpus, memory=memory,
                                  kvm=kvm)
     except vmmod.VMError as e:
         _fail(str(e))
+    if no_unit and boot_trace:
+        if rc != 0:
+            _fail(f"the guest failed (exit {rc}); see the logs in {outdir}")
+        _progress(f"results in {outdir}")
+        return
     trace = outdir / ("boot.jsonl" if boot_trace else "trace.jsonl")
     if rc != 0 or not trace.exists():
         _fail(f"the guest failed (exit {rc}); see the logs in {outdir}")

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,9 +22,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from kmodlab import storms
+from kmodlab import storms, vmboot
 from kmodlab.witness import Witness
-from tracer import kernel
+from tracer import boot, kernel
 
 
 def link_kernel_tree(root: Path) -> None:
@@ -69,22 +72,114 @@ def start_tracer(out: Path, args: list[str], name: str) -> subprocess.Popen[byte
     return proc
 
 
-def boot_wait(out: Path, timeout: float = 900) -> int:
-    """Wait for the recorder the init wrapper started to write its trailer."""
-    trace = out / "boot.jsonl"
-    deadline = time.monotonic() + timeout
-    progress("boot recorder running; waiting for boot to settle")
-    while time.monotonic() < deadline:
-        if trace.exists() and b'"type":"trailer"' in trace.read_bytes()[-4096:]:
+def _systemctl_show(unit: str | None, props: tuple[str, ...]) -> dict[str, str]:
+    cmd = ["systemctl", "show", *([unit] if unit else []), "-p", ",".join(props)]
+    p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return boot.parse_show(p.stdout)
+
+
+def _run_to(path: Path, cmd: list[str]) -> int:
+    with open(path, "wb") as f:
+        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
+
+
+def _cpu_facts() -> dict[str, Any]:
+    flags: list[str] = []
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = line.split(":", 1)[1].split()
             break
-        time.sleep(0.5)
+    devices = sorted(p.name for p in Path("/sys/bus/cpu/devices").glob("cpu[0-9]*"))
+    modalias = ""
+    uevent = Path("/sys/bus/cpu/devices/cpu0/uevent")
+    if uevent.exists():
+        for line in uevent.read_text().splitlines():
+            if line.startswith("MODALIAS="):
+                modalias = line.split("=", 1)[1]
+    return {"cpus": os.cpu_count(), "cpu_devices": len(devices), "cpu_flags": flags,
+            "cpu_modalias": modalias}
+
+
+def mount_out(out: Path) -> None:
+    """Mount the results share (a vng --rwdir) ourselves: virtme-ng-init does not run."""
+    args = dict(a.split("=", 1) for a in Path("/proc/cmdline").read_text().split() if "=" in a)
+    for key, rel in args.items():
+        m = re.fullmatch(r"virtme_initmount(\d+)", key)
+        if m and "/" + rel.strip("/") == str(out):
+            fstype = args.get(f"{key}_fstype", "9p")
+            opts = ["-o", "trans=virtio,version=9p2000.L,access=any"] if fstype == "9p" else []
+            subprocess.run(["mount", "-t", fstype, *opts, f"virtme.initmount{m[1]}", str(out)],
+                           check=True)
+            return
+    raise SystemExit(f"guest: no share for {out} on the kernel command line")
+
+
+def boot_collect(out: Path, unit: bool, timeout: float = 2400) -> int:
+    """Runs once systemd has started the system (vm --boot): wait for the unit, collect.
+
+    With the unit: wait until kmodtrace-boot.service has stopped by itself (boot
+    settled, ExecStopPost moved the trace to /var/log/kmodtrace); without: until udev
+    settles. Then OUT gets the trace, `kmodtrace boot show [--json]`, the kernel's
+    boot-time trace (witness.txt), systemd's timestamps (bootstats.json), the unit as
+    installed, the journal and dmesg.
+    """
+    deadline = time.monotonic() + timeout
+    progress(f"systemd runs the system; {'waiting for ' + boot.UNIT_NAME if unit else 'no unit'}")
+    while time.monotonic() < deadline:
+        state = subprocess.run(["systemctl", "is-system-running"], capture_output=True,
+                               text=True, check=False).stdout.strip()
+        k = _systemctl_show(boot.UNIT_NAME, ("ActiveState", "ExecMainExitTimestampMonotonic"))
+        stopped = (k.get("ActiveState") in ("inactive", "failed")
+                   and k.get("ExecMainExitTimestampMonotonic", "0") not in ("", "0"))
+        if state not in ("initializing", "starting") and (stopped or not unit):
+            break
+        time.sleep(2)
     else:
-        progress("boot recorder did not finish in time")
-        return 1
-    dmesg = subprocess.run(["dmesg"], capture_output=True, text=True, check=False).stdout
-    (out / "dmesg.txt").write_text(dmesg)
-    progress("boot trace complete")
-    return 0
+        progress(f"{boot.UNIT_NAME} did not stop within {timeout:.0f}s")
+    if not unit:
+        subprocess.run(["udevadm", "settle", "--timeout=600"], check=False)
+    try:  # freeze the kernel's record before our own reads add to it
+        Path("/sys/kernel/tracing/tracing_on").write_text("0")
+        shutil.copyfile("/sys/kernel/tracing/trace", out / "witness.txt")
+    except OSError as e:
+        progress(f"no boot-time trace: {e}")
+    stats: dict[str, Any] = {
+        "unit_installed": unit,
+        "system_state": subprocess.run(["systemctl", "is-system-running"], capture_output=True,
+                                       text=True, check=False).stdout.strip(),
+        "units": {u: _systemctl_show(u, vmboot.UNIT_PROPS) for u in vmboot.UNITS},
+        "manager": _systemctl_show(None, vmboot.MANAGER_PROPS),
+        "analyze": subprocess.run(["systemd-analyze", "time"], capture_output=True, text=True,
+                                  check=False).stdout.strip(),
+        "cmdline": Path("/proc/cmdline").read_text().strip(),
+        "kernel": platform.release(),
+    } | _cpu_facts()
+    unit_file, link = Path(boot.UNIT_DIR) / boot.UNIT_NAME, Path(
+        boot.UNIT_DIR) / f"{boot.WANTED_BY}.wants" / boot.UNIT_NAME
+    if unit_file.exists():
+        shutil.copyfile(unit_file, out / boot.UNIT_NAME)
+    stats["unit_link"] = os.readlink(link) if link.is_symlink() else None
+    traces = boot.boot_traces()
+    stats["traces"] = [str(t) for t in traces]
+    for t in traces:
+        shutil.copyfile(t, out / t.name)
+    if traces:
+        shutil.copyfile(traces[0], out / "boot.jsonl")
+        kmodtrace = [sys.executable, "-m", "tracer"]
+        stats["boot_show_rc"] = _run_to(out / "boot-show.txt", [*kmodtrace, "boot", "show"])
+        with open(out / "boot-show.json", "wb") as f:
+            stats["boot_show_json_rc"] = subprocess.run(
+                [*kmodtrace, "boot", "show", "--json"], stdout=f, check=False).returncode
+        _run_to(out / "boot-status.txt", [*kmodtrace, "boot", "status"])
+    (out / "bootstats.json").write_text(json.dumps(stats, indent=1))
+    _run_to(out / "unit-journal.txt", ["journalctl", "-b", "-u", boot.UNIT_NAME,
+                                       "-o", "short-monotonic", "--no-pager"])
+    _run_to(out / "journal.txt", ["journalctl", "-b", "-o", "short-monotonic", "--no-pager"])
+    _run_to(out / "dmesg.txt", ["dmesg"])
+    progress(f"collected {len(traces)} boot trace(s) into {out}")
+    rc = 0 if traces or not unit else 1
+    (out / "collect.rc").write_text(f"{rc}\n")
+    return rc
 
 
 def main() -> int:
@@ -94,13 +189,23 @@ def main() -> int:
     ap.add_argument("--kernel-root", type=Path)
     ap.add_argument("--scenarios", default="default", help="default, or a JSON list")
     ap.add_argument("--command", help="run this shell command instead of the storms")
-    ap.add_argument("--boot-wait", action="store_true",
-                    help="the boot recorder runs already (vm --boot): wait for it to finish")
+    ap.add_argument("--boot-collect", action="store_true",
+                    help="systemd booted the guest (vm --boot): wait for the boot trace, collect")
+    ap.add_argument("--mount-out", action="store_true",
+                    help="mount the results share first, power off at the end (vm --boot)")
+    ap.add_argument("--no-unit", action="store_true", help="with --boot-collect: a boot "
+                    "without kmodtrace-boot.service (the baseline)")
     args = ap.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    if args.boot_wait:
-        return boot_wait(out)
+    if args.boot_collect:
+        if args.mount_out:
+            mount_out(out)
+        try:
+            return boot_collect(out, unit=not args.no_unit)
+        finally:
+            if args.mount_out:  # started by systemd.run=: nobody else ends the VM
+                subprocess.run(["systemctl", "poweroff", "--no-block"], check=False)
     if args.kernel_root:
         link_kernel_tree(args.kernel_root)
     release = platform.release()

@@ -267,8 +267,17 @@ def run_guest(
     module: str = "kmodlab.guest",
     extra_env: dict[str, str] | None = None,
     append: list[str] | None = None,
+    systemd: bool = False,
+    qemu_opts: list[str] | None = None,
+    prefix: list[str] | None = None,
+    console: Path | None = None,
 ) -> int:
-    """Boot KERN and run MODULE (the guest side) with GUEST_ARGS; its progress streams to us."""
+    """Boot KERN and run MODULE (the guest side) with GUEST_ARGS; its progress streams to us.
+
+    systemd: systemd is PID 1 and MODULE runs once it has started the system (vng
+    --systemd); qemu_opts: extra QEMU arguments; prefix: a command vng runs under (e.g. a
+    private mount namespace); console: write the guest's console (vng -v) to this file.
+    """
     vng = vng_path()
     if kvm is None:
         progress("checking whether KVM works here")
@@ -287,12 +296,20 @@ def run_guest(
         cmd.insert(3, "--disable-kvm")
     for arg in append or []:
         cmd[3:3] = ["--append", arg]
+    if systemd:
+        cmd.insert(3, "--systemd")
+    if qemu_opts:
+        cmd.insert(3, f"--qemu-opts={shlex.join(qemu_opts)}")  # "=": it starts with "-"
+    if console is not None:
+        cmd.insert(3, "-v")  # the boot console, on vng's stderr
+    cmd = [*(prefix or []), *cmd]
     progress(f"booting {kern.release} ({cpus} vCPUs, {'KVM' if kvm else 'software emulation'})")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     env.update(extra_env or {})
     try:
-        p = subprocess.run(cmd, env=env, timeout=timeout, check=False, cwd=out,
-                           stdin=subprocess.DEVNULL)
+        with open(console, "wb") if console is not None else open(os.devnull, "wb") as log:
+            p = subprocess.run(cmd, env=env, timeout=timeout, check=False, cwd=out,
+                               stdin=subprocess.DEVNULL, stderr=log if console else None)
     except subprocess.TimeoutExpired as e:
         raise VMError(f"the VM did not finish within {timeout:.0f}s") from e
     return p.returncode

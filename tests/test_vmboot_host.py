@@ -1,0 +1,96 @@
+"""The host side of `kmodtrace vm --boot`, without a VM: the unit copy, the command line, the
+figures taken from systemd's timestamps."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+
+from kmodlab import vm, vmboot
+from tracer import boot
+
+
+def test_the_guest_gets_what_boot_install_writes(tmp_path: Path) -> None:
+    etc = vmboot.prepare_unit_dir(True, lambda m: None, base=tmp_path / "unit")
+    assert etc == tmp_path / "unit" / "etc/systemd/system"
+    assert (etc / boot.UNIT_NAME).read_text() == boot.unit_text()
+    link = etc / f"{boot.WANTED_BY}.wants" / boot.UNIT_NAME
+    assert os.readlink(link) == f"{boot.UNIT_DIR}/{boot.UNIT_NAME}"
+    bare = vmboot.prepare_unit_dir(False, lambda m: None, base=tmp_path / "bare")
+    assert not (bare / boot.UNIT_NAME).exists()
+    assert not (bare / f"{boot.WANTED_BY}.wants" / boot.UNIT_NAME).is_symlink()
+
+
+def test_namespace_prefix(tmp_path: Path) -> None:
+    pre = vmboot.namespace_prefix(Path("/cache/unit/etc/systemd/system"),
+                                  [Path("/out"), Path("/cache")], tmp_path / "ns")
+    assert pre[:4] == ["unshare", "--mount", "--propagation", "private"]
+    assert pre[-7:] == [str(tmp_path / "ns"), "/cache/unit/etc/systemd/system",
+                        str(tmp_path / "virtme-ng.conf"), str(tmp_path / "fstab"), "/out",
+                        "/cache", "--"]
+    assert (tmp_path / "ns").is_dir()
+    assert " /var/log tmpfs " in (tmp_path / "fstab").read_text()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root")
+def test_namespace_hides_dockerenv_and_shows_the_units(tmp_path: Path) -> None:
+    """Run the real prefix with a probe instead of vng: the chrooted root has the unit
+    copy at /etc/systemd/system, no /.dockerenv, and the shared directory writable."""
+    import subprocess
+
+    units = vmboot.prepare_unit_dir(True, lambda m: None, base=tmp_path / "unit")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    probe = (f"test ! -e /.dockerenv && test -e /etc/systemd/system/{boot.UNIT_NAME} "
+             f"&& test -s $HOME/.config/virtme-ng/virtme-ng.conf "
+             f"&& test -s {vmboot.GUEST_FSTAB_PATH} && touch {shared}/written")
+    pre = vmboot.namespace_prefix(units, [shared], tmp_path / "ns")
+    p = subprocess.run([*pre, "sh", "-c", probe], capture_output=True, text=True, check=False)
+    if p.returncode != 0 and "unshare failed" in p.stderr:
+        pytest.skip(f"no mount namespaces here: {p.stderr.strip()}")
+    assert p.returncode == 0, p.stderr
+    assert (shared / "written").exists()
+
+
+def test_kernel_command_line() -> None:
+    args = vmboot.boot_append(Path("/tmp/out"), unit=False)
+    assert "trace_clock=mono" in args
+    assert any(a.startswith("trace_event=") and "syscalls:sys_exit_finit_module" in a
+               for a in args)
+    run = [shlex.split(a)[0] for a in args if "systemd.run=" in a]
+    assert len(run) == 1 and run[0].startswith("systemd.run=systemd-run --no-block")
+    assert run[0].endswith("--boot-collect --mount-out --no-unit")
+    assert "systemd.run_success_action=none" in args
+    with pytest.raises(vm.VMError):
+        vmboot.boot_append(Path("/tmp/with blank"), unit=True)
+
+
+def _props(**kw: int) -> dict[str, str]:
+    return {k: str(v) for k, v in kw.items()}
+
+
+def test_summary_from_systemd_timestamps() -> None:
+    stats = {
+        "unit_installed": True,
+        "manager": _props(UserspaceTimestampMonotonic=5_000_000,
+                          FinishTimestampMonotonic=95_000_000),
+        "units": {
+            boot.UNIT_NAME: _props(ExecMainStartTimestampMonotonic=7_000_000,
+                                   ActiveEnterTimestampMonotonic=67_500_000),
+            "systemd-udevd.service": _props(ExecMainStartTimestampMonotonic=68_000_000),
+            "systemd-udev-trigger.service": _props(ExecMainStartTimestampMonotonic=68_500_000),
+        },
+    }
+    s = vmboot.summarize(stats)
+    assert s["ready_s"] == pytest.approx(60.5) and s["unit_start_s"] == pytest.approx(2.0)
+    assert s["udevd_s"] == pytest.approx(63.0) and s["udevd_kernel_s"] == pytest.approx(68.0)
+    assert s["trigger_s"] == pytest.approx(63.5) and s["boot_finished_s"] == pytest.approx(90.0)
+    assert s["ready_before_udevd"] is True
+    assert any("start -> READY 60.5s" in line for line in vmboot.summary_lines(s))
+    bare = vmboot.summarize({"units": {"systemd-udevd.service": _props(
+        ExecMainStartTimestampMonotonic=9_000_000)}, "manager": _props(
+        UserspaceTimestampMonotonic=5_000_000)})
+    assert "ready_s" not in bare and bare["udevd_s"] == pytest.approx(4.0)
