@@ -270,3 +270,17 @@ def test_a_header_without_the_figures_still_diffs(tmp_path: Path) -> None:
         "kernel", "6.1.0-56-amd64", "?"]
     assert next(ln.split() for ln in text if ln.startswith("traced")) == ["traced", "20.04", "s",
                                                                         "-"]
+
+
+def test_boot_show_takes_minus_one_as_the_boot_before(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from tracer import boot
+
+    monkeypatch.setattr(boot, "LOG_DIR", str(tmp_path))
+    _boots(tmp_path)
+    runner = CliRunner()
+    prev = runner.invoke(main, ["boot", "show", "--json", "-1"])
+    assert prev.exit_code == 0, prev.output
+    assert json.loads(prev.stdout)["kernel"] == "6.1.0-56-amd64"
+    last = runner.invoke(main, ["boot", "show", "0"])
+    assert last.exit_code == 0 and "kernel 6.12" in last.stdout

@@ -254,7 +254,8 @@ def boot_status(root: str) -> None:
                    + ("  (this boot)" if t["this_boot"] else ""))
 
 
-@boot.command("show")
+# -1, -2 name earlier boots: not options
+@boot.command("show", context_settings={"ignore_unknown_options": True})
 @click.argument("which", required=False)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--wide", is_flag=True, help="every detail, past 100 columns")
