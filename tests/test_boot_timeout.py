@@ -95,3 +95,24 @@ def test_messages_reach_the_notify_socket(tmp_path: Path, monkeypatch: pytest.Mo
         got = srv.recv(100).decode()
     assert ext.sent >= 1
     assert got == "EXTEND_TIMEOUT_USEC=60000000"
+
+
+def test_the_extender_runs_from_the_package_import(tmp_path: Path) -> None:
+    """Under systemd the extension starts as `import tracer` runs (Python's start and the
+    imports are slow under emulation too) and the attach holds that same extender."""
+    import subprocess
+    import sys
+
+    code = ("import tracer.boot as b\n"
+            "ext = b.start_timeout_extender(print, log=print)\n"
+            "assert ext._thread is not None and ext._thread.is_alive()\n"
+            "assert b.start_timeout_extender(print) is not ext\n"
+            "with ext:\n"
+            "    pass\n"
+            "assert not ext._thread.is_alive()\n")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as srv:
+        srv.bind(str(tmp_path / "notify"))
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={"NOTIFY_SOCKET": str(tmp_path / "notify")}, check=False)
+    assert p.returncode == 0, p.stderr
+    assert "start timeout extended 0 times" in p.stdout  # the attach's log took over

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from tracer import bymodule, report, requester, udev
-from tracer.boot import StartTimeoutExtender
+from tracer.boot import start_timeout_extender
 from tracer.correlate import Correlator
 from tracer.events import Event, Kind
 from tracer.kernel import announce_form
@@ -118,7 +118,7 @@ def start(opts: Options, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -
     reorder = Reorder()
     tracer = Tracer(reorder.push, notice=lambda m: print(m, file=err))
     # under systemd: more start time while bcc compiles and the kernel attaches
-    with StartTimeoutExtender(sd_notify, log=lambda m: print(m, file=err)):
+    with start_timeout_extender(sd_notify, log=lambda m: print(m, file=err)):
         attached = tracer.attach()
     try:
         writer = TraceWriter(opts.output) if opts.output else None
