@@ -160,7 +160,10 @@ WantedBy={WANTED_BY}
 # --- the start timeout while bcc compiles ----------------------------------------------------
 
 EXTEND_EVERY_S = 5.0  # how often a progressing attach asks for more time
-EXTEND_BY_S = 60  # each request: this long from now (a stall this long times the unit out)
+# Each request: this long from now; a stall this long times the unit out. Not 60 s: while
+# Python loads libbcc (dlopen of LLVM, holding the GIL) the watching thread cannot run, and
+# under emulation on a loaded host that took over 60 s.
+EXTEND_BY_S = 180
 EXTEND_MAX_S = 1200  # never past this long after attach began: a busy loop cannot hold boot
 
 
@@ -218,6 +221,17 @@ class StartTimeoutExtender:
             self._activity = thread_activity(threading.get_native_id())
         self.start = self._clock()
         self._last = self._activity()
+        self.extend_now()
+
+    def extend_now(self) -> None:
+        """One extension at once: the caller is about to start a step no tick can watch."""
+        left = self.start + self.max_s - self._clock()
+        if left > 0:
+            try:
+                self.notify(f"EXTEND_TIMEOUT_USEC={int(min(self.extend_s, left) * 1_000_000)}")
+                self.sent += 1
+            except OSError as e:
+                self._say(f"cannot extend the start timeout: {e}")
 
     def tick(self) -> bool:
         """One look: extend if the watched thread progressed; False once past max_s."""
@@ -289,7 +303,8 @@ def extend_from_process_start() -> None:
     """
     global _early
     if _early is None and os.environ.get("NOTIFY_SOCKET"):
-        _early = StartTimeoutExtender(_sd_notify).__enter__()
+        _early = StartTimeoutExtender(_sd_notify, log=lambda m: print(m, file=sys.stderr))
+        _early.__enter__()
 
 
 def start_timeout_extender(notify: Callable[[str], None],
@@ -301,6 +316,7 @@ def start_timeout_extender(notify: Callable[[str], None],
     if ext is None:
         return StartTimeoutExtender(notify, log=log)
     ext._log = log
+    ext.extend_now()  # the attach begins by loading libbcc, which the ticks cannot watch
     return ext
 
 
