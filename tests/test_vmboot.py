@@ -153,7 +153,10 @@ def test_witness_saw_every_load_and_only_those(booted: BootRun) -> None:
         loads.sort(key=lambda ld: ld["start_ns"])
         assert [ld["ret"] for ld in loads] == [ret for _, ret in theirs[tid]], tid
         for ld, (ts, _) in zip(loads, theirs[tid], strict=True):
-            assert abs(ld["start_ns"] - ts) < 5_000_000, (ld, ts)  # same call, same clock
+            # the same call on the same clock; the BPF program and the ftrace event run one
+            # after the other, and under emulation an overloaded host preempts the vCPU in
+            # between (83 ms seen with 16 vCPUs on 2 cores): order and returns are the check
+            assert abs(ld["start_ns"] - ts) < 1_000_000_000, (ld, ts)
 
 
 def test_the_per_cpu_storm(booted: BootRun) -> None:
