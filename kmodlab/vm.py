@@ -265,7 +265,6 @@ def run_guest(
     kvm: bool | None = None,
     timeout: float = 1800,
     module: str = "kmodlab.guest",
-    extra_env: dict[str, str] | None = None,
     append: list[str] | None = None,
     systemd: bool = False,
     qemu_opts: list[str] | None = None,
@@ -305,7 +304,6 @@ def run_guest(
     cmd = [*(prefix or []), *cmd]
     progress(f"booting {kern.release} ({cpus} vCPUs, {'KVM' if kvm else 'software emulation'})")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
-    env.update(extra_env or {})
     try:
         with open(console, "wb") if console is not None else open(os.devnull, "wb") as log:
             p = subprocess.run(cmd, env=env, timeout=timeout, check=False, cwd=out,
