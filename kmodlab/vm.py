@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kmodlab import programs
 from tracer import record
 
 Progress = Callable[[str], None]
@@ -119,7 +120,7 @@ def _depends_release(pkg_info: str) -> str | None:
 
 def stable_kernel(progress: Progress) -> KernelImage:
     """The kernel linux-image-amd64 names, installed (with its headers) if missing."""
-    need = ["linux-image-amd64", "linux-headers-amd64"]
+    need = programs.packages("kernel")  # linux-image-amd64, linux-headers-amd64
     if missing_packages(need):
         apt_install(need, progress, "installing Debian's stable kernel and headers with apt")
     info = run_step(["dpkg-query", "-s", "linux-image-amd64"], progress,
