@@ -10,6 +10,7 @@ own boot-time trace of the same boot (the witness).
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -200,3 +201,53 @@ def test_the_per_cpu_storm(booted: BootRun) -> None:
         assert max(starts) - min(starts) > 0
     print("\n".join(rows))
     assert len(stormed) >= 5, rows  # crc32c_intel, ghash_clmulni_intel, sha*_ssse3...
+
+
+def cpu_alias_patterns(release: str) -> dict[str, list[str]]:
+    """module -> its cpu: alias patterns in modules.alias (fnmatch syntax)."""
+    text = Path(f"/lib/modules/{release}/modules.alias").read_text()
+    out: dict[str, list[str]] = defaultdict(list)
+    for m in re.finditer(r"(?m)^alias (cpu:type:x86\S*) (\S+)$", text):
+        out[m[2]].append(m[1])
+    return out
+
+
+def test_every_udev_load_names_its_device_and_modalias(booted: BootRun) -> None:
+    """Each load a udev worker made names the device it was for and the MODALIAS udev
+    looked up; for a module with a cpu: alias that is a CPU device, each CPU once, and
+    the MODALIAS matches one of the module's own alias patterns (as libkmod matched it)."""
+    ncpu = booted.stats["cpu_devices"]
+    patterns = cpu_alias_patterns(booted.trace.header["kernel"])
+    udev_loads = [ld for ld in booted.show["loads"] if ld["comm"] == "(udev-worker)"]
+    assert udev_loads
+    assert all(ld["devpath"] and ld["subsystem"] for ld in udev_loads), [
+        ld for ld in udev_loads if not ld["devpath"]][:3]
+    cpus = {f"/devices/system/cpu/cpu{i}" for i in range(ncpu)}
+    stormed = 0
+    for mod, pats in patterns.items():
+        loads = [ld for ld in udev_loads if _name(ld["module"]) == mod]
+        if not loads or not any(ld["ret"] == 0 for ld in loads):
+            continue
+        stormed += 1
+        assert {ld["devpath"] for ld in loads} == cpus, mod
+        assert {ld["subsystem"] for ld in loads} == {"cpu"}, mod
+        for ld in loads:
+            assert any(fnmatch.fnmatchcase(ld["alias"], p) for p in pats), (mod, ld["alias"])
+        row = booted.show["by_module"][mod]
+        assert row["devices"] == {path: 1 for path in cpus}
+        assert row["subsystems"] == {"cpu": ncpu}
+    assert stormed >= 5
+
+
+def test_boot_show_answers_at_a_glance(booted: BootRun) -> None:
+    """The text `boot show` printed in the guest: repeated modules first, with their
+    devices counted per subsystem, within 100 columns."""
+    text = (booted.out / "boot-show.txt").read_text()
+    lines = [ln for ln in text.splitlines() if not ln.startswith("boot trace ")]
+    assert all(len(ln) <= 100 for ln in lines), [ln for ln in lines if len(ln) > 100]
+    assert "modules tried more than once" in text and "of vmalloc wasted" in text
+    assert "module loading in flight" in text
+    ncpu = booted.stats["cpu_devices"]
+    crc = next(ln.split() for ln in lines if ln.startswith("crc32c_intel "))
+    assert crc[1:4] == [str(ncpu), "1", f"EEXIST:{ncpu - 1}"]
+    assert f"cpu:{ncpu}" in crc

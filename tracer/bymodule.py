@@ -191,8 +191,9 @@ def _aliases(row: ModuleRow, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-COLUMNS = ("MODULE", "REQS", "DUPS", "TRIES", "OK", "FAILED", "WASTED", "SPAN(ms)",
-           "LOAD(ms)", "DEVICES", "ALIASES")
+# What a boot debugger asks first comes first: the devices before the request counts.
+COLUMNS = ("MODULE", "TRIES", "OK", "FAILED", "WASTED", "DEVICES", "SPAN(s)", "LOAD(s)",
+           "REQS", "DUPS", "ALIASES")
 
 
 def table_rows(rows: dict[str, ModuleRow], alias_width: int = 18) -> list[tuple[str, ...]]:
@@ -206,10 +207,10 @@ def table_rows(rows: dict[str, ModuleRow], alias_width: int = 18) -> list[tuple[
         failed = ",".join(f"{k}:{n}" for k, n in sorted(r.failures.items())) or "0"
         if r.converged:
             failed += f",conv:{r.converged}" if r.failures else f" conv:{r.converged}"
-        out.append((r.module[:20], str(r.requests), str(r.duplicates), str(r.attempts),
-                    str(r.ok), failed,
-                    human_bytes(r.wasted_bytes), f"{r.span_ns / 1e6:.1f}",
-                    f"{r.load_ns / 1e6:.1f}", _devices(r), _aliases(r, alias_width)))
+        out.append((r.module[:20], str(r.attempts), str(r.ok), failed,
+                    human_bytes(r.wasted_bytes), _devices(r), f"{r.span_ns / 1e9:.3f}",
+                    f"{r.load_ns / 1e9:.3f}", str(r.requests), str(r.duplicates),
+                    _aliases(r, alias_width)))
     return out
 
 

@@ -277,7 +277,7 @@ def boot_show(which: str | None, as_json: bool, wide: bool) -> None:
         fail(str(e))
     for line in report.render_boot(trace, rep, wide):
         click.echo(line)
-    click.echo(f"(every request and load: kmodtrace report {path})")
+    click.echo(f"every request and load:\n  kmodtrace report {path}")
 
 
 @boot.command("diff", context_settings={"ignore_unknown_options": True})  # A may be -1
