@@ -227,11 +227,15 @@ class StartTimeoutExtender:
         """One extension at once: the caller is about to start a step no tick can watch."""
         left = self.start + self.max_s - self._clock()
         if left > 0:
-            try:
-                self.notify(f"EXTEND_TIMEOUT_USEC={int(min(self.extend_s, left) * 1_000_000)}")
-                self.sent += 1
-            except OSError as e:
-                self._say(f"cannot extend the start timeout: {e}")
+            self._extend(left)
+
+    def _extend(self, left: float) -> None:
+        """Ask for extend_s more, never past max_s after the start (LEFT seconds away)."""
+        try:
+            self.notify(f"EXTEND_TIMEOUT_USEC={int(min(self.extend_s, left) * 1_000_000)}")
+            self.sent += 1
+        except OSError as e:
+            self._say(f"cannot extend the start timeout: {e}")
 
     def tick(self) -> bool:
         """One look: extend if the watched thread progressed; False once past max_s."""
@@ -248,12 +252,7 @@ class StartTimeoutExtender:
             self._say(f"attach {'stalled' if self._stalled else 'moving again'} "
                       f"{now - self.start:.0f}s in")
         if progressed:
-            usec = int(min(self.extend_s, left) * 1_000_000)
-            try:
-                self.notify(f"EXTEND_TIMEOUT_USEC={usec}")
-                self.sent += 1
-            except OSError as e:
-                self._say(f"cannot extend the start timeout: {e}")
+            self._extend(left)
         return True
 
     def _say(self, msg: str) -> None:

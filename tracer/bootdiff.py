@@ -158,8 +158,9 @@ def resolve(which: str, log_dir: str | os.PathLike[str]) -> Path:
 def load_boot(path: str | os.PathLike[str]) -> Boot:
     """Replay the trace in PATH; TraceFormatError (a ValueError) if it is not one."""
     trace, rep = report.load(str(path))
-    return Boot(str(path), trace.header, trace.features.profile.name,
-                bymodule.join(rep.requests, rep.loads), report.loading_json(trace, rep))
+    rows = bymodule.join(rep.requests, rep.loads)
+    return Boot(str(path), trace.header, trace.features.profile.name, rows,
+                report.loading_json(trace, rep, rows))
 
 
 def _order(d: ModuleDiff) -> tuple[int, int, int, str]:

@@ -290,6 +290,7 @@ def document(trace: Trace, rep: Replay) -> dict[str, Any]:
     """The `report --json` document (see the README for the schema)."""
     trailer = trace.trailer or {}
     ksyms = trace.ksyms
+    rows = bymodule.join(rep.requests, rep.loads)
     return {
         "version": REPORT_VERSION,
         "kernel": trace.header.get("kernel"), "profile": trace.features.profile.name,
@@ -301,9 +302,8 @@ def document(trace: Trace, rep: Replay) -> dict[str, Any]:
         "loads": [load_json(ld, v) | proc_json(trace.procs, ld.pid, ld.comm)
                   for ld, v in rep.loads],
         "modules": {k: module_json(m) for k, m in rep.judge.model.modules().items()},
-        "by_module": {k: row.to_json()
-                      for k, row in bymodule.join(rep.requests, rep.loads).items()},
-        "loading": loading_json(trace, rep),
+        "by_module": {k: row.to_json() for k, row in rows.items()},
+        "loading": loading_json(trace, rep, rows),
     }
 
 
@@ -349,10 +349,11 @@ def module_summary(rows: dict[str, bymodule.ModuleRow], stats: dict[str, ModuleS
 # --- `boot show`: the boot debugger's questions at a glance ----------------------------------
 
 
-def loading_json(trace: Trace, rep: Replay) -> dict[str, Any]:
-    """How much of the traced time went to module loading, and what the repeats cost."""
+def loading_json(trace: Trace, rep: Replay,
+                 rows: dict[str, bymodule.ModuleRow]) -> dict[str, Any]:
+    """How much of the traced time went to module loading, and what the repeats cost
+    (ROWS: bymodule.join of the same replay)."""
     start, end = trace.header.get("start_mono_ns"), (trace.trailer or {}).get("end_mono_ns")
-    rows = bymodule.join(rep.requests, rep.loads)
     return {
         "traced_from_ns": start if type(start) is int else None,
         "traced_to_ns": end if type(end) is int else None,
@@ -366,7 +367,8 @@ def loading_json(trace: Trace, rep: Replay) -> dict[str, Any]:
 def render_boot(trace: Trace, rep: Replay, wide: bool = False) -> list[str]:
     """Which modules were tried more than once and by which devices, the vmalloc they
     wasted, their first-to-last span and the boot's share spent loading modules."""
-    load = loading_json(trace, rep)
+    rows = bymodule.join(rep.requests, rep.loads)
+    load = loading_json(trace, rep, rows)
     start, end = load["traced_from_ns"], load["traced_to_ns"]
     traced = end - start if start is not None and end is not None else 0
     h = trace.header
@@ -376,7 +378,6 @@ def render_boot(trace: Trace, rep: Replay, wide: bool = False) -> list[str]:
         out.append(f"traced from {start / 1e9:.2f} s after boot"
                    + (f" to {end / 1e9:.2f} s" if end is not None else " (no trailer)")
                    + "; loads before the tracer attached are not in it")
-    rows = bymodule.join(rep.requests, rep.loads)
     for line in bymodule.headline(rows, load["busy_ns"], traced):
         out += [line] if wide else textwrap.wrap(line, LINE_WIDTH)
     out.append("")
