@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import textwrap
-from typing import IO, Any
+from typing import Any
 
 from tracer import bymodule
 from tracer.kernel import announce_form
@@ -257,11 +257,6 @@ def table_lines(columns: tuple[str, ...], rows: list[tuple[str, ...]],
     if keep < len(columns):
         out.append(f"(--wide adds {', '.join(columns[keep:])})"[:width])
     return out
-
-
-def print_table(out: IO[str], columns: tuple[str, ...], rows: list[tuple[str, ...]],
-                width: int | None = None) -> None:
-    out.write("".join(line + "\n" for line in table_lines(columns, rows, width)))
 
 
 def module_json(m: ModuleStats) -> dict[str, Any]:
