@@ -29,6 +29,10 @@ def fail(msg: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+def _notice(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
 def progress(msg: str) -> None:
     click.echo(f"[{time.strftime('%H:%M:%S')}] {msg}", err=True)
 
@@ -92,6 +96,12 @@ announce_option = click.option(
     help="dups.c announce form to model (default: detected, else deferred)")
 
 
+early_option = click.option(
+    "--early/--no-early", default=True, show_default=True,
+    help="merge what the kernel's boot-time tracing recorded before attaching (see "
+         "`kmodtrace boot install`)")
+
+
 def _trace(opts: Options) -> None:
     try:
         run = start(opts)
@@ -117,11 +127,12 @@ def _trace(opts: Options) -> None:
               help="also record to FILE (never through a symlink)")
 @click.option("--ready-file", type=click.Path(dir_okay=False),
               help="write the attach time here once every probe is attached")
+@early_option
 @ebpf_option
 @announce_option
 def live(pid: int | None, module: str | None, failed_only: bool, timestamps: bool,
          as_json: bool, wide: bool, duration: float | None, output: str | None,
-         ready_file: str | None,
+         ready_file: str | None, early: bool = True,
          announce: str | None = None) -> None:
     """Print one line per request and load as they finish; a summary at exit.
 
@@ -135,7 +146,7 @@ def live(pid: int | None, module: str | None, failed_only: bool, timestamps: boo
     """
     _trace(Options(output=output, duration=duration, pid=pid, module=module,
                    timestamps=timestamps, json=as_json, ready_file=ready_file,
-                   failed_only=failed_only, wide=wide, announce=announce))
+                   failed_only=failed_only, wide=wide, announce=announce, early=early))
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -146,15 +157,17 @@ def live(pid: int | None, module: str | None, failed_only: bool, timestamps: boo
               help="write the attach time here once every probe is attached")
 @click.option("--until-settled", type=click.FloatRange(min=0.1), metavar="SECONDS",
               help="stop once boot finished and udev's queue stayed empty this long")
+@early_option
 @ebpf_option
 @announce_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def record(output: str, duration: float | None, ready_file: str | None,
-           until_settled: float | None, command: tuple[str, ...],
+           until_settled: float | None, command: tuple[str, ...], early: bool = True,
            announce: str | None = None) -> None:
     """Record a trace to FILE, around COMMAND if given (kmodtrace record -o F -- CMD...)."""
     _trace(Options(output=output, duration=duration, quiet=True, command=list(command),
-                   ready_file=ready_file, until_settled=until_settled, announce=announce))
+                   ready_file=ready_file, until_settled=until_settled, announce=announce,
+                   early=early))
 
 
 @main.command(name="report")
@@ -209,17 +222,61 @@ def boot() -> None:
     """Record module loading from early boot with a systemd unit."""
 
 
+kernel_option = click.option(
+    "--kernel", metavar="RELEASE|PATH",
+    help="the kernel whose BTF gives the boot-time probes' offsets: an installed release or "
+         "a vmlinuz path (default: the running kernel)")
+buffer_option = click.option(
+    "--buffer-kb", type=click.IntRange(min=16), default=512, show_default=True,
+    help="boot-time trace buffer per CPU (trace_buf_size), in KiB")
+
+
 @boot.command("install")
 @click.option("--root", default="/", show_default=True, help="install into another root")
-def boot_install(root: str) -> None:
-    """Install and enable kmodtrace-boot.service (idempotent)."""
+@click.option("--bootloader", is_flag=True,
+              help="also record from the kernel's first instant: write a GRUB drop-in with "
+                   "the boot-time tracing words and run update-grub")
+@kernel_option
+@buffer_option
+def boot_install(root: str, bootloader: bool, kernel: str | None, buffer_kb: int) -> None:
+    """Install and enable kmodtrace-boot.service (idempotent), and arrange (or print) the
+    kernel command line that records what happens before it attaches."""
     from tracer import boot as bootmod
+    from tracer import bootline
 
+    notice = _notice
     try:
-        changed = bootmod.install(root=root, notice=lambda m: click.echo(m, err=True))
+        changed = bootmod.install(root=root, notice=notice)
     except bootmod.BootError as e:
         fail(str(e))
+    try:
+        text = bootline.line(kernel, buffer_kb)
+        if bootloader:
+            changed += bootline.install(root, text, notice)
+    except bootline.BootLineError as e:
+        if bootloader:
+            fail(str(e))
+        notice(f"no boot-time tracing: {e}")
+        text = ""
     click.echo("\n".join(f"wrote {p}" for p in changed) or "already installed")
+    if text and not bootloader:
+        click.echo(f"To see the boot before the tracer attaches, {bootline.where_to_add()}")
+        click.echo(text)
+
+
+@boot.command("cmdline")
+@kernel_option
+@buffer_option
+@click.option("--grub", is_flag=True, help="quoted for a GRUB linux line")
+def boot_cmdline(kernel: str | None, buffer_kb: int, grub: bool) -> None:
+    """Print the kernel command line words of boot-time tracing."""
+    from tracer import bootline
+
+    try:
+        text = bootline.line(kernel, buffer_kb)
+    except bootline.BootLineError as e:
+        fail(str(e))
+    click.echo(bootline.grub_quoted(text) if grub else text)
 
 
 @boot.command("uninstall")
@@ -227,12 +284,19 @@ def boot_install(root: str) -> None:
 def boot_uninstall(root: str) -> None:
     """Remove what install wrote; recorded traces are kept (idempotent)."""
     from tracer import boot as bootmod
+    from tracer import bootline
 
+    notice = _notice
     try:
-        changed = bootmod.uninstall(root=root, notice=lambda m: click.echo(m, err=True))
-    except bootmod.BootError as e:
+        changed = bootmod.uninstall(root=root, notice=notice)
+        changed += bootline.uninstall(root, notice)
+    except (bootmod.BootError, bootline.BootLineError) as e:
         fail(str(e))
     click.echo("\n".join(f"removed {p}" for p in changed) or "not installed")
+    if os.path.realpath(root) == "/" and bootline.this_boot_has_it() \
+            and not bootline.installed(root):
+        notice("this boot's kernel command line still has the boot-time tracing words: "
+               "remove them where you added them")
 
 
 @boot.command("status")
@@ -240,11 +304,16 @@ def boot_uninstall(root: str) -> None:
 def boot_status(root: str) -> None:
     """Whether the unit is installed and enabled, and the recorded boots."""
     from tracer import boot as bootmod
+    from tracer import bootline
 
     st = bootmod.status(root=root)
     click.echo(f"{st['unit']}: {'installed' if st['installed'] else 'not installed'}, "
                f"{'enabled' if st['enabled'] else 'not enabled'}"
                + ("" if st["current"] or not st["installed"] else ", out of date"))
+    click.echo("boot-time tracing: "
+               + ("on this boot" if bootline.this_boot_has_it() else "not on this boot")
+               + (f", GRUB drop-in {bootline.GRUB_DROPIN} installed" if bootline.installed(root)
+                  else ""))
     for w in st["warnings"]:
         click.echo(f"warning: {w}")
     if st.get("systemd"):

@@ -164,3 +164,17 @@ def kernel_headers_present(release: str | None = None) -> bool:
     return os.path.isdir(f"/lib/modules/{release}/build/include") or os.path.exists(
         "/sys/kernel/kheaders.tar.xz"
     )
+
+
+def early_file_hook(has_function: Callable[[str], bool]) -> tuple[str, int | None]:
+    """Where a boot-time kprobe sees the struct file of a finit_module call: (symbol,
+    index of its kernel_read_file_id argument, or None).
+
+    idempotent_init_module(f, uargs, flags) sees every call, waiters included: commit
+    9b9879fc0327 "modules: catch concurrent module loads, treat them as idempotent"
+    (6.6). Before it (or where it is inlined) kernel_read_file(file, offset, buf,
+    buf_size, file_size, id) reads the module; a call that fails before reading shows
+    no file there."""
+    if has_function("idempotent_init_module"):
+        return "idempotent_init_module", None
+    return "kernel_read_file", 5

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from tracer import bymodule, report, requester, udev
+from tracer import btf, bymodule, early, kernel, report, requester, udev
 from tracer.boot import start_timeout_extender
 from tracer.correlate import Correlator
 from tracer.events import Event, Kind
@@ -51,6 +51,7 @@ class Options:
     ready_file: str | None = None
     until_settled: float | None = None  # stop once udev and boot settle this long
     announce: str | None = None  # --announce: the dups.c form to model, over detection
+    early: bool = True  # drain the kernel's boot-time trace (tracer/early.py) at attach
 
 
 class Filter:
@@ -106,6 +107,9 @@ class Reorder:
         while self._heap and (upto_ns is None or self._heap[0][0] <= upto_ns):
             yield heapq.heappop(self._heap)[2]
 
+    def pending(self) -> list[Event]:
+        return [ev for _, _, ev in self._heap]
+
 
 def start(opts: Options, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> Run:
     """Attach the probes and return a Run ready to trace; TracerError or TraceOutputError
@@ -118,14 +122,16 @@ def start(opts: Options, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -
     reorder = Reorder()
     tracer = Tracer(reorder.push, notice=lambda m: print(m, file=err))
     # under systemd: more start time while bcc compiles and the kernel attaches
+    begin_ns = time.monotonic_ns()
     with start_timeout_extender(sd_notify, log=lambda m: print(m, file=err)):
         attached = tracer.attach()
+    window = (begin_ns, time.monotonic_ns())
     try:
         writer = TraceWriter(opts.output) if opts.output else None
     except BaseException:
         tracer.close()
         raise
-    return Run(opts, tracer, attached, reorder, writer, out, err)
+    return Run(opts, tracer, attached, reorder, writer, out, err, window)
 
 
 class Run:
@@ -136,8 +142,12 @@ class Run:
 
     def __init__(self, opts: Options, tracer: Tracer, attached: Attached, reorder: Reorder,
                  writer: TraceWriter | None, out: IO[str] = sys.stdout,
-                 err: IO[str] = sys.stderr) -> None:
+                 err: IO[str] = sys.stderr, window: tuple[int, int] | None = None) -> None:
         self.opts, self.out, self.err = opts, out, err
+        # when attaching began and ended (CLOCK_MONOTONIC): the early trace's seam
+        now = time.monotonic_ns()
+        self.window = window or (now, now)
+        self._early: set[int] = set()  # id() of drained events not yet released
         self.filter = Filter(opts.pid, opts.module, opts.failed_only)
         self.tracer, self.attached, self.reorder = tracer, attached, reorder
         self.writer = writer  # None: not recording
@@ -160,8 +170,39 @@ class Run:
         # (pid, comm) -> (cmdline, parent chain), read while the process lives
         self.procs: Procs = {}
 
+    def drain_early(self) -> None:
+        """Merge what the kernel recorded before the probes were attached (boot-time
+        tracing, `kmodtrace boot install`): those events first, each event once."""
+        root = kernel.tracefs()
+        if not self.opts.early or root is None:
+            return
+        time.sleep(0.05)  # BPF events of the attach window still in flight land
+        self.tracer.drain()
+        try:
+            kernel_btf: btf.BTF | None = btf.load()
+        except btf.BTFError:
+            kernel_btf = None
+        try:
+            with open("/proc/cmdline") as f:
+                cmdline = f.read()
+        except OSError:
+            cmdline = ""
+        drained = early.drain(root, *self.window, self.reorder.pending(), kernel_btf, cmdline)
+        if drained.info.get("probes"):
+            drained.info["switched_off"] = early.probes_off(root)
+        for ev in drained.events:
+            self._early.add(id(ev))
+            self.reorder.push(ev)
+        if self.writer is not None:
+            self.writer.write({"type": "early", **drained.info})
+        if drained.events or "gap" in drained.info:
+            print(early.summary(drained.info), file=self.err)
+
     def _release(self, upto_ns: int | None) -> None:
         for ev in self.reorder.pop_until(upto_ns):
+            is_early = id(ev) in self._early
+            if is_early:
+                self._early.discard(id(ev))
             if ev.kind == Kind.MOD_LOAD:
                 self.kallsyms.invalidate()  # its symbols are new
             elif ev.kind == Kind.REQ_ENTER and ev.ip not in self.ksyms:
@@ -169,12 +210,15 @@ class Run:
                 self.ksyms[ev.ip] = self.kallsyms.module_of(ev.ip) or ""
             # kthreadd's children (pid 2) have no cmdline to read: skipping them keeps a
             # kernel-thread storm from costing a /proc walk per thread
-            if ev.kind in _STARTS and ev.ppid != 2 and (ev.pid, ev.comm) not in self.procs:
+            # an early event's process is long gone, and its pid may be another's now
+            if is_early:
+                pass
+            elif ev.kind in _STARTS and ev.ppid != 2 and (ev.pid, ev.comm) not in self.procs:
                 self._describe(ev)
             elif ev.kind == Kind.UDEV_DEVICE:
                 self._describe_device(ev)
             if self.writer is not None:
-                self.writer.event(ev)
+                self.writer.event(ev, early=is_early)
             self.correlator.feed(ev)
 
     def _describe(self, ev: Event) -> None:
@@ -243,6 +287,7 @@ class Run:
         if self.opts.ready_file:
             with open(self.opts.ready_file, "w") as f:
                 f.write(f"{attached.attach_s:.3f}\n")
+        self.drain_early()
         sd_notify("READY=1")
         try:
             child = subprocess.Popen(self.opts.command) if self.opts.command else None

@@ -26,6 +26,7 @@ from tracer.kernel import Features
 FORMAT = "kmodtrace-trace"
 FORMAT_VERSION = 1
 _DEFAULTS = Event().to_dict()
+_EVENT_KEYS = _DEFAULTS.keys() | {"type", "early"}
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 # How `record` makes a file that `report` reads: the fix named in format errors.
 _HOW = "give a file written by `kmodtrace record -o FILE`"
@@ -124,9 +125,11 @@ class TraceWriter:
     def write(self, obj: dict[str, Any]) -> None:
         os.write(self._fd, orjson.dumps(obj) + b"\n")
 
-    def event(self, ev: Event) -> None:
+    def event(self, ev: Event, early: bool = False) -> None:
         d = {k: v for k, v in ev.to_dict().items() if v != _DEFAULTS[k] or k == "kind"}
         d["type"] = "event"
+        if early:  # drained from the kernel's boot-time trace (tracer/early.py)
+            d["early"] = 1
         self.write(d)
 
     def proc(self, pid: int, comm: str, cmdline: str, parents: tuple[str, ...]) -> None:
@@ -155,6 +158,8 @@ class Trace:
     bad_lines: int = 0
     procs: Procs = field(default_factory=dict)
     modaliases: dict[str, str] = field(default_factory=dict)  # devpath -> MODALIAS
+    early: dict[str, Any] | None = None  # the "early" record: the boot-time trace drained
+    early_events: int = 0  # events marked early
 
     @property
     def features(self) -> Features:
@@ -197,7 +202,7 @@ def iter_lines(path: str) -> Iterator[tuple[int, str]]:
 
 
 def _event(obj: dict[str, Any]) -> Event | None:
-    if "kind" not in obj or not obj.keys() <= _DEFAULTS.keys() | {"type"}:
+    if "kind" not in obj or not obj.keys() <= _EVENT_KEYS:
         return None
     try:
         return Event.from_dict(obj)
@@ -250,6 +255,8 @@ def read_trace(path: str) -> Trace:
                 trace.bad(n)
             else:
                 trace.events.append(ev)
+                if "early" in obj:
+                    trace.early_events += 1
         elif kind == "proc":
             proc = _proc(obj)
             if proc is None:
@@ -262,6 +269,8 @@ def read_trace(path: str) -> Trace:
                 trace.modaliases[devpath] = modalias
             else:
                 trace.bad(n)
+        elif kind == "early" and trace.early is None:
+            trace.early = obj
         elif kind == "trailer" and trace.trailer is None:
             trace.trailer = obj
         else:

@@ -6,7 +6,7 @@ import errno
 import textwrap
 from typing import Any
 
-from tracer import bymodule
+from tracer import bymodule, early
 from tracer.kernel import announce_form
 from tracer.model import (
     LoadVerdict,
@@ -299,6 +299,9 @@ def document(trace: Trace, rep: Replay) -> dict[str, Any]:
         "modules": {k: module_json(m) for k, m in rep.judge.model.modules().items()},
         "by_module": {k: row.to_json() for k, row in rows.items()},
         "loading": loading_json(trace, rep, rows),
+        "early": None if trace.early is None else {
+            k: v for k, v in trace.early.items() if k != "type"} | {
+            "events_in_trace": trace.early_events},
     }
 
 
@@ -318,6 +321,8 @@ def render_text(trace: Trace, rep: Replay, wide: bool = False) -> list[str]:
                f"{len(trace.events)} events, lost {lost}")
     note = profile_note(trace.features.profile)
     out += [note] if wide else textwrap.wrap(note, LINE_WIDTH)
+    line = early.summary(trace.early, trace.early_events)
+    out += [line] if wide else textwrap.wrap(line, LINE_WIDTH)
     if trace.trailer is None:
         out.append("trace has no trailer: the recorder was killed; all written events used")
     if trace.first_bad_line is not None:
@@ -350,7 +355,8 @@ def loading_json(trace: Trace, rep: Replay,
     (ROWS: bymodule.join of the same replay)."""
     start, end = trace.header.get("start_mono_ns"), (trace.trailer or {}).get("end_mono_ns")
     return {
-        "traced_from_ns": start if type(start) is int else None,
+        "traced_from_ns": early.traced_from_ns(trace.early, start if type(start) is int else None),
+        "tracer_attached_ns": start if type(start) is int else None,
         "traced_to_ns": end if type(end) is int else None,
         "busy_ns": bymodule.busy_ns(ld for ld, _ in rep.loads),
         "attempts": sum(r.attempts for r in rows.values()),
@@ -371,8 +377,9 @@ def render_boot(trace: Trace, rep: Replay, wide: bool = False) -> list[str]:
            f"{h.get('cpus')} CPUs  profile {trace.features.profile.name}"]
     if start is not None:
         out.append(f"traced from {start / 1e9:.2f} s after boot"
-                   + (f" to {end / 1e9:.2f} s" if end is not None else " (no trailer)")
-                   + "; loads before the tracer attached are not in it")
+                   + (f" to {end / 1e9:.2f} s" if end is not None else " (no trailer)"))
+    line = early.summary(trace.early, trace.early_events)
+    out += [line] if wide else textwrap.wrap(line, LINE_WIDTH)
     for line in bymodule.headline(rows, load["busy_ns"], traced):
         out += [line] if wide else textwrap.wrap(line, LINE_WIDTH)
     out.append("")
