@@ -337,10 +337,14 @@ def systemd_boot_finished() -> bool:
         return True
     try:
         p = subprocess.run(["systemctl", "is-system-running"], capture_output=True, text=True,
-                           timeout=5, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return True  # cannot tell: rely on the udev queue and max_s
-    return p.stdout.strip() not in ("initializing", "starting")
+                           timeout=30, check=False)
+    except OSError:
+        return True  # no systemctl to ask: rely on the udev queue and max_s
+    except subprocess.TimeoutExpired:
+        return False  # a busy boot: ask again
+    # Only a state past start-up counts: under load systemctl can fail to reach PID 1 and
+    # print nothing, which once ended a 16-vCPU recording before udev's coldplug.
+    return p.stdout.strip() in ("running", "degraded", "maintenance", "stopping")
 
 
 class SettleWatcher:

@@ -195,8 +195,8 @@ class Run:
             self.reorder.push(ev)
         if self.writer is not None:
             self.writer.write({"type": "early", **drained.info})
-        if drained.events or "gap" in drained.info:
-            print(early.summary(drained.info), file=self.err)
+        if drained.info.get("configured") or drained.info.get("probes"):
+            print(early.summary(drained.info), file=self.err)  # silent where not asked for
 
     def _release(self, upto_ns: int | None) -> None:
         for ev in self.reorder.pop_until(upto_ns):
