@@ -114,6 +114,13 @@ def mount_out(out: Path) -> None:
     raise SystemExit(f"guest: no share for {out} on the kernel command line")
 
 
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as e:
+        return f"(cannot read: {e.strerror})"
+
+
 def boot_collect(out: Path, unit: bool, timeout: float = 2400) -> int:
     """Runs once systemd has started the system (vm --boot): wait for the unit, collect.
 
@@ -153,6 +160,8 @@ def boot_collect(out: Path, unit: bool, timeout: float = 2400) -> int:
                                   check=False).stdout.strip(),
         "cmdline": Path("/proc/cmdline").read_text().strip(),
         "kernel": platform.release(),
+        "kprobe_events": _read("/sys/kernel/tracing/kprobe_events"),
+        "modules": sorted(line.split()[0] for line in _read("/proc/modules").splitlines()),
     } | _cpu_facts()
     unit_file, link = Path(boot.UNIT_DIR) / boot.UNIT_NAME, Path(
         boot.UNIT_DIR) / f"{boot.WANTED_BY}.wants" / boot.UNIT_NAME

@@ -271,6 +271,7 @@ def run_guest(
     qemu_opts: list[str] | None = None,
     prefix: list[str] | None = None,
     console: Path | None = None,
+    exec_command: list[str] | None = None,
 ) -> int:
     """Boot KERN and run MODULE (the guest side) with GUEST_ARGS; its progress streams to us.
 
@@ -291,10 +292,10 @@ def run_guest(
     inner += guest_args
     cmd = [vng, "--run", str(kern.vmlinuz), "--cpus", str(cpus), "--memory", memory,
            "--rwdir", str(out), "--rwdir", str(cache), "--cwd", str(out),
-           "--exec", shlex.join(inner)]
+           "--exec", shlex.join(exec_command or inner)]
     if not kvm:
         cmd.insert(3, "--disable-kvm")
-    for arg in append or []:
+    for arg in reversed(append or []):  # each goes in front: keep their order (last wins)
         cmd[3:3] = ["--append", arg]
     if systemd:
         cmd.insert(3, "--systemd")

@@ -74,16 +74,41 @@ def collector_command(out: Path, unit: bool) -> list[str]:
             "--property=StandardOutput=journal+console", *guest]
 
 
-def boot_append(out: Path, unit: bool) -> list[str]:
-    """The kernel command line we add: the witness, and the collector (see above)."""
+# The collector's command, as a script in the guest's root (the namespace's overlay): the
+# kernel command line holds 2048 bytes, and the boot-time tracing words need 800 of them.
+COLLECT_PATH = "/etc/kmodtrace-vmboot-collect"
+
+
+def collect_script(out: Path, unit: bool) -> str:
     words = collector_command(out, unit)
     if any(re.search(r"[\s\"'\\]", w) for w in words):
-        raise vm.VMError(f"paths with quotes or blanks cannot go on the kernel command line: "
+        raise vm.VMError(f"paths with quotes or blanks cannot go in the collector's command: "
                          f"{words}")
-    cmd = " ".join(words)
-    return [*witness_append(), shlex.quote(f"systemd.run={cmd}"),
+    return f"#!/bin/sh\nexec {' '.join(words)}\n"
+
+
+def boot_append(early_line: str | None) -> list[str]:
+    """The kernel command line we add: the witness, and the collector (see above).
+
+    EARLY_LINE: the words `kmodtrace boot cmdline` prints (the unit's boot: what a user
+    adds to the boot loader), which also give the witness its events; a bigger buffer
+    (the last trace_buf_size= wins) keeps the whole boot for the witness. None: the
+    witness's events alone (the boot without the unit)."""
+    tracing = [*early_line.split(), f"trace_buf_size={WITNESS_BUF_KB}K"] if early_line \
+        else witness_append()
+    return [*(shlex.quote(w) for w in tracing),  # vng shlex-splits each --append
+            f"systemd.run={COLLECT_PATH}",
             "systemd.run_success_action=none", "systemd.run_failure_action=poweroff",
             "systemd.mask=serial-getty@ttyS0.service"]
+
+
+def early_line(kern: vm.KernelImage) -> str:
+    """What `kmodtrace boot cmdline --kernel VMLINUZ` prints for the guest's kernel."""
+    p = subprocess.run([*kmodtrace_cli(), "boot", "cmdline", "--kernel", str(kern.vmlinuz)],
+                       capture_output=True, text=True, check=False)
+    if p.returncode != 0:
+        raise vm.VMError(f"kmodtrace boot cmdline failed: {(p.stderr or p.stdout).strip()}")
+    return p.stdout.strip()
 
 
 def kmodtrace_cli() -> list[str]:
@@ -120,7 +145,7 @@ GUEST_FSTAB_PATH = "/etc/kmodtrace-vmboot.fstab"
 VNG_CONF = {"systemd": {"masks": ["getty@"], "fstab": GUEST_FSTAB_PATH}}
 
 NAMESPACE_SCRIPT = r"""set -e
-tmp=$1 units=$2 conf=$3 fstab=$4; shift 4
+tmp=$1 units=$2 conf=$3 fstab=$4 collect=$5; shift 5
 mount -t tmpfs kmodtrace-vmboot "$tmp"
 mkdir "$tmp/upper" "$tmp/work" "$tmp/root"
 mknod "$tmp/upper/.dockerenv" c 0 0
@@ -130,13 +155,16 @@ mount --bind "$units" "$tmp/root/etc/systemd/system"
 mkdir -p "$tmp/root$HOME/.config/virtme-ng"
 cp "$conf" "$tmp/root$HOME/.config/virtme-ng/virtme-ng.conf"
 cp "$fstab" "$tmp/root/etc/kmodtrace-vmboot.fstab"
+cp "$collect" "$tmp/root/etc/kmodtrace-vmboot-collect"
+chmod 0755 "$tmp/root/etc/kmodtrace-vmboot-collect"
 while [ "$1" != -- ]; do mount --bind "$1" "$tmp/root$1"; shift; done
 shift
 exec chroot "$tmp/root" "$@"
 """
 
 
-def namespace_prefix(unit_dir: Path, shared: list[Path], tmp: Path) -> list[str]:
+def namespace_prefix(unit_dir: Path, shared: list[Path], tmp: Path,
+                     collect: str = "#!/bin/sh\n") -> list[str]:
     """Run the rest where the guest's root (the host's /) has unit_dir as /etc/systemd/system.
 
     A private mount namespace (unshare) and, in it, a root that is an overlay of the host's
@@ -145,16 +173,19 @@ def namespace_prefix(unit_dir: Path, shared: list[Path], tmp: Path) -> list[str]
     too and then ignores the kernel command line). vng and QEMU run chrooted there, so
     QEMU's 9p export of / is that root; the SHARED directories (the results, the cache)
     are bound through, so what the guest writes there reaches the host. vng there reads
-    a virtme-ng.conf of ours whose systemd.fstab gives the guest a tmpfs /var/log.
+    a virtme-ng.conf of ours whose systemd.fstab gives the guest a tmpfs /var/log, and
+    the collector's script COLLECT at COLLECT_PATH.
     Nothing outside the namespace changes; the overlay's upper layer is a tmpfs on TMP.
     """
     tmp.mkdir(parents=True, exist_ok=True)
     conf, fstab = tmp.parent / "virtme-ng.conf", tmp.parent / "fstab"
+    script = tmp.parent / "collect"
     conf.write_text(json.dumps(VNG_CONF) + "\n")
     fstab.write_text(GUEST_FSTAB)
+    script.write_text(collect)
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
             NAMESPACE_SCRIPT, "kmodtrace-vmboot", str(tmp), str(unit_dir), str(conf),
-            str(fstab), *[str(d) for d in shared], "--"]
+            str(fstab), str(script), *[str(d) for d in shared], "--"]
 
 
 def _usec(props: dict[str, str], key: str) -> int | None:
@@ -224,12 +255,14 @@ def run_boot(kern: vm.KernelImage, out: Path, progress: vm.Progress, cpus: int =
         (out / stale).unlink(missing_ok=True)
     # vng's --exec never runs (its getty is masked, see above): vng's own exit status says
     # nothing, the collector's (collect.rc) does
+    line = early_line(kern) if unit else None
     vm.run_guest(kern, out, ["--boot-collect"], progress, cpus=cpus, memory=memory, kvm=kvm,
-                 timeout=timeout, append=boot_append(out, unit), systemd=True,
+                 timeout=timeout, append=boot_append(line), systemd=True,
                  qemu_opts=["-cpu", "max"],
                  prefix=namespace_prefix(unit_dir, [out, vm.cache_dir()],
-                                         vm.cache_dir() / "vmboot" / "ns"),
-                 console=out / "console.log")
+                                         vm.cache_dir() / "vmboot" / "ns",
+                                         collect_script(out, unit)),
+                 console=out / "console.log", exec_command=[COLLECT_PATH])
     stats_path, rc_path = out / "bootstats.json", out / "collect.rc"
     if not stats_path.exists() or not rc_path.exists():
         progress(f"the guest's collector did not finish: see {out / 'console.log'}")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kmodlab import vm, vmboot
-from tracer import boot
+from tracer import boot, btf, early
 
 
 def test_the_guest_gets_what_boot_install_writes(tmp_path: Path) -> None:
@@ -28,9 +28,9 @@ def test_namespace_prefix(tmp_path: Path) -> None:
     pre = vmboot.namespace_prefix(Path("/cache/unit/etc/systemd/system"),
                                   [Path("/out"), Path("/cache")], tmp_path / "ns")
     assert pre[:4] == ["unshare", "--mount", "--propagation", "private"]
-    assert pre[-7:] == [str(tmp_path / "ns"), "/cache/unit/etc/systemd/system",
-                        str(tmp_path / "virtme-ng.conf"), str(tmp_path / "fstab"), "/out",
-                        "/cache", "--"]
+    assert pre[-8:] == [str(tmp_path / "ns"), "/cache/unit/etc/systemd/system",
+                        str(tmp_path / "virtme-ng.conf"), str(tmp_path / "fstab"),
+                        str(tmp_path / "collect"), "/out", "/cache", "--"]
     assert (tmp_path / "ns").is_dir()
     assert " /var/log tmpfs " in (tmp_path / "fstab").read_text()
 
@@ -46,8 +46,10 @@ def test_namespace_hides_dockerenv_and_shows_the_units(tmp_path: Path) -> None:
     shared.mkdir()
     probe = (f"test ! -e /.dockerenv && test -e /etc/systemd/system/{boot.UNIT_NAME} "
              f"&& test -s $HOME/.config/virtme-ng/virtme-ng.conf "
-             f"&& test -s {vmboot.GUEST_FSTAB_PATH} && touch {shared}/written")
-    pre = vmboot.namespace_prefix(units, [shared], tmp_path / "ns")
+             f"&& test -s {vmboot.GUEST_FSTAB_PATH} && test -x {vmboot.COLLECT_PATH} "
+             f"&& touch {shared}/written")
+    pre = vmboot.namespace_prefix(units, [shared], tmp_path / "ns",
+                                  vmboot.collect_script(shared, unit=True))
     p = subprocess.run([*pre, "sh", "-c", probe], capture_output=True, text=True, check=False)
     if p.returncode != 0 and "unshare failed" in p.stderr:
         pytest.skip(f"no mount namespaces here: {p.stderr.strip()}")
@@ -56,16 +58,29 @@ def test_namespace_hides_dockerenv_and_shows_the_units(tmp_path: Path) -> None:
 
 
 def test_kernel_command_line() -> None:
-    args = vmboot.boot_append(Path("/tmp/out"), unit=False)
+    """Without the unit: the witness's events; the collector by a short script path."""
+    args = [shlex.split(a)[0] for a in vmboot.boot_append(None)]
     assert "trace_clock=mono" in args
     assert any(a.startswith("trace_event=") and "syscalls:sys_exit_finit_module" in a
                for a in args)
-    run = [shlex.split(a)[0] for a in args if "systemd.run=" in a]
-    assert len(run) == 1 and run[0].startswith("systemd.run=systemd-run --no-block")
-    assert run[0].endswith("--boot-collect --mount-out --no-unit")
+    assert f"systemd.run={vmboot.COLLECT_PATH}" in args
     assert "systemd.run_success_action=none" in args
+    script = vmboot.collect_script(Path("/tmp/out"), unit=False)
+    assert script.startswith("#!/bin/sh\nexec systemd-run --no-block ")
+    assert script.rstrip().endswith("--boot-collect --mount-out --no-unit")
     with pytest.raises(vm.VMError):
-        vmboot.boot_append(Path("/tmp/with blank"), unit=True)
+        vmboot.collect_script(Path("/tmp/with blank"), unit=True)
+
+
+def test_kernel_command_line_with_the_unit() -> None:
+    """With the unit: the words `kmodtrace boot cmdline` prints for the guest's kernel, each
+    one word for vng (which shlex-splits), and a buffer big enough for the witness."""
+    line = early.cmdline(btf.load(str(vm.stable_kernel(lambda m: None).vmlinuz)), "x86_64")
+    args = [shlex.split(a) for a in vmboot.boot_append(line)]
+    assert all(len(a) == 1 for a in args)
+    words = [a[0] for a in args]
+    assert words[:len(line.split())] == line.split()
+    assert words[len(line.split())] == f"trace_buf_size={vmboot.WITNESS_BUF_KB}K"
 
 
 def _props(**kw: int) -> dict[str, str]:
