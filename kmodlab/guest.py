@@ -49,6 +49,18 @@ def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> None:
         time.sleep(0.1)
 
 
+def hide_kernel_headers(release: str) -> bool:
+    """Mount an empty directory over /lib/modules/RELEASE/build (through its symlink into
+    /usr/src): the tracer must attach as on a machine without linux-headers. True if the
+    headers are hidden now."""
+    build = Path(f"/lib/modules/{release}/build")
+    empty = Path("/tmp/kmt-no-headers")
+    empty.mkdir(exist_ok=True)
+    if build.exists():
+        subprocess.run(["mount", "--bind", str(empty), str(build)], check=True)
+    return not (build / "include").exists() and not Path("/sys/kernel/kheaders.tar.xz").exists()
+
+
 def progress(msg: str) -> None:
     print(f"[guest {time.monotonic():8.1f}s] {msg}", flush=True)
 
@@ -204,6 +216,8 @@ def main() -> int:
                     help="mount the results share first, power off at the end (vm --boot)")
     ap.add_argument("--no-unit", action="store_true", help="with --boot-collect: a boot "
                     "without kmodtrace-boot.service (the baseline)")
+    ap.add_argument("--hide-headers", action="store_true",
+                    help="trace with the kernel headers hidden (after kmodstorm is built)")
     args = ap.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -227,13 +241,16 @@ def main() -> int:
     if not args.command and any(s.generator == "kthread" for s in scenarios):
         progress("building kmodstorm against this kernel's headers")
         kmodstorm = storms.build_kmodstorm(release, args.cache / "kmodstorm")
+    manifest: dict[str, Any] = {"kernel": release, "scenarios": []}
+    if args.hide_headers:
+        manifest["headers_hidden"] = hide_kernel_headers(release)
+        progress(f"kernel headers hidden: {manifest['headers_hidden']}")
     save_module_stats(out / "stats-before.txt")
     tfs = kernel.tracefs()
     witness = Witness(tfs) if tfs else None
     if witness:
         witness.start()
     progress("starting tracer (bcc compiles the probes)")
-    manifest: dict[str, Any] = {"kernel": release, "scenarios": []}
     # `live --json` both prints the judged stories (live.out) and records the trace, so
     # the host can check that its offline report reaches the same verdicts.
     tracer = start_tracer(out, ["live", "--json", "-o", str(out / "trace.jsonl")], "live")

@@ -86,6 +86,11 @@ def test_wheel_holds_package_data_and_entry_points(installed: Installed) -> None
     for data in ("tracer/bpf/kmodtrace.bpf.c", "kmodlab/kmodstorm/kmodstorm.c",
                  "kmodlab/kmodstorm/Makefile", "kmodlab/programs.tsv"):
         assert data in names, f"{data} is not in the wheel"
+    # the kernel tree bcc compiles in without kernel headers (the BTF build)
+    nohdr = ROOT / "tracer" / "bpf" / "nohdr"
+    for h in nohdr.rglob("*.h"):
+        data = f"tracer/bpf/nohdr/{h.relative_to(nohdr)}"
+        assert data in names, f"{data} is not in the wheel"
     assert not [n for n in names if n.startswith("tests/")]
     assert "kmodtrace = tracer.cli:main" in eps
     section = eps.split("[kmodtrace.commands]", 1)[1].split("\n[", 1)[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import struct
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import get_args
@@ -131,12 +132,174 @@ def detect(has_symbol: Callable[[str], bool]) -> Features:
 
 
 def load_info_len_offset(has_field: Callable[[str, str], bool | None]) -> int:
-    """Where `len` sits in struct load_info (kernel/module/internal.h), read by the
-    module_sig_check probe. It is `name, mod, hdr, len` in every kernel this tool
-    models (checked in 6.1's and 6.12's internal.h); trees whose load_info has no
-    `name` field (before kernel/module/ was split out in 5.19 it lived in
-    kernel/module.c and started `hdr, len`) are told apart by BTF."""
+    """Where `len` sits in struct load_info (kernel/module/internal.h) when BTF cannot
+    say. It is `name, mod, hdr, len` in every kernel this tool models (checked in 6.1's
+    and 6.12's internal.h); trees whose load_info has no `name` field (before
+    kernel/module/ was split out in 5.19 it lived in kernel/module.c and started
+    `hdr, len`) are told apart by BTF."""
     return 8 if has_field("load_info", "name") is False else 24
+
+
+BTF_PATH = "/sys/kernel/btf/vmlinux"
+
+# Every struct member the BPF program reads: (its -D macro, struct, member path). The
+# offsets come from the running kernel's BTF; on a kernel without BTF, from the kernel
+# headers as offsetof() (load_info is private to kernel/module/internal.h: there
+# load_info_len_offset() says where len is).
+OFFSETS: tuple[tuple[str, str, str], ...] = (
+    ("OFF_TASK_REAL_PARENT", "task_struct", "real_parent"),
+    ("OFF_TASK_TGID", "task_struct", "tgid"),
+    ("OFF_TASK_FILES", "task_struct", "files"),
+    ("OFF_FILES_FDT", "files_struct", "fdt"),
+    ("OFF_FDTABLE_FD", "fdtable", "fd"),
+    ("OFF_FILE_INODE", "file", "f_inode"),
+    ("OFF_FILE_DENTRY", "file", "f_path.dentry"),
+    ("OFF_INODE_INO", "inode", "i_ino"),
+    ("OFF_INODE_SIZE", "inode", "i_size"),
+    ("OFF_INODE_SB", "inode", "i_sb"),
+    ("OFF_SB_DEV", "super_block", "s_dev"),
+    ("OFF_DENTRY_NAME", "dentry", "d_name.name"),
+    ("OFF_UMH_PATH", "subprocess_info", "path"),
+    ("OFF_UMH_ARGV", "subprocess_info", "argv"),
+    ("OFF_LOAD_INFO_LEN", "load_info", "len"),
+)
+
+_BTF_MAGIC = 0xEB9F
+_BTF_STRUCT, _BTF_UNION, _BTF_TYPEDEF = 4, 5, 8
+# Bytes after the 12-byte btf_type header: per kind, fixed + per-member (vlen) size
+# (include/uapi/linux/btf.h; kinds up to BTF_KIND_ENUM64, 6.0).
+_BTF_EXTRA: dict[int, tuple[int, int]] = {
+    1: (4, 0), 2: (0, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 7: (0, 0),
+    8: (0, 0), 9: (0, 0), 10: (0, 0), 11: (0, 0), 12: (0, 0), 13: (0, 8), 14: (4, 0),
+    15: (0, 12), 16: (0, 0), 17: (4, 0), 18: (0, 0), 19: (0, 12),
+}
+_QUALIFIERS = {8, 9, 10, 11, 18}  # typedef, volatile, const, restrict, type_tag
+
+
+class BTFError(RuntimeError):
+    """The kernel's BTF is absent, unreadable, or lacks a member the probes read."""
+
+
+class BTF:
+    """The struct layouts of /sys/kernel/btf/vmlinux, read in Python (no bpftool, no
+    libbpf): enough to find a member's byte offset, through nested and anonymous
+    structs and unions."""
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) < 24:
+            raise BTFError("BTF too short")
+        magic, _ver, _flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(
+            "<HBBIIIII", data)
+        if magic != _BTF_MAGIC:
+            raise BTFError(f"bad BTF magic {magic:#x} (not little-endian BTF)")
+        self._strings = data[hdr_len + str_off:hdr_len + str_off + str_len]
+        words = memoryview(data[hdr_len + type_off:hdr_len + type_off + type_len]).cast("I")
+        self._words = words
+        # Type ids count from 1; _start[id] is the word index of its header.
+        starts = [0]
+        i, end = 0, len(words)
+        extra = _BTF_EXTRA
+        while i < end:
+            starts.append(i)
+            info = words[i + 1]
+            fixed, per = extra.get((info >> 24) & 0x1F, (0, 0))
+            i += 3 + (fixed + per * (info & 0xFFFF)) // 4
+        self._start = starts
+        self._structs: dict[str, int] | None = None
+
+    @classmethod
+    def from_kernel(cls, path: str = BTF_PATH) -> BTF:
+        try:
+            with open(path, "rb") as f:
+                return cls(f.read())
+        except OSError as e:
+            raise BTFError(f"cannot read {path}: {e.strerror}") from e
+
+    def _name(self, off: int) -> str:
+        end = self._strings.index(b"\0", off)
+        return self._strings[off:end].decode()
+
+    def _struct_ids(self) -> dict[str, int]:
+        """Named structs and unions by name (the first definition wins: vmlinux has one)."""
+        if self._structs is None:
+            found: dict[str, int] = {}
+            w = self._words
+            for tid in range(1, len(self._start)):
+                i = self._start[tid]
+                info = w[i + 1]
+                if (info >> 24) & 0x1F in (_BTF_STRUCT, _BTF_UNION) and w[i] and info & 0xFFFF:
+                    found.setdefault(self._name(w[i]), tid)
+            self._structs = found
+        return self._structs
+
+    def _resolve(self, tid: int) -> int:
+        """Through typedefs and qualifiers to the type itself."""
+        while tid and (self._words[self._start[tid] + 1] >> 24) & 0x1F in _QUALIFIERS:
+            tid = self._words[self._start[tid] + 2]
+        return tid
+
+    def _member(self, tid: int, name: str) -> tuple[int, int] | None:
+        """(bit offset, member type id) of NAME in struct/union TID, searching anonymous
+        members too."""
+        w = self._words
+        i = self._start[tid]
+        info = w[i + 1]
+        if (info >> 24) & 0x1F not in (_BTF_STRUCT, _BTF_UNION):
+            return None
+        bitfields = info >> 31
+        for m in range(info & 0xFFFF):
+            j = i + 3 + 3 * m
+            name_off, mtype, moff = w[j], w[j + 1], w[j + 2]
+            if bitfields:
+                moff &= 0xFFFFFF
+            if name_off == 0:
+                inner = self._member(self._resolve(mtype), name)
+                if inner is not None:
+                    return moff + inner[0], inner[1]
+            elif self._name(name_off) == name:
+                return moff, mtype
+        return None
+
+    def has_field(self, struct_name: str, field: str) -> bool | None:
+        tid = self._struct_ids().get(struct_name)
+        return None if tid is None else self._member(tid, field) is not None
+
+    def offset(self, struct_name: str, path: str) -> int:
+        """Byte offset of PATH ("f_path.dentry") inside struct STRUCT_NAME."""
+        tid = self._struct_ids().get(struct_name)
+        if tid is None:
+            raise BTFError(f"struct {struct_name} is not in the kernel's BTF")
+        bits = 0
+        for part in path.split("."):
+            found = self._member(self._resolve(tid), part)
+            if found is None:
+                raise BTFError(f"struct {struct_name} has no member {path} in the kernel's BTF")
+            bits += found[0]
+            tid = found[1]
+        if bits % 8:
+            raise BTFError(f"{struct_name}.{path} is a bit field")
+        return bits // 8
+
+
+def btf_offsets(btf: BTF) -> dict[str, int]:
+    """OFFSETS' macros with their byte offsets in the running kernel. A struct missing
+    from BTF is a BTFError, except load_info (only with CONFIG_MODULES), which falls
+    back to load_info_len_offset()."""
+    out = {}
+    for macro, struct_name, path in OFFSETS:
+        if struct_name == "load_info" and btf.has_field(struct_name, path) is None:
+            out[macro] = load_info_len_offset(btf.has_field)
+        else:
+            out[macro] = btf.offset(struct_name, path)
+    return out
+
+
+def header_offsets(has_field: Callable[[str, str], bool | None]) -> dict[str, str]:
+    """OFFSETS' macros as offsetof() over the kernel headers, for a kernel without BTF."""
+    out = {macro: f"__builtin_offsetof(struct {s},{p})" for macro, s, p in OFFSETS
+           if s != "load_info"}
+    out["OFF_LOAD_INFO_LEN"] = str(load_info_len_offset(has_field))
+    return out
 
 
 def tracefs() -> str | None:
@@ -178,3 +341,12 @@ def early_file_hook(has_function: Callable[[str], bool]) -> tuple[str, int | Non
     if has_function("idempotent_init_module"):
         return "idempotent_init_module", None
     return "kernel_read_file", 5
+
+
+def version_code(release: str) -> int:
+    """LINUX_VERSION_CODE of a release ("6.1.0-56-amd64"), which bcc's helpers.h writes
+    into the program's "version" section for the BTF build (no linux/version.h there).
+    Kernels since 5.0 ignore it for kprobes; it detects nothing."""
+    nums = [int(x) for x in release.split("-")[0].split("+")[0].split(".")[:3] if x.isdigit()]
+    a, b, c = [*nums, 0, 0, 0][:3]
+    return (a << 16) + (b << 8) + min(c, 255)

@@ -161,6 +161,7 @@ class Run:
             writer.write(make_header(
                 self.features.to_dict(), attached.hook_names(),
                 [f"{h.probe_type}:{h.target}: {why}" for h, why in attached.skipped]))
+            writer.flush()
         self._stop = False
         self.t0_ns = time.monotonic_ns()
         self.shown = 0
@@ -283,7 +284,8 @@ class Run:
         attached, features = self.attached, self.features
         signal.signal(signal.SIGTERM, self._on_signal)
         print(f"Attached {len(attached.hooks)} hooks in {attached.attach_s:.2f}s "
-              f"(kernel {features.release}, profile {features.profile.name}).", file=self.err)
+              f"(kernel {features.release}, profile {features.profile.name}, "
+              f"{attached.build} build).", file=self.err)
         if self.opts.ready_file:
             with open(self.opts.ready_file, "w") as f:
                 f.write(f"{attached.attach_s:.3f}\n")
@@ -310,6 +312,8 @@ class Run:
             while not self._stop:
                 self.tracer.poll(100)
                 self._release(time.monotonic_ns() - REORDER_NS)
+                if self.writer is not None:
+                    self.writer.flush()  # one write(2) per poll: kill -9 loses this batch
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 if child is not None and child.poll() is not None:

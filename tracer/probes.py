@@ -21,6 +21,13 @@ from tracer.events import Event, c_definitions, decode
 
 # Package data, found the way bcc finds its helpers.h: it ships inside the wheel.
 BPF_SOURCE = resources.files("tracer") / "bpf" / "kmodtrace.bpf.c"
+# The kernel tree bcc compiles in where BTF gives every offset (BCC_KERNEL_SOURCE):
+# bcc's helpers.h needs a dozen lines of it, not the linux-headers package.
+NOHDR_TREE = resources.files("tracer") / "bpf" / "nohdr"
+# How the program gets its struct offsets; KMODTRACE_BUILD forces one (bench measures
+# each): "btf" (BTF, no kernel headers), "btf-headers" (BTF, compiled in the kernel
+# headers' tree), "headers" (offsetof() over the kernel headers, no BTF needed).
+BUILDS = ("btf", "btf-headers", "headers")
 
 # Every sleeping __request_module call holds a kretprobe instance; storms on big
 # machines put thousands in flight (the kernel default is 2 * NR_CPUS).
@@ -96,6 +103,8 @@ class Attached:
     skipped: list[tuple[Hook, str]]
     features: kernel.Features
     attach_s: float
+    build: str  # one of BUILDS: where the struct offsets came from
+    phases: dict[str, float]  # seconds per step of attach(), for kmodtrace bench
 
     def hook_names(self) -> list[str]:
         return [f"{h.probe_type}:{h.target}" for h in self.hooks]
@@ -128,11 +137,9 @@ class Tracer:
         except kernel.KernelUnsupported as e:
             raise TracerError(str(e)) from e
         bcc = _import_bcc()
-        if not kernel.kernel_headers_present():
-            raise TracerError(
-                f"kernel headers for {platform.release()} are missing: install "
-                f"linux-headers-{platform.release()}"
-            )
+        phases = {"import": time.monotonic() - t0}
+        build, cflags = Tracer._build_flags()
+        phases["offsets"] = time.monotonic() - t0 - sum(phases.values())
         BPF = bcc.BPF
 
         def has_symbol(name: str) -> bool:
@@ -149,11 +156,10 @@ class Tracer:
                 return False
 
         features = kernel.detect(has_symbol)
-        cflags = [
+        cflags += [
             f"-DRINGBUF_PAGES={self.ringbuf_pages}",
             f"-DMAX_HELPERS={max(self.maxactive * 4, 1024)}",
             "-w",  # kernel headers trip clang warnings that bury our own messages
-            f"-DLOAD_INFO_LEN_OFFSET={kernel.load_info_len_offset(self._struct_has_field)}",
         ]
         kprobes: list[Hook] = []
         for hook in HOOKS:
@@ -167,10 +173,9 @@ class Tracer:
                 kprobes.append(hook)
             else:
                 self._skip(hook, "symbol not in this kernel (inlined or absent)")
-        try:
-            self.bpf = BPF(text=program_text(), cflags=cflags)
-        except Exception as e:  # bcc raises bare Exception on compile failure
-            raise TracerError(f"BPF program failed to compile: {e}") from e
+        phases["probe-checks"] = time.monotonic() - t0 - sum(phases.values())
+        self.bpf = self._compile(BPF, build, cflags)
+        phases["compile"] = time.monotonic() - t0 - sum(phases.values())
         for hook in kprobes:
             try:
                 if hook.probe_type == "kretprobe":
@@ -187,19 +192,70 @@ class Tracer:
         ):
             raise TracerError("neither __request_module nor finit_module can be traced")
         self.bpf["events"].open_ring_buffer(self._callback)
+        phases["attach"] = time.monotonic() - t0 - sum(phases.values())
         return Attached(list(self._hooks), list(self._skipped), features,
-                        time.monotonic() - t0)
+                        time.monotonic() - t0, build, phases)
 
     @staticmethod
-    def _struct_has_field(struct: str, field: str) -> bool | None:
-        """From the kernel's BTF; None where there is none to ask."""
+    def _build_flags(release: str | None = None,
+                     btf_path: str = kernel.BTF_PATH) -> tuple[str, list[str]]:
+        """Which build (BUILDS) this kernel allows, and its cflags: the offsets and the
+        version code. BTF first: it needs no kernel headers and compiles in a fraction of
+        the time."""
+        release = release or platform.release()
+        forced = os.environ.get("KMODTRACE_BUILD", "")
+        if forced and forced not in BUILDS:
+            raise TracerError(f"KMODTRACE_BUILD={forced} is not a build "
+                              f"(fix: one of {', '.join(BUILDS)}, or unset it)")
+        btf: kernel.BTF | None = None
+        offsets: dict[str, object] = {}
+        why = ""
         try:
-            import bcc
+            btf = kernel.BTF.from_kernel(btf_path)
+            offsets = dict(kernel.btf_offsets(btf))
+        except kernel.BTFError as e:
+            btf, why = None, str(e)
+        headers = kernel.kernel_headers_present(release)
+        if btf is None and not headers:
+            raise TracerError(
+                f"kernel headers for {release} are missing and the kernel has no usable BTF "
+                f"({why}) (fix: install linux-headers-{release}, or use a kernel built with "
+                f"CONFIG_DEBUG_INFO_BTF=y, which provides {kernel.BTF_PATH})")
+        if btf is not None and platform.machine() != "x86_64" and not forced:
+            forced = "btf-headers"  # tracer/bpf/nohdr's struct pt_regs is x86-64's
+        build = forced or ("btf" if btf is not None else "headers")
+        if build != "headers" and btf is None:
+            raise TracerError(f"kernel {release} has no usable BTF ({why}) "
+                              f"(fix: unset KMODTRACE_BUILD={build})")
+        if build != "btf" and not headers:
+            raise TracerError(f"kernel headers for {release} are missing (fix: install "
+                              f"linux-headers-{release}, or unset KMODTRACE_BUILD={build})")
+        cflags = []
+        if build == "headers":
+            offsets = dict(kernel.header_offsets(
+                btf.has_field if btf is not None else lambda s, f: None))
+            cflags.append("-DKMT_KERNEL_HEADERS")
+        if build == "btf":
+            cflags.append(f"-DLINUX_VERSION_CODE={kernel.version_code(release)}")
+        cflags += [f"-D{macro}={value}" for macro, value in offsets.items()]
+        return build, cflags
 
-            found = bcc.BPF.kernel_struct_has_field(struct.encode(), field.encode())
-        except Exception:  # noqa: BLE001 - no BTF, or a bcc without the call
-            return None
-        return None if found < 0 else bool(found)
+    @staticmethod
+    def _compile(BPF: Any, build: str, cflags: list[str]) -> Any:
+        """bcc compiles in BCC_KERNEL_SOURCE if set (read at compile time): the nohdr
+        tree for the btf build."""
+        saved = os.environ.get("BCC_KERNEL_SOURCE")
+        if build == "btf":
+            os.environ["BCC_KERNEL_SOURCE"] = str(NOHDR_TREE)
+        try:
+            return BPF(text=program_text(), cflags=cflags)
+        except Exception as e:  # bcc raises bare Exception on compile failure
+            raise TracerError(f"BPF program failed to compile ({build} build): {e}") from e
+        finally:
+            if saved is None:
+                os.environ.pop("BCC_KERNEL_SOURCE", None)
+            else:
+                os.environ["BCC_KERNEL_SOURCE"] = saved
 
     def _skip(self, hook: Hook, why: str) -> None:
         self._skipped.append((hook, why))

@@ -1,12 +1,21 @@
 // kmodtrace BPF program, compiled by bcc. struct event and KIND_* come from
-// tracer/events.py (prepended by tracer/probes.py); RINGBUF_PAGES, MAX_HELPERS
-// and the HAVE_* switches come as -D cflags. Includes are kept to what the probes
-// read: compile time is attach time.
+// tracer/events.py (prepended by tracer/probes.py); RINGBUF_PAGES, MAX_HELPERS,
+// the HAVE_* switches and the OFF_* struct member offsets come as -D cflags.
+// Compile time is attach time: the program includes nothing but ptrace.h. The
+// offsets come from the kernel's BTF (tracer/kernel.py OFFSETS), and then bcc
+// compiles in tracer/bpf/nohdr, a kernel tree of a dozen lines, instead of the
+// kernel headers. Only a kernel without BTF needs its headers, for offsetof().
 #include <uapi/linux/ptrace.h>
+#ifdef KMT_KERNEL_HEADERS
 #include <linux/sched.h>
 #include <linux/fdtable.h>
 #include <linux/fs.h>
 #include <linux/umh.h>
+#endif
+
+// Read the pointer-sized or smaller member at BASE + OFF into DST.
+#define READ_AT(dst, base, off) \
+    bpf_probe_read_kernel(&(dst), sizeof(dst), (void *)((u64)(base) + (off)))
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(lost, u64, 1);           // failed ring buffer reservations
@@ -32,10 +41,10 @@ static __always_inline struct event *reserve(u32 kind)
     e->tid = (u32)id;
     e->cpu = bpf_get_smp_processor_id();
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
-    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-    struct task_struct *parent = 0;
-    bpf_probe_read_kernel(&parent, sizeof(parent), &task->real_parent);
-    bpf_probe_read_kernel(&e->ppid, sizeof(u32), &parent->tgid);
+    u64 task = bpf_get_current_task();
+    u64 parent = 0;
+    READ_AT(parent, task, OFF_TASK_REAL_PARENT);
+    READ_AT(e->ppid, parent, OFF_TASK_TGID);
     return e;
 }
 
@@ -84,7 +93,7 @@ TRACEPOINT_PROBE(module, module_request)
 }
 #endif
 
-int umh_enter(struct pt_regs *ctx, struct subprocess_info *info, int wait)
+int umh_enter(struct pt_regs *ctx, void *info, int wait)
 {
     struct event *e = reserve(KIND_UMH_ENTER);
     if (!e)
@@ -93,8 +102,8 @@ int umh_enter(struct pt_regs *ctx, struct subprocess_info *info, int wait)
     e->wait = wait;
     char *path = 0;
     char **argv = 0;
-    bpf_probe_read_kernel(&path, sizeof(path), &info->path);
-    bpf_probe_read_kernel(&argv, sizeof(argv), &info->argv);
+    READ_AT(path, info, OFF_UMH_PATH);
+    READ_AT(argv, info, OFF_UMH_ARGV);
     bpf_probe_read_kernel_str(e->path, sizeof(e->path), path);
     // modprobe gets "-q -- NAME": keep the last argument.
     char *arg = 0, *last = 0;
@@ -183,30 +192,24 @@ TRACEPOINT_PROBE(syscalls, sys_enter_finit_module)
         return 0;
     e->flags = args->flags;
     int fd = args->fd;
-    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-    struct files_struct *files = 0;
-    struct fdtable *fdt = 0;
-    struct file **fds = 0;
-    struct file *f = 0;
-    struct inode *inode = 0;
-    struct super_block *sb = 0;
-    struct dentry *dentry = 0;
-    const unsigned char *dname = 0;
-    bpf_probe_read_kernel(&files, sizeof(files), &task->files);
-    bpf_probe_read_kernel(&fdt, sizeof(fdt), &files->fdt);
-    bpf_probe_read_kernel(&fds, sizeof(fds), &fdt->fd);
-    bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+    // current->files->fdt->fd[fd]: the struct file, its inode and its name
+    u64 task = bpf_get_current_task();
+    u64 files = 0, fdt = 0, fds = 0, f = 0, inode = 0, sb = 0, dentry = 0, dname = 0;
+    READ_AT(files, task, OFF_TASK_FILES);
+    READ_AT(fdt, files, OFF_FILES_FDT);
+    READ_AT(fds, fdt, OFF_FDTABLE_FD);
+    READ_AT(f, fds, (u64)fd * sizeof(u64));
     if (f) {
-        bpf_probe_read_kernel(&inode, sizeof(inode), &f->f_inode);
-        bpf_probe_read_kernel(&e->ino, sizeof(e->ino), &inode->i_ino);
-        bpf_probe_read_kernel(&e->size, sizeof(e->size), &inode->i_size);
-        bpf_probe_read_kernel(&sb, sizeof(sb), &inode->i_sb);
+        READ_AT(inode, f, OFF_FILE_INODE);
+        READ_AT(e->ino, inode, OFF_INODE_INO);
+        READ_AT(e->size, inode, OFF_INODE_SIZE);
+        READ_AT(sb, inode, OFF_INODE_SB);
         u32 dev = 0;
-        bpf_probe_read_kernel(&dev, sizeof(dev), &sb->s_dev);
+        READ_AT(dev, sb, OFF_SB_DEV);
         e->dev = dev;
-        bpf_probe_read_kernel(&dentry, sizeof(dentry), &f->f_path.dentry);
-        bpf_probe_read_kernel(&dname, sizeof(dname), &dentry->d_name.name);
-        bpf_probe_read_kernel_str(e->path, sizeof(e->path), dname);
+        READ_AT(dentry, f, OFF_FILE_DENTRY);
+        READ_AT(dname, dentry, OFF_DENTRY_NAME);
+        bpf_probe_read_kernel_str(e->path, sizeof(e->path), (void *)dname);
     }
     events.ringbuf_submit(e, 0);
     return 0;
@@ -389,7 +392,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
 // with CONFIG_MODULE_SIG, which every distribution sets): on return info->len has lost
 // the appended signature, and for a compressed file it is the decompressed length, so
 // it is the len MODULE_STATS counts, not the file size. struct load_info is private to
-// kernel/module/internal.h: LOAD_INFO_LEN_OFFSET (a -D flag) is where len sits.
+// kernel/module/internal.h: OFF_LOAD_INFO_LEN (a -D flag, from BTF) is where len sits.
 BPF_HASH(sig_info, u32, u64, MAX_HELPERS); // tid -> the load_info pointer
 
 int sig_check_enter(struct pt_regs *ctx, void *info)
@@ -409,7 +412,7 @@ int sig_check_exit(struct pt_regs *ctx)
     struct event *e = reserve(KIND_MOD_LEN);
     if (e) {
         bpf_probe_read_kernel(&e->size, sizeof(e->size),
-                              (void *)(*ptr + LOAD_INFO_LEN_OFFSET));
+                              (void *)(*ptr + OFF_LOAD_INFO_LEN));
         e->ret = (int)PT_REGS_RC(ctx);
         events.ringbuf_submit(e, 0);
     }

@@ -1,0 +1,1 @@
+/* kmodtrace: helpers.h's stack-trace tables use roundup_pow_of_two; kmodtrace has none. */

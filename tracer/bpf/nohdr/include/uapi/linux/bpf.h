@@ -1,0 +1,1 @@
+/* kmodtrace: empty. bcc force-includes its own copy of this header (same guard) first. */
