@@ -26,6 +26,8 @@ def _write(path: Path, n: int, trailer: bool = True) -> None:
         w.event(Event(ts_ns=i, kind=int(Kind.REQ_TP), pid=i, name=f"m{i}"))
     if trailer:
         w.close({"lost": 0, "missed": 0, "events": n})
+    else:
+        w.flush()  # a recorder killed after its last poll
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -46,14 +48,19 @@ def test_file_is_private_even_if_it_existed(tmp_path: Path) -> None:
     assert stat.S_IMODE(p.stat().st_mode) == 0o600
 
 
-def test_every_line_is_on_disk_before_close(tmp_path: Path) -> None:
-    """What kill -9 leaves: every event written so far, no trailer."""
+def test_every_flushed_line_is_on_disk_before_close(tmp_path: Path) -> None:
+    """What kill -9 leaves: every event flushed so far (the tracer flushes once per poll),
+    no trailer; only the batch since the last flush is lost."""
     p = tmp_path / "t.jsonl"
     w = TraceWriter(str(p))
     w.write(make_header({}, [], []))
     w.event(Event(ts_ns=1, kind=int(Kind.REQ_TP), name="a"))
+    w.flush()
+    w.event(Event(ts_ns=2, kind=int(Kind.REQ_TP), name="b"))
     tr = read_trace(str(p))  # read while the writer is still open
     assert [e.name for e in tr.events] == ["a"] and tr.trailer is None
+    w.close({"lost": 0})
+    assert [e.name for e in read_trace(str(p)).events] == ["a", "b"]
 
 
 def test_truncated_last_line(tmp_path: Path) -> None:

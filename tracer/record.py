@@ -8,6 +8,7 @@ every line that is not a valid record (the report goes on without it).
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import platform
 import stat
@@ -26,7 +27,6 @@ from tracer.kernel import Features
 FORMAT = "kmodtrace-trace"
 FORMAT_VERSION = 1
 _DEFAULTS = Event().to_dict()
-_EVENT_KEYS = _DEFAULTS.keys() | {"type", "early"}
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 # How `record` makes a file that `report` reads: the fix named in format errors.
 _HOW = "give a file written by `kmodtrace record -o FILE`"
@@ -116,14 +116,25 @@ def open_output(path: str) -> int:
 
 
 class TraceWriter:
-    """One write(2) per line and no user-space buffer: a kill loses at most that line."""
+    """Lines are buffered until flush(), which the tracer calls once per ring-buffer poll
+    (100 ms): one write(2) per poll, no stdio buffer, so a kill loses at most the lines
+    of the last poll (and a partial last line)."""
 
     def __init__(self, path: str) -> None:
         self._fd = open_output(path)
         self.path = path
+        self._buf: list[bytes] = []
 
     def write(self, obj: dict[str, Any]) -> None:
-        os.write(self._fd, orjson.dumps(obj) + b"\n")
+        self._buf.append(orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE))
+
+    def flush(self) -> None:
+        if not self._buf:
+            return
+        data = memoryview(b"".join(self._buf))
+        self._buf.clear()
+        while data:
+            data = data[os.write(self._fd, data):]
 
     def event(self, ev: Event, early: bool = False) -> None:
         d = {k: v for k, v in ev.to_dict().items() if v != _DEFAULTS[k] or k == "kind"}
@@ -142,6 +153,7 @@ class TraceWriter:
 
     def close(self, trailer: dict[str, Any]) -> None:
         self.write({"type": "trailer", **trailer})
+        self.flush()
         os.close(self._fd)
 
 
@@ -202,12 +214,16 @@ def iter_lines(path: str) -> Iterator[tuple[int, str]]:
 
 
 def _event(obj: dict[str, Any]) -> Event | None:
-    if "kind" not in obj or not obj.keys() <= _EVENT_KEYS:
+    if "kind" not in obj:
         return None
+    early = obj.pop("early", None)  # a record field, not the event's: put back below
     try:
-        return Event.from_dict(obj)
+        return Event.from_dict(obj, unknown_ok=False)
     except TypeError:
         return None
+    finally:
+        if early is not None:
+            obj["early"] = early
 
 
 def _proc(obj: dict[str, Any]) -> tuple[tuple[int, str], tuple[str, tuple[str, ...]]] | None:
@@ -225,6 +241,18 @@ def read_trace(path: str) -> Trace:
     object of no known type, a field of the wrong type, a second header or trailer) is
     counted in bad_lines, the first one named in first_bad_line, and skipped.
     """
+    # A million events are a million acyclic objects: the cyclic GC would rescan them
+    # all, again and again, as they pile up (replay time grows faster than the trace).
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        return _read_trace(path)
+    finally:
+        if gc_was_on:
+            gc.enable()
+
+
+def _read_trace(path: str) -> Trace:
     trace: Trace | None = None
     for n, line in iter_lines(path):
         try:
