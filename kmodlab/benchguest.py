@@ -39,6 +39,35 @@ def attach_execsnoop(timeout: float = 600) -> float:
     return dt
 
 
+def attach_once_child() -> int:
+    """In a fresh process (the user's cold start): attach, print attach()'s phases as JSON."""
+    t0 = time.monotonic()
+    from tracer.probes import Tracer
+
+    tracer = Tracer(lambda ev: None, notice=lambda m: None)
+    attached = tracer.attach()
+    tracer.close()
+    print(json.dumps({"build": attached.build, "attach_s": attached.attach_s,
+                      "in_process_s": time.monotonic() - t0, "phases": attached.phases}),
+          flush=True)
+    return 0
+
+
+def attach_build(build: str) -> dict[str, Any]:
+    """Seconds from exec until the probes are attached, with KMODTRACE_BUILD=BUILD."""
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "kmodlab.benchguest", "--attach-once"],
+                       capture_output=True, text=True, check=False,
+                       env=dict(os.environ, KMODTRACE_BUILD=build))
+    wall = time.monotonic() - t0
+    if p.returncode != 0:
+        return {"build": build, "error": p.stderr.strip().splitlines()[-1:]}
+    res: dict[str, Any] = json.loads(p.stdout.strip().splitlines()[-1])
+    res["wall_s"] = wall
+    progress(f"attach, {build} build: {wall:.1f}s {res['phases']}")
+    return res
+
+
 def start_tracer(out: Path, name: str) -> tuple[subprocess.Popen[bytes], float]:
     """A recorder into OUT/NAME.jsonl and the seconds it took to attach."""
     t0 = time.monotonic()
@@ -60,6 +89,48 @@ def rss_kib(pid: int, field: str = "RssAnon") -> int:
     return 0
 
 
+def _attached_build(log: Path) -> str:
+    """The build `kmodtrace record` reported in its "Attached ..." line."""
+    for line in log.read_text().splitlines():
+        if line.startswith("Attached ") and " build)" in line:
+            return line.rsplit(", ", 1)[1].split(" ")[0]
+    return "?"
+
+
+def profile_storm(out: Path, sc: storms.Scenario, ko: Path) -> None:
+    """py-spy samples the tracer's consumer through one traced storm (raw collapsed
+    stacks in OUT/pyspy.txt); a storm of its own, the profiler slows what it samples."""
+    tracer, _ = start_tracer(out, "profiled")
+    # --idle: time blocked in the ring-buffer poll shows as such (the consumer's slack)
+    spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record",
+                            "--format", "raw", "--idle", "--rate", "200",
+                            "-o", str(out / "pyspy.txt"), "--pid", str(tracer.pid)],
+                           stdout=subprocess.DEVNULL,
+                           stderr=open(out / "pyspy.log", "wb"))  # noqa: SIM115
+    time.sleep(2)
+    storms.run(sc, ko)
+    spy.send_signal(signal.SIGINT)
+    spy.wait(timeout=120)
+    stop_tracer(tracer)
+
+
+def soak(out: Path, seconds: float, ko: Path) -> list[tuple[float, int]]:
+    """Storms of 1 000 requests back to back for SECONDS under one recorder: (time, the
+    recorder's anonymous RSS in KiB) after each."""
+    tracer, _ = start_tracer(out, "soak")
+    samples: list[tuple[float, int]] = []
+    t0 = time.monotonic()
+    i = 0
+    while time.monotonic() - t0 < seconds:
+        storms.run(storms.Scenario(f"soak-{i}", "kthread", "kmt-bench-none", 1000), ko)
+        samples.append((time.monotonic() - t0, rss_kib(tracer.pid)))
+        i += 1
+    progress(f"soak: {i} storms in {time.monotonic() - t0:.0f}s, RSS {samples[0][1]} -> "
+             f"{samples[-1][1]} KiB")
+    stop_tracer(tracer)
+    return samples
+
+
 def timed_storm(sc: storms.Scenario, ko: Path) -> float:
     t0 = time.monotonic()
     storms.run(sc, ko)
@@ -67,6 +138,8 @@ def timed_storm(sc: storms.Scenario, ko: Path) -> float:
 
 
 def main() -> int:
+    if sys.argv[1:] == ["--attach-once"]:  # attach_build's child
+        return attach_once_child()
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--cache", required=True, type=Path)
@@ -74,6 +147,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--modprobes", type=int, default=1000)
     ap.add_argument("--overhead-count", type=int, default=1000)
+    ap.add_argument("--soak-s", type=float, default=600)
     args = ap.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -82,10 +156,16 @@ def main() -> int:
     res: dict[str, Any] = {"kernel": platform.release(), "cpus": os.cpu_count()}
     ko = storms.build_kmodstorm(platform.release(), args.cache / "kmodstorm")
 
-    progress("attach time: execsnoop-bpfcc, then kmodtrace")
-    res["attach_execsnoop_s"] = attach_execsnoop()
+    # execsnoop before and after our builds (the kernel headers' page cache warm for
+    # both); then `kmodtrace record` as a user starts it (the default build), the figure.
+    progress("attach time: execsnoop-bpfcc, kmodtrace per build, execsnoop, kmodtrace")
+    res["attach_execsnoop_runs_s"] = [attach_execsnoop()]
+    res["attach_builds"] = [attach_build(b) for b in ("headers", "btf-headers", "btf")]
+    res["attach_execsnoop_runs_s"].append(attach_execsnoop())
+    res["attach_execsnoop_s"] = min(res["attach_execsnoop_runs_s"])
     tracer, res["attach_kmodtrace_s"] = start_tracer(out, "bench")
     stop_tracer(tracer)
+    res["attach_kmodtrace_build"] = _attached_build(out / "bench.log")
 
     # Overhead: the same storm untraced and traced, alternating, best of two each.
     # A name no module provides keeps the storm repeatable (nothing stays loaded).
@@ -100,6 +180,8 @@ def main() -> int:
         traced.append(timed_storm(storms.Scenario("t", "kthread", "kmt-bench-none", n), ko))
         stop_tracer(tracer)
     res["overhead_untraced_s"], res["overhead_traced_s"] = untraced, traced
+    progress(f"profiling the consumer with py-spy: {n} requests traced")
+    profile_storm(out, storms.Scenario("p", "kthread", "kmt-bench-none", n), ko)
 
     # Loss: one tracer through every storm, each counted against the tracefs witness.
     tfs = kernel.tracefs()
@@ -140,6 +222,9 @@ def main() -> int:
     res["lost"] = (trace.trailer or {}).get("lost")
     res["missed"] = (trace.trailer or {}).get("missed")
     res["events"] = len(trace.events)
+    if args.soak_s > 0:
+        progress(f"soak: storms of 1000 requests for {args.soak_s:.0f}s")
+        res["soak"] = soak(out, args.soak_s, ko)
     (out / "bench.json").write_text(json.dumps(res, indent=1))
     progress("bench done")
     return 0

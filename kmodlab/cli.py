@@ -69,26 +69,34 @@ def vm(kernel_spec: str, out: str | None, cpus: int, memory: str, kvm: bool | No
               help="concurrent modprobes for the loss figure")
 @click.option("--overhead-count", default=1000, show_default=True,
               help="requests per storm for the overhead figure")
+@click.option("--soak", "soak_s", default=600.0, show_default=True,
+              help="seconds of repeated storms for the memory soak (0: none)")
+@click.option("--boot/--no-boot", default=True, show_default=True,
+              help="the systemd unit's boot delay (two more VM boots)")
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="VM results directory")
 def bench(kernel_spec: str, no_vm: bool, events: int, sizes: str, modprobes: int,
-          overhead_count: int, out: str | None) -> None:
-    """Print the benchmark figures: attach time, loss, overhead, replay speed, memory."""
+          overhead_count: int, soak_s: float, boot: bool, out: str | None) -> None:
+    """Print the benchmark figures: attach time, loss, overhead, replay speed, memory,
+    boot delay."""
     from kmodlab import bench as benchmod
     from kmodlab import vm as vmmod
 
-    replay_fig = benchmod.replay_speed(events, _progress)
+    replay_fig = [benchmod.replay_speed(n, _progress) for n in (min(10_000, events), events)]
+    boot_fig = None
     vm_fig = None
     if not no_vm:
         outdir = Path(out or f"out/bench-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
         try:
             vm_fig = benchmod.vm_figures(kernel_spec, outdir, _progress, sizes, modprobes,
-                                         overhead_count)
+                                         overhead_count, soak_s)
+            if boot:
+                boot_fig = benchmod.boot_figures(kernel_spec, outdir, _progress)
         except vmmod.VMError as e:
             _fail(str(e))
         assert vm_fig is not None
         click.echo(f"kernel {vm_fig['kernel']}, {vm_fig['cpus']} vCPUs; raw figures in "
                    f"{outdir}/bench.json")
-    for line in benchmod.render(replay_fig, vm_fig):
+    for line in benchmod.render(replay_fig, vm_fig, boot_fig):
         click.echo(line)
 
 
