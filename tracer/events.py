@@ -94,7 +94,7 @@ class Event:
         wrong type, or is unknown and not UNKNOWN_OK. The common case is checked in C
         (zip/map/issuperset): replay reads a million of these."""
         d.pop("type", None)
-        if not _VALID_PAIRS.issuperset(zip(d, map(type, d.values()))):
+        if not _VALID_PAIRS.issuperset(zip(d, map(type, d.values()), strict=False)):
             unknown = d.keys() - _FIELD_TYPES.keys()
             if unknown and not unknown_ok:
                 raise TypeError(f"unknown field {sorted(unknown)[0]}")
