@@ -241,13 +241,16 @@ def read_trace(path: str) -> Trace:
     object of no known type, a field of the wrong type, a second header or trailer) is
     counted in bad_lines, the first one named in first_bad_line, and skipped.
     """
-    # A million events are a million acyclic objects: the cyclic GC would rescan them
-    # all, again and again, as they pile up (replay time grows faster than the trace).
+    # A million events are a million acyclic objects that live as long as the report:
+    # the cyclic GC would rescan them all, again and again, while they pile up and
+    # while the model replays them (replay time would grow faster than the trace). So
+    # no collection while reading, and afterwards they are out of its sight (freeze).
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
         return _read_trace(path)
     finally:
+        gc.freeze()
         if gc_was_on:
             gc.enable()
 
