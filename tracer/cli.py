@@ -69,6 +69,25 @@ class _Main(click.Group):
                  f"(run with {DEBUG_ENV}=1 for the traceback)")
         sys.exit(rv if isinstance(rv, int) else 0)
 
+    # Plugin commands are looked up only when asked for: scanning every installed
+    # distribution's entry points costs a few hundred ms natively, seconds under
+    # emulation, and `live`/`record` start-up is attach time.
+    _plugins_added = False
+
+    def _add_plugins(self) -> None:
+        if not self._plugins_added:
+            self._plugins_added = True
+            _add_plugin_commands(self)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            self._add_plugins()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._add_plugins()
+        return super().list_commands(ctx)
+
 
 def _print_ebpf(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     """--ebpf: print the BPF program and exit, as bcc's tools do (no root, no bcc)."""
@@ -380,7 +399,7 @@ def boot_diff(a: str, b: str, as_json: bool, wide: bool, slower: float,
         click.echo(line)
 
 
-def _add_plugin_commands() -> None:
+def _add_plugin_commands(group: click.Group) -> None:
     """Commands other packages register (the lab's vm, parity, bench)."""
     for ep in entry_points(group="kmodtrace.commands"):
         try:
@@ -388,7 +407,4 @@ def _add_plugin_commands() -> None:
         except ImportError:  # a plugin whose own dependencies are missing: leave it out
             continue
         if isinstance(cmd, click.Command):
-            main.add_command(cmd, ep.name)
-
-
-_add_plugin_commands()
+            group.add_command(cmd, ep.name)
