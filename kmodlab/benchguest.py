@@ -167,13 +167,13 @@ def main() -> int:
     stop_tracer(tracer)
     res["attach_kmodtrace_build"] = _attached_build(out / "bench.log")
 
-    # Overhead: the same storm untraced and traced, alternating, best of two each.
+    # Overhead: the same storm untraced and traced, alternating, best of three each.
     # A name no module provides keeps the storm repeatable (nothing stays loaded).
     n = args.overhead_count
     untraced, traced = [], []
     tracer, _ = start_tracer(out, "overhead")
     stop_tracer(tracer)  # warm caches the same way for both sides
-    for i in range(2):
+    for i in range(3):
         progress(f"overhead round {i + 1}: {n} requests untraced, then traced")
         untraced.append(timed_storm(storms.Scenario("u", "kthread", "kmt-bench-none", n), ko))
         tracer, _ = start_tracer(out, f"overhead{i}")

@@ -29,6 +29,9 @@ def test_live_attached_with_the_headers_hidden(vm_run: VMRun) -> None:
     assert finit and all(e.path.endswith((".ko", ".ko.xz", ".ko.zst")) and e.ino and e.dev
                          for e in finit)
     assert all(e.ppid for e in vm_run.trace.events if e.kind == 1)  # REQ_ENTER
+    # the fexit that sees requests time out in the kmod throttle attached too (its
+    # address from kallsyms, its types from BTF)
+    assert "kretfunc:down_timeout" in vm_run.trace.header["hooks"]
 
 
 def test_btf_offsets_of_this_machine() -> None:

@@ -350,3 +350,20 @@ def version_code(release: str) -> int:
     nums = [int(x) for x in release.split("-")[0].split("+")[0].split(".")[:3] if x.isdigit()]
     a, b, c = [*nums, 0, 0, 0][:3]
     return (a << 16) + (b << 8) + min(c, 255)
+
+
+def kallsyms_address(name: str, path: str = "/proc/kallsyms") -> int | None:
+    """Address of a kernel symbol, data symbols too (bcc's cache keeps functions only);
+    None if absent or hidden (kptr_restrict shows zeros). One search of the whole file
+    in C: a line-by-line parse costs seconds under emulation."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    end = data.find(f" {name}\n".encode())
+    if end < 0:
+        return None
+    start = data.rfind(b"\n", 0, end) + 1
+    addr = int(data[start:data.index(b" ", start)], 16)
+    return addr or None

@@ -42,7 +42,7 @@ class TracerError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Hook:
-    probe_type: str  # "kprobe", "kretprobe" or "tracepoint"
+    probe_type: str  # "kprobe", "kretprobe", "tracepoint" or "kretfunc" (fexit)
     target: str  # symbol, or "category:event"
     fn: str  # BPF function (kprobes) or HAVE_TP_ macro suffix (tracepoints)
     why: str
@@ -77,6 +77,9 @@ HOOKS: tuple[Hook, ...] = (
     Hook("kprobe", "kmod_dup_request_announce", "dup_announce", "kernel dup announces",
          quiet=True),
 )
+# Not attached by name: bcc attaches the program's kretfunc__down_timeout as it compiles.
+RESCUE_HOOK = Hook("kretfunc", "down_timeout", "kretfunc__down_timeout",
+                   "returns of requests that time out in the kmod throttle")
 
 
 def program_text() -> str:
@@ -173,8 +176,20 @@ class Tracer:
                 kprobes.append(hook)
             else:
                 self._skip(hook, "symbol not in this kernel (inlined or absent)")
+        rescue = self._throttle_rescue(BPF, has_symbol)
         phases["probe-checks"] = time.monotonic() - t0 - sum(phases.values())
-        self.bpf = self._compile(BPF, build, cflags)
+        try:
+            self.bpf = self._compile(BPF, build, cflags + rescue)
+        except TracerError as e:
+            if not rescue:
+                raise
+            # bcc attaches the fexit while compiling: a kernel that refuses it still
+            # gets every other hook
+            self._skip(RESCUE_HOOK, f"fexit failed: {e}")
+            self.bpf = self._compile(BPF, build, cflags)
+            rescue = []
+        if rescue:
+            self._hooks.append(RESCUE_HOOK)
         phases["compile"] = time.monotonic() - t0 - sum(phases.values())
         for hook in kprobes:
             try:
@@ -195,6 +210,19 @@ class Tracer:
         phases["attach"] = time.monotonic() - t0 - sum(phases.values())
         return Attached(list(self._hooks), list(self._skipped), features,
                         time.monotonic() - t0, build, phases)
+
+    @staticmethod
+    def _throttle_rescue(BPF: Any, has_symbol: Callable[[str], bool]) -> list[str]:
+        """-DKMOD_SEM=address of kmod_concurrent_max (kernel/module/kmod.c, in kallsyms
+        with CONFIG_KALLSYMS_ALL) where the kernel has BPF trampolines (fexit) and
+        down_timeout; else no flag, and no fexit (see the program's inreq)."""
+        try:
+            if not BPF.support_kfunc() or not has_symbol("down_timeout"):
+                return []
+        except Exception:  # noqa: BLE001 - bcc raises bare exceptions
+            return []
+        addr = kernel.kallsyms_address("kmod_concurrent_max")
+        return [f"-DKMOD_SEM={addr:#x}ULL"] if addr else []
 
     @staticmethod
     def _build_flags(release: str | None = None,
@@ -278,21 +306,34 @@ class Tracer:
         return int(self.bpf["lost"].sum(ctypes.c_int(0)).value)
 
     def missed(self) -> int:
-        """kretprobe instances missed (maxactive exhausted), from kprobe_profile."""
+        """Returns no hook saw: kretprobe instances missed (maxactive exhausted), from
+        kprobe_profile, less the __request_module returns the down_timeout fexit saw
+        for threads the kretprobe missed (rescued - those the kretprobe saw too)."""
         root = kernel.tracefs()
         if root is None:
             return 0
         tag = f"_bcc_{os.getpid()}"
-        total = 0
+        total = req = 0
         try:
             with open(os.path.join(root, "kprobe_profile")) as f:
                 for line in f:
                     parts = line.split()
                     if len(parts) >= 3 and tag in parts[0]:
                         total += int(parts[2])
+                        if parts[0] == f"r___request_module{tag}":
+                            req = int(parts[2])
         except OSError:
             return 0
-        return total
+        rescued, seen_too = self.rescued()
+        return total - min(req, rescued - seen_too)
+
+    def rescued(self) -> tuple[int, int]:
+        """(__request_module returns the down_timeout fexit emitted, of which the
+        kretprobe saw too)."""
+        if self.bpf is None:
+            return 0, 0
+        table = self.bpf["rescue"]
+        return (int(table[ctypes.c_int(0)].value), int(table[ctypes.c_int(1)].value))
 
     def close(self) -> None:
         if self.bpf is not None:

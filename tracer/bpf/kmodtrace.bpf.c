@@ -48,9 +48,30 @@ static __always_inline struct event *reserve(u32 kind)
     return e;
 }
 
+// Returns of __request_module. Its kretprobe has at most 4096 instances (the tracefs
+// cap), and every request waiting behind the 50-helper throttle holds one from entry,
+// so in a storm of more the latecomers get none. Those that time out in the throttle
+// (down_timeout() on kmod_concurrent_max fails, -ETIME after 5 s, and __request_module
+// returns that at once) are seen by an fexit of down_timeout, which needs no instance.
+// inreq: tid -> 1 from entry, 2 once the fexit emitted the return, so that whichever
+// hook sees a thread's return first emits it, once.
+BPF_HASH(inreq, u32, u8, MAX_HELPERS);
+// [0] returns emitted by the down_timeout fexit, [1] of those, the kretprobe saw too
+BPF_ARRAY(rescue, u64, 2);
+
+static __always_inline void count_rescue(int i)
+{
+    u64 *n = rescue.lookup(&i);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+}
+
 // __request_module(bool wait, const char *fmt, ...): the name is still a format.
 int req_enter(struct pt_regs *ctx)
 {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u8 one = 1;
+    inreq.update(&tid, &one);
     struct event *e = reserve(KIND_REQ_ENTER);
     if (!e)
         return 0;
@@ -70,6 +91,15 @@ int req_enter(struct pt_regs *ctx)
 
 int req_exit(struct pt_regs *ctx)
 {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u8 *state = inreq.lookup(&tid);
+    int rescued = state && *state == 2;
+    if (state)
+        inreq.delete(&tid);
+    if (rescued) {  // the down_timeout fexit emitted this return already
+        count_rescue(1);
+        return 0;
+    }
     struct event *e = reserve(KIND_REQ_EXIT);
     if (!e)
         return 0;
@@ -77,6 +107,26 @@ int req_exit(struct pt_regs *ctx)
     events.ringbuf_submit(e, 0);
     return 0;
 }
+
+#ifdef KMOD_SEM
+KRETFUNC_PROBE(down_timeout, void *sem, long timeout, int ret)
+{
+    if (ret == 0 || (u64)sem != KMOD_SEM)
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u8 *state = inreq.lookup(&tid);
+    if (!state || *state != 1)
+        return 0;
+    *state = 2;
+    count_rescue(0);
+    struct event *e = reserve(KIND_REQ_EXIT);
+    if (!e)
+        return 0;
+    e->ret = ret;
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+#endif
 
 #ifdef HAVE_TP_MODULE_REQUEST
 TRACEPOINT_PROBE(module, module_request)
@@ -145,6 +195,8 @@ int umh_spawn(struct pt_regs *ctx, void *info)
 
 int helper_exit(struct pt_regs *ctx, long code)
 {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    inreq.delete(&tid);  // a request whose return no hook saw
     u32 pid = bpf_get_current_pid_tgid() >> 32;
     u64 *ptr = helpers.lookup(&pid);
     if (!ptr)
