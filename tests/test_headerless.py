@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import VMRun
-from tracer import kernel
+from tracer import btf, kernel
 from tracer.probes import Tracer, TracerError
 
 
@@ -37,17 +37,17 @@ def test_live_attached_with_the_headers_hidden(vm_run: VMRun) -> None:
 def test_btf_offsets_of_this_machine() -> None:
     """The Python BTF reader on the host's own /sys/kernel/btf/vmlinux: members at
     fixed places, one inside an anonymous union, one through a nested struct."""
-    btf = kernel.BTF.from_kernel()
-    assert btf.offset("list_head", "prev") == 8
-    assert btf.offset("qstr", "name") == 8  # after union { struct { hash, len }; hash_len }
-    assert btf.offset("qstr", "hash_len") == 0  # a member of the anonymous union
-    assert btf.offset("file", "f_path.dentry") == btf.offset("file", "f_path") + \
-        btf.offset("path", "dentry")
-    assert btf.has_field("task_struct", "tgid") is True
-    assert btf.has_field("task_struct", "no_such_member") is False
-    assert btf.has_field("no_such_struct_kmt", "x") is None
-    with pytest.raises(kernel.BTFError, match="no member"):
-        btf.offset("task_struct", "no_such_member")
+    b = btf.load()
+    assert b.offset("list_head", "prev") == 8
+    assert b.offset("qstr", "name") == 8  # after union { struct { hash, len }; hash_len }
+    assert b.offset("qstr", "hash_len") == 0  # a member of the anonymous union
+    assert b.offset("file", "f_path.dentry") == b.offset("file", "f_path") + \
+        b.offset("path", "dentry")
+    assert b.has_field("task_struct", "tgid") is True
+    assert b.has_field("task_struct", "no_such_member") is False
+    assert b.has_field("no_such_struct_kmt", "x") is None
+    with pytest.raises(btf.BTFError, match="no member"):
+        b.offset("task_struct", "no_such_member")
 
 
 def test_no_headers_and_no_btf_names_both_fixes(tmp_path: Path) -> None:

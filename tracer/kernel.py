@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import platform
-import struct
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import get_args
 
+from tracer.btf import BTF
 from tracer.model import PROFILE_6_1, PROFILE_6_4, PROFILE_6_5, Announce, AnnounceSource, Profile
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -140,8 +140,6 @@ def load_info_len_offset(has_field: Callable[[str, str], bool | None]) -> int:
     return 8 if has_field("load_info", "name") is False else 24
 
 
-BTF_PATH = "/sys/kernel/btf/vmlinux"
-
 # Every struct member the BPF program reads: (its -D macro, struct, member path). The
 # offsets come from the running kernel's BTF; on a kernel without BTF, from the kernel
 # headers as offsetof() (load_info is private to kernel/module/internal.h: there
@@ -163,123 +161,6 @@ OFFSETS: tuple[tuple[str, str, str], ...] = (
     ("OFF_UMH_ARGV", "subprocess_info", "argv"),
     ("OFF_LOAD_INFO_LEN", "load_info", "len"),
 )
-
-_BTF_MAGIC = 0xEB9F
-_BTF_STRUCT, _BTF_UNION, _BTF_TYPEDEF = 4, 5, 8
-# Bytes after the 12-byte btf_type header: per kind, fixed + per-member (vlen) size
-# (include/uapi/linux/btf.h; kinds up to BTF_KIND_ENUM64, 6.0).
-_BTF_EXTRA: dict[int, tuple[int, int]] = {
-    1: (4, 0), 2: (0, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 7: (0, 0),
-    8: (0, 0), 9: (0, 0), 10: (0, 0), 11: (0, 0), 12: (0, 0), 13: (0, 8), 14: (4, 0),
-    15: (0, 12), 16: (0, 0), 17: (4, 0), 18: (0, 0), 19: (0, 12),
-}
-_QUALIFIERS = {8, 9, 10, 11, 18}  # typedef, volatile, const, restrict, type_tag
-
-
-class BTFError(RuntimeError):
-    """The kernel's BTF is absent, unreadable, or lacks a member the probes read."""
-
-
-class BTF:
-    """The struct layouts of /sys/kernel/btf/vmlinux, read in Python (no bpftool, no
-    libbpf): enough to find a member's byte offset, through nested and anonymous
-    structs and unions."""
-
-    def __init__(self, data: bytes) -> None:
-        if len(data) < 24:
-            raise BTFError("BTF too short")
-        magic, _ver, _flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(
-            "<HBBIIIII", data)
-        if magic != _BTF_MAGIC:
-            raise BTFError(f"bad BTF magic {magic:#x} (not little-endian BTF)")
-        self._strings = data[hdr_len + str_off:hdr_len + str_off + str_len]
-        words = memoryview(data[hdr_len + type_off:hdr_len + type_off + type_len]).cast("I")
-        self._words = words
-        # Type ids count from 1; _start[id] is the word index of its header.
-        starts = [0]
-        i, end = 0, len(words)
-        extra = _BTF_EXTRA
-        while i < end:
-            starts.append(i)
-            info = words[i + 1]
-            fixed, per = extra.get((info >> 24) & 0x1F, (0, 0))
-            i += 3 + (fixed + per * (info & 0xFFFF)) // 4
-        self._start = starts
-        self._structs: dict[str, int] | None = None
-
-    @classmethod
-    def from_kernel(cls, path: str = BTF_PATH) -> BTF:
-        try:
-            with open(path, "rb") as f:
-                return cls(f.read())
-        except OSError as e:
-            raise BTFError(f"cannot read {path}: {e.strerror}") from e
-
-    def _name(self, off: int) -> str:
-        end = self._strings.index(b"\0", off)
-        return self._strings[off:end].decode()
-
-    def _struct_ids(self) -> dict[str, int]:
-        """Named structs and unions by name (the first definition wins: vmlinux has one)."""
-        if self._structs is None:
-            found: dict[str, int] = {}
-            w = self._words
-            for tid in range(1, len(self._start)):
-                i = self._start[tid]
-                info = w[i + 1]
-                if (info >> 24) & 0x1F in (_BTF_STRUCT, _BTF_UNION) and w[i] and info & 0xFFFF:
-                    found.setdefault(self._name(w[i]), tid)
-            self._structs = found
-        return self._structs
-
-    def _resolve(self, tid: int) -> int:
-        """Through typedefs and qualifiers to the type itself."""
-        while tid and (self._words[self._start[tid] + 1] >> 24) & 0x1F in _QUALIFIERS:
-            tid = self._words[self._start[tid] + 2]
-        return tid
-
-    def _member(self, tid: int, name: str) -> tuple[int, int] | None:
-        """(bit offset, member type id) of NAME in struct/union TID, searching anonymous
-        members too."""
-        w = self._words
-        i = self._start[tid]
-        info = w[i + 1]
-        if (info >> 24) & 0x1F not in (_BTF_STRUCT, _BTF_UNION):
-            return None
-        bitfields = info >> 31
-        for m in range(info & 0xFFFF):
-            j = i + 3 + 3 * m
-            name_off, mtype, moff = w[j], w[j + 1], w[j + 2]
-            if bitfields:
-                moff &= 0xFFFFFF
-            if name_off == 0:
-                inner = self._member(self._resolve(mtype), name)
-                if inner is not None:
-                    return moff + inner[0], inner[1]
-            elif self._name(name_off) == name:
-                return moff, mtype
-        return None
-
-    def has_field(self, struct_name: str, field: str) -> bool | None:
-        tid = self._struct_ids().get(struct_name)
-        return None if tid is None else self._member(tid, field) is not None
-
-    def offset(self, struct_name: str, path: str) -> int:
-        """Byte offset of PATH ("f_path.dentry") inside struct STRUCT_NAME."""
-        tid = self._struct_ids().get(struct_name)
-        if tid is None:
-            raise BTFError(f"struct {struct_name} is not in the kernel's BTF")
-        bits = 0
-        for part in path.split("."):
-            found = self._member(self._resolve(tid), part)
-            if found is None:
-                raise BTFError(f"struct {struct_name} has no member {path} in the kernel's BTF")
-            bits += found[0]
-            tid = found[1]
-        if bits % 8:
-            raise BTFError(f"{struct_name}.{path} is a bit field")
-        return bits // 8
-
 
 def btf_offsets(btf: BTF) -> dict[str, int]:
     """OFFSETS' macros with their byte offsets in the running kernel. A struct missing

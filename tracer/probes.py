@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from tracer import btf as btfmod
 from tracer import kernel
 from tracer.events import Event, c_definitions, decode
 
@@ -226,7 +227,7 @@ class Tracer:
 
     @staticmethod
     def _build_flags(release: str | None = None,
-                     btf_path: str = kernel.BTF_PATH) -> tuple[str, list[str]]:
+                     btf_path: str = btfmod.VMLINUX_BTF) -> tuple[str, list[str]]:
         """Which build (BUILDS) this kernel allows, and its cflags: the offsets and the
         version code. BTF first: it needs no kernel headers and compiles in a fraction of
         the time."""
@@ -235,20 +236,20 @@ class Tracer:
         if forced and forced not in BUILDS:
             raise TracerError(f"KMODTRACE_BUILD={forced} is not a build "
                               f"(fix: one of {', '.join(BUILDS)}, or unset it)")
-        btf: kernel.BTF | None = None
+        btf: btfmod.BTF | None = None
         offsets: dict[str, object] = {}
         why = ""
         try:
-            btf = kernel.BTF.from_kernel(btf_path)
+            btf = btfmod.load(btf_path)
             offsets = dict(kernel.btf_offsets(btf))
-        except kernel.BTFError as e:
+        except btfmod.BTFError as e:
             btf, why = None, str(e)
         headers = kernel.kernel_headers_present(release)
         if btf is None and not headers:
             raise TracerError(
                 f"kernel headers for {release} are missing and the kernel has no usable BTF "
                 f"({why}) (fix: install linux-headers-{release}, or use a kernel built with "
-                f"CONFIG_DEBUG_INFO_BTF=y, which provides {kernel.BTF_PATH})")
+                f"CONFIG_DEBUG_INFO_BTF=y, which provides {btfmod.VMLINUX_BTF})")
         if btf is not None and platform.machine() != "x86_64" and not forced:
             forced = "btf-headers"  # tracer/bpf/nohdr's struct pt_regs is x86-64's
         build = forced or ("btf" if btf is not None else "headers")
