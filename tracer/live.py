@@ -282,7 +282,10 @@ class Run:
 
     def run(self) -> int:
         attached, features = self.attached, self.features
+        # Ctrl-C too sets a flag: a KeyboardInterrupt raised inside bcc's ring-buffer
+        # callback is swallowed by ctypes, and the recorder would never stop.
         signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
         print(f"Attached {len(attached.hooks)} hooks in {attached.attach_s:.2f}s "
               f"(kernel {features.release}, profile {features.profile.name}, "
               f"{attached.build} build).", file=self.err)
