@@ -69,6 +69,8 @@ HOOKS: tuple[Hook, ...] = (
          quiet=True),
     Hook("kprobe", "kmod_dup_request_announce", "dup_announce", "kernel dup announces",
          quiet=True),
+    Hook("kprobe", "module_patient_check_exists", "patient_check",
+         "which same-name check refused a load", quiet=True),
 )
 
 
