@@ -116,6 +116,9 @@ def build_kmodstorm(release: str, cache: Path) -> Path:
     """Build kmodlab/kmodstorm against this kernel's headers, cached by release and source;
     returns kmodstorm.ko (kmodstorm_fail.ko lies beside it)."""
     src = b"".join((KMODSTORM_SRC / name).read_bytes() for name in KMODSTORM_FILES)
+    # Two builds of one release string (the oracle's configs) differ in struct module:
+    # /proc/version carries the build's own stamp.
+    src += Path("/proc/version").read_bytes()
     key = f"{release}-{hashlib.sha256(src).hexdigest()[:12]}"
     ko = cache / key / "kmodstorm.ko"
     if all((ko.parent / f"{m}.ko").exists() for m in KMODSTORM_MODULES):
