@@ -238,7 +238,8 @@ def main() -> int:
     else:
         scenarios = [storms.Scenario(**d) for d in json.loads(args.scenarios)]
     kmodstorm = None
-    if not args.command and any(s.generator == "kthread" for s in scenarios):
+    if not args.command and any(s.generator in ("kthread", "finit")
+                                   for s in scenarios):
         progress("building kmodstorm against this kernel's headers")
         kmodstorm = storms.build_kmodstorm(release, args.cache / "kmodstorm")
     manifest: dict[str, Any] = {"kernel": release, "scenarios": []}

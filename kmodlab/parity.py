@@ -3,7 +3,10 @@
 Per request: the model's verdict (duplicate or not) and the value a duplicate returns,
 against what kmod_dup_request_exists_wait() decided and wrote to *dup_ret. Per run: the
 model's MODULE_STATS figures against the difference of /sys/kernel/debug/modules/stats
-before and after the storms. Every mismatch is printed with the events around it.
+before and after the storms, every counter and the duplicate-failed table with its
+reasons. Per run too: which requests passed the kmod throttle (kmod_concurrent_max, run
+by the model from the traced entries and returns) against which reached the tracepoint.
+Every mismatch is printed with the events around it.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tracer.events import Event, Kind
-from tracer.model import StatsSummary
+from tracer.model import StatsSummary, semaphore
 from tracer.session import Replay
+from tracer.stories import Request
 
 
 @dataclass(slots=True)
@@ -55,6 +59,10 @@ class Parity:
     tail_boundary: int = 0  # of requests_agree: entry still alive in the timer's slack
     stats_checked: int = 0
     stats_agree: int = 0
+    throttle_checked: int = 0
+    throttle_agree: int = 0
+    throttle_queued: int = 0  # of throttle_agree: slept for a slot (the model's view)
+    throttle_timed_out: int = 0  # of throttle_agree: -ETIME
     mismatches: list[Mismatch] = field(default_factory=list)
 
     @property
@@ -103,6 +111,33 @@ def check_requests(rep: Replay, events: list[Event], par: Parity) -> None:
             par.requests_agree += 1
 
 
+def check_throttle(requests: list[Request], events: list[Event], par: Parity) -> None:
+    """The model's kmod_concurrent_max against the kernel's: a request passed if it reached
+    the tracepoint (after down_timeout()); one that did not returned -ETIME."""
+    fates = semaphore(requests)
+    for req in requests:
+        fate = fates.get(req.id)
+        if fate is None:
+            continue  # stopped before the semaphore
+        par.throttle_checked += 1
+        kernel_passed = req.tp_ns is not None
+        if fate.passed == kernel_passed:
+            par.throttle_agree += 1
+            par.throttle_queued += fate.queued
+            par.throttle_timed_out += not fate.passed
+        else:
+            par.mismatches.append(Mismatch(
+                f"throttle: request #{req.id} {req.display_name} (pid {req.pid})",
+                f"model says {'passed' if fate.passed else 'timed out'}"
+                f"{' after queueing' if fate.queued else ''}, kernel "
+                f"{'passed' if kernel_passed else f'returned {req.ret}'}",
+                _context(events, req.start_ns)))
+
+
+# mod_fail_to_str(): the reasons of a "Duplicate failed modules" line
+_REASONS = {"Becoming": {"Becoming"}, "Load": {"Load"}, "Becoming & Load": {"Becoming", "Load"}}
+
+
 def check_stats(model: StatsSummary, before: ModuleStatsFile, after: ModuleStatsFile,
                 par: Parity) -> None:
     def delta(key: str) -> int:
@@ -128,15 +163,21 @@ def check_stats(model: StatsSummary, before: ModuleStatsFile, after: ModuleStats
                                            f"model {ours}, kernel {delta(key)}"))
     names = set(model.dup_failed) | set(after.dup_failed)
     for name in sorted(names):
-        kernel_n = after.dup_failed.get(name, (0, ""))[0] - before.dup_failed.get(name, (0, ""))[0]
+        b_n, b_reason = before.dup_failed.get(name, (0, ""))
+        a_n, a_reason = after.dup_failed.get(name, (0, ""))
         ours_row = model.dup_failed.get(name)
         ours_n = ours_row.count if ours_row else 0
+        # the kernel's reasons accumulate since boot: before's and this run's
+        ours_reasons = _REASONS.get(b_reason, set()) | _REASONS.get(
+            ours_row.reason if ours_row else "", set())
         par.stats_checked += 1
-        if kernel_n == ours_n:
+        if a_n - b_n == ours_n and ours_reasons == _REASONS.get(a_reason, set()):
             par.stats_agree += 1
         else:
-            par.mismatches.append(Mismatch(f"duplicate failed module {name}",
-                                           f"model {ours_n}, kernel {kernel_n}"))
+            ours_text = " & ".join(r for r in ("Becoming", "Load") if r in ours_reasons)
+            par.mismatches.append(Mismatch(
+                f"duplicate failed module {name}",
+                f"model {ours_n} ({ours_text or '-'}), kernel {a_n - b_n} ({a_reason or '-'})"))
 
 
 def render(par: Parity) -> list[str]:
@@ -145,7 +186,10 @@ def render(par: Parity) -> list[str]:
              f"  of which decided by the kernel where the trace cannot order events: "
              f"{par.ties} arrival ties (< 200 us apart), {par.tail_boundary} inside the "
              f"delete timer's slack after the 60 s tail",
-             f"MODULE_STATS: {par.stats_agree} of {par.stats_checked} figures agree"]
+             f"MODULE_STATS: {par.stats_agree} of {par.stats_checked} figures agree",
+             f"throttle: {par.throttle_agree} of {par.throttle_checked} requests passed or "
+             f"timed out as the model's kmod_concurrent_max says ({par.throttle_queued} "
+             f"queued for a slot, {par.throttle_timed_out} timed out)"]
     for m in par.mismatches:
         lines.append(f"MISMATCH {m.what}: {m.detail}")
         lines += [f"    {c}" for c in m.context]
@@ -173,6 +217,7 @@ def run(outdir: Path) -> Parity:
     rep = replay(trace.events, features.profile,
                  oracle=lambda req: kernel.get((req.tid, req.tp_ns)))
     check_requests(rep, trace.events, par)
+    check_throttle([r for r, _ in rep.requests], trace.events, par)
     before, after = outdir / "stats-before.txt", outdir / "stats-after.txt"
     if before.exists() and after.exists():
         check_stats(rep.judge.model.stats(), parse_stats(before.read_text()),

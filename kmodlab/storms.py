@@ -2,12 +2,17 @@
 
 Userspace storms fork N children that block on one pipe and exec together when
 it closes; the kernel-thread storm loads kmodlab/kmodstorm, which fires N
-request_module() calls from N kthreads at once.
+request_module() calls from N kthreads at once. Load storms call finit_module() and
+init_module() directly (ctypes): kmod 30 never passes MODULE_INIT_COMPRESSED_FILE, and
+no tool hands init_module() a bad buffer.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
+import lzma
 import os
 import shutil
 import socket
@@ -19,6 +24,14 @@ from importlib import resources
 from pathlib import Path
 
 KMODSTORM_SRC = resources.files("kmodlab") / "kmodstorm"  # package data
+KMODSTORM_FILES = ("kmodstorm.c", "kmodstorm_fail.c", "Makefile")
+KMODSTORM_MODULES = ("kmodstorm", "kmodstorm_fail")
+# x86_64 syscall numbers (the lab's VMs): arch/x86/entry/syscalls/syscall_64.tbl
+SYS_INIT_MODULE = 175
+SYS_FINIT_MODULE = 313
+# include/uapi/linux/module.h
+MODULE_INIT_COMPRESSED_FILE = 4
+LOAD_DIR = Path("/tmp/kmt-load")
 
 
 def fork_together(jobs: Sequence[Callable[[], int]]) -> list[int]:
@@ -71,6 +84,14 @@ class Scenario:
     nowait: bool = False
     mixed: bool = False  # kthread storms: odd threads nowait, even ones wait
     pause_before: float = 0.0  # seconds to sleep first (to land inside or past dups' tail)
+    # generator "finit": finit_module() flags and arguments; copies: one file per caller
+    # (distinct inodes, so idempotent() does not join them); compress: xz as kbuild does;
+    # corrupt: a truncated xz stream (module_decompress() fails)
+    flags: int = 0
+    params: str = ""
+    copies: bool = False
+    compress: bool = False
+    corrupt: bool = False
     # Filled in by run(): CLOCK_MONOTONIC, the clock bpf_ktime_get_ns() uses.
     start_ns: int = 0
     end_ns: int = 0
@@ -86,28 +107,99 @@ class Scenario:
             "socket": [f"net-pf-{self.target}"],
             "modprobe": [],
             "selftest": [],
+            "finit": [],
+            "init-efault": [],
         }[self.generator]
 
 
 def build_kmodstorm(release: str, cache: Path) -> Path:
-    """Build kmodlab/kmodstorm against this kernel's headers, cached by release and source."""
-    src = (KMODSTORM_SRC / "kmodstorm.c").read_bytes() + (KMODSTORM_SRC / "Makefile").read_bytes()
+    """Build kmodlab/kmodstorm against this kernel's headers, cached by release and source;
+    returns kmodstorm.ko (kmodstorm_fail.ko lies beside it)."""
+    src = b"".join((KMODSTORM_SRC / name).read_bytes() for name in KMODSTORM_FILES)
+    # Two builds of one release string (the oracle's configs) differ in struct module:
+    # /proc/version carries the build's own stamp.
+    src += Path("/proc/version").read_bytes()
     key = f"{release}-{hashlib.sha256(src).hexdigest()[:12]}"
     ko = cache / key / "kmodstorm.ko"
-    if ko.exists():
+    if all((ko.parent / f"{m}.ko").exists() for m in KMODSTORM_MODULES):
         return ko
     work = Path("/tmp/kmodstorm-build")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    for name in ("kmodstorm.c", "Makefile"):  # a Traversable, not always a directory on disk
+    for name in KMODSTORM_FILES:  # a Traversable, not always a directory on disk
         (work / name).write_bytes((KMODSTORM_SRC / name).read_bytes())
     # No BTF for our module: it would need pahole, and nothing reads it.
     subprocess.run(["make", "-s", f"KDIR=/lib/modules/{release}/build",
                     "CONFIG_DEBUG_INFO_BTF_MODULES="], cwd=work, check=True,
                    stdout=subprocess.DEVNULL)
     ko.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(work / "kmodstorm.ko", ko)
+    for m in KMODSTORM_MODULES:
+        shutil.copy(work / f"{m}.ko", ko.parent / f"{m}.ko")
     return ko
+
+
+def module_file(name: str, kmodstorm: Path | None) -> Path:
+    """The .ko of NAME: one of kmodstorm's, else the running kernel's (modules.dep)."""
+    if kmodstorm is not None and (kmodstorm.parent / f"{name}.ko").exists():
+        return kmodstorm.parent / f"{name}.ko"
+    root = Path(f"/lib/modules/{os.uname().release}")
+    want = {f"{name}.ko", f"{name.replace('_', '-')}.ko"}
+    for line in (root / "modules.dep").read_text().splitlines():
+        rel = line.split(":", 1)[0]
+        if rel.rsplit("/", 1)[-1] in want:
+            return root / rel
+    raise FileNotFoundError(f"no module {name} in {root}/modules.dep")
+
+
+def xz(data: bytes) -> bytes:
+    """Compressed as scripts/Makefile.modinst does (xz --check=crc32 --lzma2=dict=1MiB):
+    the kernel's xz decoder takes CRC32 checks."""
+    return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
+                         filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 20}])
+
+
+def load_files(sc: Scenario, kmodstorm: Path | None) -> list[Path]:
+    """The file each finit_module() caller opens: one shared file, or one copy each."""
+    data = module_file(sc.target, kmodstorm).read_bytes()
+    if sc.compress:
+        data = xz(data)
+    if sc.corrupt:
+        data = data[: len(data) // 2]
+    d = LOAD_DIR / sc.name
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    suffix = ".ko.xz" if sc.compress else ".ko"
+    paths = [d / f"{sc.target}-{i}" / f"{sc.target}{suffix}"
+             for i in range(sc.count if sc.copies else 1)]
+    for p in paths:  # the same base name: the module's, as modprobe would open it
+        p.parent.mkdir()
+        p.write_bytes(data)
+    return paths if sc.copies else paths * sc.count
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _finit(path: Path, params: str, flags: int) -> Callable[[], int]:
+    def job() -> int:
+        fd = os.open(path, os.O_RDONLY)
+        r = _libc.syscall(ctypes.c_long(SYS_FINIT_MODULE), ctypes.c_int(fd),
+                          ctypes.c_char_p(params.encode()), ctypes.c_int(flags))
+        return 0 if r == 0 else ctypes.get_errno() or errno.EIO
+
+    return job
+
+
+def _init_bad_buffer(length: int) -> Callable[[], int]:
+    """init_module() with an unmapped buffer: copy_module_from_user() fails -EFAULT
+    after its vmalloc(length)."""
+    def job() -> int:
+        r = _libc.syscall(ctypes.c_long(SYS_INIT_MODULE), ctypes.c_void_p(4096),
+                          ctypes.c_ulong(length), ctypes.c_char_p(b""))
+        return 0 if r == 0 else ctypes.get_errno() or errno.EIO
+
+    return job
 
 
 def run(sc: Scenario, kmodstorm: Path | None) -> None:
@@ -142,16 +234,30 @@ def run(sc: Scenario, kmodstorm: Path | None) -> None:
                        for test in sc.target.split(",")]
     elif sc.generator == "modprobe":
         sc.statuses = fork_together([_exec(["modprobe", sc.target]) for _ in range(sc.count)])
+    elif sc.generator == "finit":
+        sc.statuses = fork_together([_finit(p, sc.params, sc.flags)
+                                     for p in load_files(sc, kmodstorm)])
+    elif sc.generator == "init-efault":
+        sc.statuses = fork_together([_init_bad_buffer(int(sc.target))
+                                     for _ in range(sc.count)])
     else:
         raise ValueError(f"unknown storm generator {sc.generator}")
     time.sleep(0.5)  # let helpers spawned by nowait requests finish
     sc.end_ns = time.monotonic_ns()
 
 
+# The oracle kernel's command line refuses this module (blacklisted(): -EPERM after the
+# read); nothing else asks for it.
+BLACKLISTED = "efivarfs"
+
+
 def oracle_scenarios() -> list[Scenario]:
-    """Storms for the parity run: every dups.c rule, on the oracle kernel's modules."""
+    """Storms for the parity run: every dups.c rule and every MODULE_STATS failure class,
+    on the oracle kernel's signed modules."""
+    xz = MODULE_INIT_COMPRESSED_FILE
     return [
-        Scenario("selftest", "selftest", "0001,0003,0004,0008", 1),
+        # 0009: 62 get_fs_type() threads, past the 50 throttle slots
+        Scenario("selftest", "selftest", "0001,0003,0004,0008,0009", 1),
         Scenario("wait-50", "kthread", "dummy", 50),
         Scenario("missing", "kthread", "kmt-no-such-module", 5),
         Scenario("mixed", "kthread", "veth", 20, mixed=True),
@@ -160,6 +266,18 @@ def oracle_scenarios() -> list[Scenario]:
         Scenario("tail-inside", "kthread", "dummy", 5, pause_before=5.0),
         Scenario("modprobe", "modprobe", "xfs", 8),
         Scenario("rtnl", "rtnl", "veth", 4),
+        # signed copies (distinct inodes): one loads, the others fail in a same-name check
+        Scenario("signed-copies", "finit", "tun", 6, copies=True),
+        # one xz file: idempotent() joins them; xz copies: len + compressed_len each
+        Scenario("xz-shared", "finit", "xxhash_generic", 4, flags=xz, compress=True),
+        Scenario("xz-copies", "finit", "blake2b_generic", 4, flags=xz, compress=True,
+                 copies=True),
+        Scenario("xz-corrupt", "finit", "xor", 2, flags=xz, compress=True, corrupt=True,
+                 copies=True),
+        Scenario("blacklisted", "finit", BLACKLISTED, 2, copies=True),
+        Scenario("bad-params", "finit", "kmodstorm_fail", 1, params="err=bogus"),
+        Scenario("init-fails", "finit", "kmodstorm_fail", 1),
+        Scenario("init-efault", "init-efault", "65536", 2),
         # entries are deleted 60 s after completion: this one must anchor anew
         Scenario("tail-after", "kthread", "dummy", 5, pause_before=65.0),
     ]

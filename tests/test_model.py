@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from tracer import kernel
 from tracer.model import (
+    ALL_BUSY_TIMEOUT_NS,
     DUP_TAIL_NS,
     MAX_KMOD_CONCURRENT,
     MODULE_INIT_COMPRESSED_FILE,
@@ -22,6 +23,7 @@ from tracer.model import (
     Announce,
     ByteClass,
     DupFailed,
+    Fate,
     LoadVerdict,
     Model,
     Profile,
@@ -30,6 +32,7 @@ from tracer.model import (
     profile_json,
     profile_note,
     profile_with_dups,
+    semaphore,
     with_announce,
 )
 from tracer.stories import Load, Request
@@ -573,6 +576,9 @@ def test_patient_becoming_when_module_already_live() -> None:
 MAIN = "kernel/module/main.c"
 SIGNED = SIZE + 700  # a signed module's file: info->len is SIZE once the signature is stripped
 BIG = 3 * SIZE  # a compressed module's info->len, the file being SIZE
+# module_sig_check() traced (CONFIG_MODULE_SIG): a load without MOD_LEN (mod_len None)
+# never reached load_module(), which tells the phases of one errno apart exactly
+SIG = replace(PROFILE_6_5, sig_check=True)
 
 
 @dataclass(frozen=True)
@@ -590,6 +596,7 @@ class Cost:
     size: int = SIZE
     mod_len: int | None = None
     rule: str | None = None
+    patient: str | None = None  # the module_patient_check_exists() call traced last
 
 
 COSTS = [
@@ -644,6 +651,41 @@ COSTS = [
          False, f"{MAIN} do_init_module() bumps no MODULE_STATS counter", loaded=True),
     Cost("a load counts nothing", PROFILE_6_5, 0, None, 0, False, f"{MAIN} do_init_module()",
          loaded=True),
+    # Where the trace shows which module_patient_check_exists() call refused the load
+    Cost("traced check in add_unformed_module(): invalid, 2 * len", PROFILE_6_5,
+         -errno.EEXIST, "invalid", 2 * SIZE, False,
+         f"{MAIN} add_unformed_module() module_patient_check_exists(FAIL_DUP_MOD_LOAD)",
+         rule="patient-load", patient="Load"),
+    Cost("traced check in early_mod_check(): becoming, len", PROFILE_6_5, -errno.EBUSY,
+         "becoming", SIZE, False,
+         f"{MAIN} early_mod_check() module_patient_check_exists(FAIL_DUP_MOD_BECOMING)",
+         rule="patient-becoming", patient="Becoming"),
+    # Where module_sig_check() was traced (every CONFIG_MODULE_SIG kernel)
+    Cost("sig: blacklisted -EPERM after module_sig_check(): becoming, exact", SIG,
+         -errno.EPERM, "becoming", SIZE, False, f"{MAIN} early_mod_check() blacklisted()",
+         size=SIGNED, mod_len=SIZE),
+    Cost("sig: -EPERM before load_module(): may_init_module(), nothing", SIG, -errno.EPERM,
+         None, 0, True, f"{MAIN} SYSCALL_DEFINE3(finit_module) may_init_module()"),
+    Cost("sig: parse_args -EINVAL: invalid, exact", SIG, -errno.EINVAL, "invalid", 2 * SIZE,
+         False, f"{MAIN} load_module() parse_args() -> coming_cleanup -> free_module",
+         size=SIGNED, mod_len=SIZE),
+    Cost("sig: -EINVAL before load_module(), no flag 4: the flags check, nothing", SIG,
+         -errno.EINVAL, None, 0, False, f"{MAIN} SYSCALL_DEFINE3(finit_module) flags"),
+    Cost("sig: compressed -EINVAL before load_module(): the decompressor", SIG, -errno.EINVAL,
+         "decompress", SIZE, False, f"{MAIN} init_module_from_file() module_decompress()",
+         flags=MODULE_INIT_COMPRESSED_FILE),
+    Cost("sig: compressed -EINVAL in load_module(): parse_args, 2 * len + compressed len",
+         SIG, -errno.EINVAL, "invalid", 2 * BIG + SIZE, False,
+         "kernel/module/stats.c mod_stat_bump_invalid() info->compressed_len",
+         flags=MODULE_INIT_COMPRESSED_FILE, mod_len=BIG),
+    Cost("sig: init_module -EFAULT before load_module(): the copy, len to kread", SIG,
+         -errno.EFAULT, "kread", SIZE, False,
+         f"{MAIN} SYSCALL_DEFINE3(init_module) copy_module_from_user()", syscall="init_module"),
+    Cost("sig: init_module -EFAULT in load_module(): strndup_user(), invalid", SIG,
+         -errno.EFAULT, "invalid", 2 * SIZE, False, f"{MAIN} load_module() strndup_user()",
+         syscall="init_module", mod_len=SIZE),
+    Cost("sig: finit read failure: failed_kreads, no bytes", SIG, -errno.ETXTBSY, "kread", 0,
+         False, f"{MAIN} init_module_from_file() kernel_read_file() < 0"),
 ]  # fmt: skip
 
 BYTES = {"kread": "invalid_kread_bytes", "decompress": "invalid_decompress_bytes",
@@ -659,7 +701,7 @@ def test_module_stats_cost_of_a_failed_attempt(c: Cost) -> None:
     replay(m, loads=[mkload(1, 10, 20, 0, ino=1)])
     attempt = mkload(2, 30, 40, c.ret, ino=2, syscall=c.syscall, flags=c.flags,
                      loaded=c.loaded, size=c.size)  # fmt: skip
-    attempt.mod_len = c.mod_len
+    attempt.mod_len, attempt.patient_check = c.mod_len, c.patient
     v = replay(m, loads=[attempt]).loads[2]
     assert (v.rule, v.byte_class, v.wasted_bytes, v.wasted_approx) == (
         c.rule, c.byte_class, c.wasted, c.approx), c.cite
@@ -841,7 +883,8 @@ def test_report_says_where_announce_and_stats_come_from(args: tuple[str, ...],
 
 # ---- the kmod throttle under simulated dups -------------------------------------------------
 
-KMOD = "kernel/module/kmod.c __request_module(): up(&kmod_concurrent_max) only as it returns"
+KMOD_C = "kernel/module/kmod.c __request_module()"
+KMOD = f"{KMOD_C}: up(&kmod_concurrent_max) only as it returns"
 
 
 def test_sleeping_wait_duplicates_hold_their_throttle_slots() -> None:
@@ -870,6 +913,60 @@ def test_nowait_and_tail_duplicates_give_their_slot_back_at_once() -> None:
     run = replay(m, tail)  # in the 60 s tail: dup_ret read without sleeping
     assert max(v.slots_held or 0 for v in run.reqs.values()) == 0
     assert m.modules()["net-pf-10"].would_queue == 0
+
+
+# ---- kmod_concurrent_max itself: who passes, who queues, who times out -------------------
+
+SEM = "kernel/locking/semaphore.c"
+
+
+def _entered(rid: int, start: int, end: int | None, passed: bool = True) -> Request:
+    """A request that entered __request_module at START; reached the tracepoint (passed)
+    or returned -ETIME at END."""
+    r = Request(pid=rid, tid=rid, comm="k", ppid=2, wait=True, start_ns=start, name="fs-x",
+                tp_ns=start + 1 if passed else None, end_ns=end,
+                ret=0 if passed else -errno.ETIME, id=rid)  # fmt: skip
+    return r
+
+
+@dataclass(frozen=True)
+class SemCase:
+    what: str
+    reqs: list[Request]
+    fates: dict[int, Fate]
+    cite: str
+
+
+N = MAX_KMOD_CONCURRENT
+HOLD = [_entered(i, i * 1000, S + i) for i in range(1, N + 1)]  # 50 holders, out by S + i
+SEM_CASES = [
+    SemCase("a free slot: passes at once", HOLD[:1], {1: Fate(True, False, 1000)},
+            f"{KMOD_C} down_timeout(&kmod_concurrent_max)"),
+    SemCase("all 50 held: sleeps, passes at the first up()", [*HOLD, _entered(99, 2 * MS, 2 * S)],
+            {99: Fate(True, True, S + 1)}, f"{SEM} __up(): the slot goes to the first waiter"),
+    SemCase("sleepers are served in arrival order", [*HOLD, _entered(98, 2 * MS, 2 * S),
+            _entered(99, 3 * MS, 2 * S)],
+            {98: Fate(True, True, S + 1), 99: Fate(True, True, S + 2)},
+            f"{SEM} __down_common(): list_add_tail(&waiter.list, &sem->wait_list)"),
+    SemCase("no up() within 5 s: -ETIME", [*[_entered(i, i, 9 * S) for i in range(1, N + 1)],
+            _entered(99, MS, MS + ALL_BUSY_TIMEOUT_NS, passed=False)],
+            {99: Fate(False, True, MS + ALL_BUSY_TIMEOUT_NS)},
+            f"{KMOD_C} MAX_KMOD_ALL_BUSY_TIMEOUT * HZ"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("c", SEM_CASES, ids=[c.what for c in SEM_CASES])
+def test_kmod_semaphore(c: SemCase) -> None:
+    fates = semaphore(c.reqs)
+    assert {i: fates[i] for i in c.fates} == c.fates, c.cite
+
+
+def test_requests_stopped_before_the_semaphore_take_no_slot() -> None:
+    """__request_module(): -ENAMETOOLONG and an LSM's refusal return before down()."""
+    early = Request(pid=7, tid=7, comm="k", ppid=2, wait=True, start_ns=5, name="",
+                    end_ns=6, ret=-errno.ENAMETOOLONG, id=777)  # fmt: skip
+    fates = semaphore([*HOLD[:-1], early, _entered(99, 2 * MS, 2 * S)])
+    assert 777 not in fates and fates[99] == Fate(True, False, 2 * MS), KMOD_C
 
 
 # ---- bounded state --------------------------------------------------------------------------

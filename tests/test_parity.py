@@ -195,3 +195,55 @@ def test_announces_follow_the_verdicts() -> None:
     check_requests(replay(evs, profile_with_dups(PROFILE_6_5)), evs, par)
     assert [m.detail for m in par.mismatches] == [
         "model does not announce, kernel announced"]
+
+
+def test_arrivals_are_ordered_at_the_dups_mutex_not_the_tracepoint() -> None:
+    """Two requests whose tracepoints were 515 us apart reached kmod_dup_mutex in the
+    other order (the first was preempted in between): the kprobe at
+    kmod_dup_request_exists_wait() entry orders them as the kernel did (dups.c)."""
+    def req(i: int, tp: int, enter: int, dup: bool, ret: int) -> list[Event]:
+        return [Event(ts_ns=tp - 5, kind=Kind.REQ_ENTER, pid=i, tid=i, wait=1),
+                Event(ts_ns=tp, kind=Kind.REQ_TP, pid=i, tid=i, wait=1, name="x"),
+                Event(ts_ns=enter, kind=Kind.DUP_ENTER, pid=i, tid=i),
+                Event(ts_ns=enter + 9_000_000, kind=Kind.DUP_VERDICT, pid=i, tid=i,
+                      wait=int(dup), ret=ret if dup else 0),
+                Event(ts_ns=enter + 10_000_000, kind=Kind.REQ_EXIT, pid=i, tid=i, ret=ret)]
+    t = 1_000_000_000
+    evs = req(1, t, t + 1_200_000, True, 0) + req(2, t + 515_000, t + 600_000, False, 0)
+    par = Parity()
+    check_requests(replay(evs, profile_with_dups(PROFILE_6_5)), evs, par)
+    assert (par.requests_checked, par.requests_agree, par.ties) == (2, 2, 0), par.mismatches
+    # by the tracepoints alone the model would get both wrong
+    no_enter = [e for e in evs if e.kind != Kind.DUP_ENTER]
+    par = Parity()
+    check_requests(replay(no_enter, profile_with_dups(PROFILE_6_5)), no_enter, par)
+    assert par.requests_agree == 0
+
+
+def test_throttle_parity_counts_queued_and_timed_out_requests() -> None:
+    """kmod_concurrent_max over the traced entries and returns: 50 holders, one sleeper
+    handed a slot, one that timed out (-ETIME, no tracepoint)."""
+    from kmodlab.parity import check_throttle
+
+    evs: list[Event] = []
+    for i in range(1, 51):
+        evs += [Event(ts_ns=i, kind=Kind.REQ_ENTER, pid=i, tid=i, wait=1),
+                Event(ts_ns=i + 1, kind=Kind.REQ_TP, pid=i, tid=i, wait=1, name="x"),
+                Event(ts_ns=(3 if i == 1 else 20) * 10**9, kind=Kind.REQ_EXIT, pid=i, tid=i)]
+    evs += [Event(ts_ns=100, kind=Kind.REQ_ENTER, pid=51, tid=51, wait=1),
+            Event(ts_ns=200, kind=Kind.REQ_ENTER, pid=52, tid=52, wait=1),
+            Event(ts_ns=5 * 10**9 + 200, kind=Kind.REQ_EXIT, pid=52, tid=52, ret=-62),
+            Event(ts_ns=3 * 10**9 + 10, kind=Kind.REQ_TP, pid=51, tid=51, wait=1, name="x"),
+            Event(ts_ns=20 * 10**9, kind=Kind.REQ_EXIT, pid=51, tid=51)]
+    rep = replay(evs, profile_with_dups(PROFILE_6_5))
+    par = Parity()
+    check_throttle([r for r, _ in rep.requests], evs, par)
+    assert (par.throttle_checked, par.throttle_agree, par.throttle_queued,
+            par.throttle_timed_out, par.mismatches) == (52, 52, 2, 1, [])
+    # had another holder returned within 5 s, the model would let the sleeper through:
+    # the kernel's -ETIME disagrees
+    evs = [e for e in evs if not (e.tid == 2 and e.kind == Kind.REQ_EXIT)] + [
+        Event(ts_ns=4 * 10**9, kind=Kind.REQ_EXIT, pid=2, tid=2)]
+    par = Parity()
+    check_throttle([r for r, _ in replay(evs, PROFILE_6_5).requests], evs, par)
+    assert [m.what.split(":")[0] for m in par.mismatches] == ["throttle"]

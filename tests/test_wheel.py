@@ -84,7 +84,8 @@ def test_wheel_holds_package_data_and_entry_points(installed: Installed) -> None
         names = set(z.namelist())
         eps = next(z.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
     for data in ("tracer/bpf/kmodtrace.bpf.c", "kmodlab/kmodstorm/kmodstorm.c",
-                 "kmodlab/kmodstorm/Makefile", "kmodlab/programs.tsv"):
+                 "kmodlab/kmodstorm/kmodstorm_fail.c", "kmodlab/kmodstorm/Makefile",
+                 "kmodlab/programs.tsv"):
         assert data in names, f"{data} is not in the wheel"
     # the kernel tree bcc compiles in without kernel headers (the BTF build)
     nohdr = ROOT / "tracer" / "bpf" / "nohdr"

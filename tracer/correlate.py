@@ -36,8 +36,12 @@ class Sink(Protocol):
 
 
 class Correlator:
-    def __init__(self, sink: Sink, modaliases: Mapping[str, str] | None = None) -> None:
+    def __init__(self, sink: Sink, modaliases: Mapping[str, str] | None = None, *,
+                 arrive_at_dup_enter: bool = False) -> None:
         self.sink = sink
+        # With DUP_ENTER in the trace, a request arrives at the model there (the order of
+        # kmod_dup_mutex), not at the tracepoint a few instructions before it.
+        self.arrive_at_dup_enter = arrive_at_dup_enter
         # devpath -> MODALIAS, read from sysfs by the recorder while the device lived
         self.modaliases: Mapping[str, str] = modaliases if modaliases is not None else {}
         self._requests_by_tid: dict[int, Request] = {}
@@ -69,6 +73,8 @@ class Correlator:
             Kind.DUP_ANNOUNCE: self._dup_announce,
             Kind.UDEV_DEVICE: self._udev_device,
             Kind.MOD_LEN: self._mod_len,
+            Kind.DUP_ENTER: self._dup_enter,
+            Kind.PATIENT_CHECK: self._patient_check,
         }
 
     def _id(self) -> int:
@@ -111,7 +117,16 @@ class Correlator:
             self.unjoined += 1
         req.name, req.tp_ns, req.wait = ev.name, ev.ts_ns, bool(ev.wait)
         req.ip = req.ip or ev.ip  # the entry's is right when __request_module is kretprobed
-        self.sink.request_arrive(req)
+        if not self.arrive_at_dup_enter:
+            self.sink.request_arrive(req)
+
+    def _dup_enter(self, ev: Event) -> None:
+        req = self._requests_by_tid.get(ev.tid)
+        if req is None or req.tp_ns is None or req.dup_enter_ns is not None:
+            return
+        req.dup_enter_ns = ev.ts_ns
+        if self.arrive_at_dup_enter:
+            self.sink.request_arrive(req)
 
     def _req_exit(self, ev: Event) -> None:
         req = self._requests_by_tid.pop(ev.tid, None)
@@ -202,6 +217,11 @@ class Correlator:
         load = self._loads_by_tid.get(ev.tid)
         if load is not None and ev.size:
             load.mod_len = ev.size  # info->len, what MODULE_STATS counts
+
+    def _patient_check(self, ev: Event) -> None:
+        load = self._loads_by_tid.get(ev.tid)
+        if load is not None:  # FAIL_DUP_MOD_BECOMING 0, FAIL_DUP_MOD_LOAD 1 (stats.c)
+            load.patient_check = "Load" if ev.flags == 1 else "Becoming"
 
     def _modinit_enter(self, ev: Event) -> None:
         load = self._loads_by_tid.get(ev.tid)

@@ -50,6 +50,10 @@ class Kind(enum.IntEnum):
     UDEV_DEVICE = 18
     # kretprobe module_sig_check: size = info->len without the signature, ret
     MOD_LEN = 19
+    # kprobe kmod_dup_request_exists_wait, just before kmod_dup_mutex (dups.c only)
+    DUP_ENTER = 20
+    # kprobe module_patient_check_exists: flags = reason (0 Becoming, 1 Load)
+    PATIENT_CHECK = 21
 
 
 NAME_LEN: int = 64

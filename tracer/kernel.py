@@ -44,6 +44,9 @@ class Features:
     # CONFIG_MODULE_STATS: commit "module: add debug stats to help identify memory
     # pressure" (6.4); try_add_failed_module() is its entry point.
     module_stats: bool
+    # CONFIG_MODULE_SIG: module_sig_check() in kernel/module/signing.c (3.7), the first
+    # call of load_module(); with MODULE_SIG=n it is an inline stub.
+    module_sig: bool = False
     # The dups.c announce form the model uses (kernel-semantics.md section 2) and where it
     # came from: "detected" only with dups.c and kmod_dup_request_complete built in. Its
     # absence does not prove "first" (an intermediate form completes directly), so every
@@ -62,6 +65,7 @@ class Features:
             announce=self.announce,
             announce_source=self.announce_source,
             module_stats=self.module_stats,
+            sig_check=self.module_sig,
         )
 
     def with_announce(self, announce: Announce) -> Features:
@@ -88,6 +92,7 @@ class Features:
             idempotent=bool(d.get("idempotent")),
             patient=bool(d.get("patient")),
             module_stats=bool(d.get("module_stats")),
+            module_sig=bool(d.get("module_sig")),
             announce=announce,
             announce_source=source,
         )
@@ -125,6 +130,7 @@ def detect(has_symbol: Callable[[str], bool]) -> Features:
         idempotent=idempotent,
         patient=patient,
         module_stats=has_symbol("try_add_failed_module"),
+        module_sig=has_symbol("module_sig_check"),
         announce=announce,
         announce_source=source,
     )

@@ -77,6 +77,8 @@ HOOKS: tuple[Hook, ...] = (
          quiet=True),
     Hook("kprobe", "kmod_dup_request_announce", "dup_announce", "kernel dup announces",
          quiet=True),
+    Hook("kprobe", "module_patient_check_exists", "patient_check",
+         "which same-name check refused a load", quiet=True),
 )
 # Not attached by name: bcc attaches the program's kretfunc__down_timeout as it compiles.
 RESCUE_HOOK = Hook("kretfunc", "down_timeout", "kretfunc__down_timeout",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from tracer import udev
 from tracer.correlate import Correlator
-from tracer.events import Event
+from tracer.events import Event, Kind
 from tracer.model import LoadVerdict, Model, Profile, RequestVerdict
 from tracer.stories import Load, Request
 from tracer.udev import Device
@@ -102,8 +102,10 @@ def replay(events: Iterable[Event], profile: Profile,
         on_load=lambda ld, v: loads.append((ld, v)),
         oracle=oracle,
     )
-    corr = Correlator(judge, modaliases)
-    for ev in sorted(events, key=lambda e: e.ts_ns):
+    ordered = sorted(events, key=lambda e: e.ts_ns)
+    corr = Correlator(judge, modaliases,
+                      arrive_at_dup_enter=any(e.kind == Kind.DUP_ENTER for e in ordered))
+    for ev in ordered:
         corr.feed(ev)
     judge.flush()
     return Replay(requests, loads, judge, corr)

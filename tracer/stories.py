@@ -60,6 +60,9 @@ class Load:
     # after decompression, what MODULE_STATS counts. None: size stands for it.
     mod_len: int | None = None
     flags: int = 0
+    # The module_patient_check_exists() call traced last (6.4+): "Becoming"
+    # (early_mod_check()) or "Load" (add_unformed_module())
+    patient_check: str | None = None
     kernel_name: str = ""  # name the kernel looked up while loading
     loaded: bool = False  # module:module_load fired inside this call
     init_start_ns: int | None = None
@@ -107,6 +110,9 @@ class Request:
     name: str = ""  # formatted name from module:module_request
     ip: int = 0  # call site
     tp_ns: int | None = None  # when module:module_request fired
+    # when kmod_dup_request_exists_wait() was entered (dups.c only): the order in which
+    # requests reached kmod_dup_mutex
+    dup_enter_ns: int | None = None
     end_ns: int | None = None
     ret: int | None = None
     umh_path: str = ""
@@ -154,6 +160,12 @@ class Request:
         if "%s" in self.fmt and self.arg:
             return self.fmt.replace("%s", self.arg, 1)
         return self.fmt
+
+    @property
+    def arrive_ns(self) -> int | None:
+        """When it reached dups.c: the kprobe before kmod_dup_mutex where traced, else the
+        tracepoint just before it."""
+        return self.dup_enter_ns if self.dup_enter_ns is not None else self.tp_ns
 
     @property
     def queue_ns(self) -> int | None:

@@ -295,6 +295,19 @@ TRACEPOINT_PROBE(syscalls, sys_exit_init_module)
 }
 #endif
 
+// module_patient_check_exists(name, reason): early_mod_check() calls it with
+// FAIL_DUP_MOD_BECOMING (0), add_unformed_module() with FAIL_DUP_MOD_LOAD (1); the last
+// call in a load that failed -EEXIST/-EBUSY is the check that refused it (6.4+).
+int patient_check(struct pt_regs *ctx, const char *name, int reason)
+{
+    struct event *e = reserve(KIND_PATIENT_CHECK);
+    if (!e)
+        return 0;
+    e->flags = (u32)reason;
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
 // find_module_all(name, len, even_unformed): the first lookup with
 // even_unformed inside a load is the duplicate check on the module's own name
 // (add_unformed_module before 6.4, module_patient_check_exists after), the only
@@ -365,6 +378,11 @@ int dup_check_enter(struct pt_regs *ctx, char *name, bool wait, int *dup_ret)
     u32 tid = (u32)bpf_get_current_pid_tgid();
     u64 ptr = (u64)dup_ret;
     dup_ret_ptr.update(&tid, &ptr);
+    // Just before mutex_lock(&kmod_dup_mutex): the order the kernel took it in, which
+    // the tracepoint before it can miss by the time the task was preempted.
+    struct event *e = reserve(KIND_DUP_ENTER);
+    if (e)
+        events.ringbuf_submit(e, 0);
     return 0;
 }
 

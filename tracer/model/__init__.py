@@ -45,10 +45,11 @@ from tracer.model.profile import (
     with_announce,
 )
 from tracer.model.stats import MODULE_INIT_COMPRESSED_FILE, ByteClass, DupFailed, StatsSummary
-from tracer.model.throttle import MAX_KMOD_CONCURRENT
+from tracer.model.throttle import ALL_BUSY_TIMEOUT_NS, MAX_KMOD_CONCURRENT, Fate, semaphore
 from tracer.stories import STALE_NS
 
 __all__ = [
+    "ALL_BUSY_TIMEOUT_NS",
     "DUP_TAIL_NS",
     "MAX_KMOD_CONCURRENT",
     "MODULE_INIT_COMPRESSED_FILE",
@@ -62,6 +63,7 @@ __all__ = [
     "AnnounceSource",
     "ByteClass",
     "DupFailed",
+    "Fate",
     "LoadVerdict",
     "Model",
     "ModuleStats",
@@ -75,6 +77,7 @@ __all__ = [
     "profile_json",
     "profile_note",
     "profile_with_dups",
+    "semaphore",
     "summary_fields",
     "with_announce",
 ]

@@ -82,8 +82,9 @@ class Model:
     # ---- requests: kernel/module/kmod.c + dups.c -----------------------------------------
 
     def request_arrive(self, req: Request) -> RequestVerdict:
-        """At module:module_request: kmod_dup_request_exists_wait()."""
-        t = req.tp_ns
+        """At kmod_dup_request_exists_wait() (its kprobe where traced, else the tracepoint
+        module:module_request just before it)."""
+        t = req.arrive_ns
         if t is None:  # never reached the tracepoint, so never reached dups.c either;
             # nothing is kept: request_done() counts it.
             return RequestVerdict(req.id, req.display_name, req.wait, "rejected", None)

@@ -158,6 +158,7 @@ class Loads:
     def _charge(self, load: Load, byte_class: ByteClass | None, approx: bool) -> int:
         """stats.c: the bytes the failure adds to its counter."""
         if byte_class is None:
+            self.stats.approximate += approx  # it may have counted a failed read
             return 0
         cost = wasted(load, byte_class)
         self.stats.bump(byte_class, cost, approx)
@@ -179,19 +180,23 @@ class Loads:
             return _Judged("loaded")
         outcome = errno.errorcode.get(-ret, str(ret))
         if not load.loaded and -ret in (errno.EEXIST, errno.EBUSY):
-            return _Judged(outcome, self._patient_rule(p))
+            return _Judged(outcome, self._patient_rule(load, p))
         return _Judged(outcome)
 
-    def _patient_rule(self, p: PendingLoad) -> Rule:
+    def _patient_rule(self, load: Load, p: PendingLoad) -> Rule:
         """Which module_patient_check_exists() call failed the attempt."""
         if not self.actual.patient:
             return "exists"  # before 6.4 only add_unformed_module() checks, after layout
+        if load.patient_check is not None:
+            # Traced: the last check called is the one that refused it. Several loads
+            # can pass early_mod_check() together and meet in add_unformed_module(),
+            # which no start order shows.
+            return "patient-becoming" if load.patient_check == "Becoming" else "patient-load"
         # Name unknown at start (init_module): assume the usual case, the early check.
         rival = True if p.rival_before is None else p.rival_before
         return "patient-becoming" if rival else "patient-load"
 
-    @staticmethod
-    def _byte_class(load: Load, judged: _Judged) -> tuple[ByteClass | None, bool, bool]:
+    def _byte_class(self, load: Load, judged: _Judged) -> tuple[ByteClass | None, bool, bool]:
         """The stats.c counter a failure bumps, whether the errno left it ambiguous, and
         whether the attempt read the whole file."""
         if judged.rule == "patient-becoming":
@@ -202,7 +207,8 @@ class Loads:
             # a success, an idempotent() waiter, or a failed do_init_module(): freed with
             # no MODULE_STATS bump
             return None, False, judged.read
-        byte_class, approx = failure_phase(load, -load.ret)
+        reached = (load.mod_len is not None) if self.actual.sig_check else None
+        byte_class, approx = failure_phase(load, -load.ret, reached)
         return byte_class, approx, byte_class not in (None, "kread")
 
     def _count(self, tally: Tally, name: str, outcome: str, read: bool, cost: int, saved: int,

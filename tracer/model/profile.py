@@ -28,6 +28,9 @@ class Profile:
     # CONFIG_MODULE_STATS built in: without it the model's MODULE_STATS figures are what a
     # kernel with the option would count, not anything this kernel counted.
     module_stats: bool = False
+    # module_sig_check() traced (CONFIG_MODULE_SIG, every distribution): a load with no
+    # MOD_LEN event never reached load_module(), which tells the failure phases apart.
+    sig_check: bool = False
 
 
 PROFILE_6_1: Final = Profile("6.1", dups=False, idempotent=False, patient=False)

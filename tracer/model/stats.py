@@ -66,14 +66,49 @@ _DECOMPRESS_PHASE: Final[dict[int, bool]] = {
 _INIT_KREAD: Final[dict[int, bool]] = {errno.EFAULT: True, errno.ENOMEM: True}
 
 
-def failure_phase(load: Load, err: int) -> tuple[ByteClass | None, bool]:
+# Where module_sig_check() was traced (Profile.sig_check) the trace shows whether the
+# attempt reached load_module(). Reached: the errno arose in load_module(), before
+# layout_and_allocate() (becoming) or after it (invalid).
+_LOAD_MODULE_PHASE: Final[dict[int, tuple[ByteClass, bool]]] = {
+    errno.EPERM: ("becoming", False),  # blacklisted() in early_mod_check()
+    errno.EINVAL: ("invalid", False),  # parse_args(), after the allocation
+    errno.EFAULT: ("invalid", False),  # strndup_user() of the arguments
+    errno.ENOENT: ("invalid", False),  # simplify_symbols()
+    # elf_validity_cache_copy()/check_modinfo() before, apply_relocations() after
+    errno.ENOEXEC: ("invalid", True),
+    # layout_and_allocate() before, percpu_modalloc() after
+    errno.ENOMEM: ("becoming", True),
+}
+# Not reached: finit_module() failed in kernel_read_file() (failed_kreads, no bytes),
+# in module_decompress() (flag 4), or before the read (nothing); init_module() in
+# copy_module_from_user() (len to invalid_kread_bytes) or before it (nothing).
+_FINIT_KREAD: Final = frozenset({errno.ETXTBSY, errno.EFBIG, errno.ENOMEM})
+_DECOMPRESS: Final = frozenset({errno.EINVAL, errno.ENOMEM})
+_INIT_COPY: Final = frozenset({errno.EFAULT, errno.ENOMEM, errno.ENOEXEC})
+
+
+def failure_phase(load: Load, err: int, reached: bool | None = None
+                  ) -> tuple[ByteClass | None, bool]:  # fmt: skip
     """The stats.c class of a failed attempt that is not a duplicate, and whether the
-    errno left the phase ambiguous. Anything not listed: a check before the allocation."""
+    errno left the phase ambiguous. REACHED: whether it got to load_module(), where the
+    trace shows it (None: not known). Anything not listed: a check before the allocation."""
+    if reached is not None:
+        return _phase_by_reach(load, err, reached)
     if load.syscall == "init_module" and err in _INIT_KREAD:
         return "kread", _INIT_KREAD[err]
     if load.flags & MODULE_INIT_COMPRESSED_FILE and err in _DECOMPRESS_PHASE:
         return "decompress", _DECOMPRESS_PHASE[err]
     return _FINIT_PHASE.get(err, ("becoming", True))
+
+
+def _phase_by_reach(load: Load, err: int, reached: bool) -> tuple[ByteClass | None, bool]:
+    if reached:
+        return _LOAD_MODULE_PHASE.get(err, ("becoming", True))
+    if load.syscall == "init_module":
+        return ("kread" if err in _INIT_COPY else None), False
+    if load.flags & MODULE_INIT_COMPRESSED_FILE and err in _DECOMPRESS:
+        return "decompress", err == errno.ENOMEM  # or the read's vmalloc()
+    return ("kread" if err in _FINIT_KREAD else None), err == errno.EPERM
 
 
 def wasted(load: Load, byte_class: ByteClass) -> int:
