@@ -11,6 +11,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from tracer import tracefs
+
 EVENTS = (
     "module/module_request",
     "module/module_load",
@@ -20,12 +22,6 @@ EVENTS = (
     "syscalls/sys_enter_init_module",
     "syscalls/sys_exit_init_module",
 )
-
-_LINE = re.compile(
-    r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
-    r"(?P<ts>\d+\.\d+): (?P<event>\w+)(?P<sep>: |\(| -> |:$)(?P<rest>.*)$"
-)
-
 
 @dataclass(frozen=True, slots=True)
 class WitnessEvent:
@@ -38,23 +34,12 @@ class WitnessEvent:
     wait: bool | None  # module_request
 
 
-def _ret(text: str) -> int:
-    v = int(text.strip(), 16 if text.strip().startswith("0x") else 10)
-    return v - (1 << 64) if v >= 1 << 63 else v
-
-
 def parse_line(line: str) -> WitnessEvent | None:
-    m = _LINE.match(line)
-    if m is None:
+    """One line of the kernel's trace text (tracer/tracefs.py reads its format)."""
+    ln = tracefs.parse_line(line)
+    if ln is None:
         return None
-    event, rest = m["event"], m["rest"]
-    # Syscall events print as "sys_finit_module(fd: 3, ...)" and "sys_finit_module -> 0x0".
-    if m["sep"] == "(":
-        event = "sys_enter_" + event.removeprefix("sys_")
-    elif m["sep"] == " -> ":
-        event = "sys_exit_" + event.removeprefix("sys_")
-    sec, frac = m["ts"].split(".")
-    ts_ns = int(sec) * 1_000_000_000 + int(frac.ljust(9, "0")[:9])
+    event, rest = ln.event, ln.rest
     name, ret, wait = "", None, None
     if event.startswith("module_"):
         parts = rest.split()
@@ -63,8 +48,8 @@ def parse_line(line: str) -> WitnessEvent | None:
             wm = re.search(r"wait=(\d)", rest)
             wait = bool(int(wm[1])) if wm else None
     elif event.startswith("sys_exit_"):
-        ret = _ret(rest)
-    return WitnessEvent(ts_ns, int(m["pid"]), m["comm"], event, name, ret, wait)
+        ret = tracefs.number(rest)
+    return WitnessEvent(ln.ts_ns, ln.tid, ln.comm, event, name, ret, wait)
 
 
 def parse(text: str) -> list[WitnessEvent]:

@@ -4,7 +4,7 @@ tests/data/vm-6.1-early/ holds what a 16-vCPU systemd boot of Debian 6.1 (`kmodt
 --boot --cpus 16`) left in the kernel's global trace buffer with the words of `kmodtrace
 boot cmdline` on its command line (trace.txt, read at the end of the boot, so the
 boot-time probes run until the tracer switched them off) and the definitions the kernel
-listed (kprobe_events). The lab's witness parser reads the same text on its own.
+listed (kprobe_events). The lab's witness parser reads each event of the same text its own way.
 """
 
 from __future__ import annotations
