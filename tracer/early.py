@@ -409,25 +409,26 @@ def drain(root: str, begin_ns: int, end_ns: int, bpf: Iterable[Event],
     received so far (all of those up to end_ns); btf: the running kernel's (None where it
     has none), whose probe definitions tell a stale boot-time definition apart.
     """
+    info: dict[str, Any] = {"attach_begin_ns": begin_ns, "attach_end_ns": end_ns,
+                            "configured": in_cmdline(cmdline_text)}
+    defined = defined_probes(root)
+    info["probes"] = sorted(defined)
+    if not info["configured"] and not defined:
+        info["ignored_probes"] = []
+        info["gap"] = "no boot-time tracing on this boot's command line (kmodtrace boot " \
+                      "install prints the line): nothing before attach was seen"
+        return Drained([], info)
     expected: list[Probe] | None = None
     if btf is not None:
         try:
             expected = probes(btf)
         except EarlyError:
             expected = None
-    info: dict[str, Any] = {"attach_begin_ns": begin_ns, "attach_end_ns": end_ns,
-                            "configured": in_cmdline(cmdline_text)}
-    defined = defined_probes(root)
-    info["probes"] = sorted(defined)
     ignore: set[str] = set()
     if expected is not None:
         want = {p.name: p.definition() for p in expected}
         ignore = {n for n, d in defined.items() if want.get(n) != d}
     info["ignored_probes"] = sorted(ignore)
-    if not info["configured"] and not defined:
-        info["gap"] = "no boot-time tracing on this boot's command line (kmodtrace boot " \
-                      "install prints the line): nothing before attach was seen"
-        return Drained([], info)
     clock = tracefs.current_clock(root)
     offset = clock_offset(root, clock)
     info["clock"], info["clock_offset_ns"] = clock, offset

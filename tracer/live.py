@@ -180,14 +180,18 @@ class Run:
         time.sleep(0.05)  # BPF events of the attach window still in flight land
         self.tracer.drain()
         try:
-            kernel_btf: btf.BTF | None = btf.load()
-        except btf.BTFError:
-            kernel_btf = None
-        try:
             with open("/proc/cmdline") as f:
                 cmdline = f.read()
         except OSError:
             cmdline = ""
+        kernel_btf: btf.BTF | None = None
+        # Parsing BTF takes seconds under emulation, while events wait to be released
+        # (and a module that made them may be gone by then): only where there is a drain.
+        if early.in_cmdline(cmdline) or early.defined_probes(root):
+            try:
+                kernel_btf = btf.load()
+            except btf.BTFError:
+                kernel_btf = None
         drained = early.drain(root, *self.window, self.reorder.pending(), kernel_btf, cmdline)
         if drained.info.get("probes"):
             drained.info["switched_off"] = early.probes_off(root)
