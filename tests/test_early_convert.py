@@ -31,9 +31,7 @@ def text() -> str:
 def convert(text: str) -> early.Converter:
     conv = early.Converter()
     conv.feed(text)
-    conv.events.sort(key=lambda e: e.ts_ns)
-    if conv.end_mark_ns is not None:
-        conv.events = [e for e in conv.events if e.ts_ns < conv.end_mark_ns]
+    conv.events = conv.drained()
     return conv
 
 
@@ -83,3 +81,28 @@ def test_requests_are_whole_stories(text: str) -> None:
     spawned = [e for e in conv.events if e.kind == Kind.UMH_SPAWN]
     exits = [e for e in conv.events if e.kind == Kind.HELPER_EXIT]
     assert len(exits) <= len(spawned) and exits
+
+
+def test_drain_of_that_buffer(tmp_path: Path, text: str) -> None:
+    """early.drain() over a tracefs laid out as the kernel's, holding that boot's buffer:
+    every event before the marker kept (the tracer attached after them), BTF asked for
+    once, call sites resolved; with no boot-time tracing, BTF is never parsed."""
+    (tmp_path / "trace").write_text(text)
+    (tmp_path / "trace_clock").write_text("local global counter uptime perf [mono] mono_raw\n")
+    (tmp_path / "kprobe_events").write_text((DATA / "kprobe_events").read_text())
+    asked: list[int] = []
+
+    def load_btf() -> None:
+        asked.append(1)
+
+    end = 10**15  # attached long after the boot's events
+    d = early.drain(str(tmp_path), end, end + 1, [], load_btf, "quiet",
+                    resolve=lambda sym: 0xFFFF0000 if sym else 0)
+    assert asked == [1]
+    assert len(d.events) == len(convert(text).events) == d.info["events"] > 0
+    assert d.info["overrun"] == 0 and d.info["clock_offset_ns"] == 0
+    assert d.info["probes_off_ns"] == convert(text).end_mark_ns
+    assert all(e.ip == 0xFFFF0000 for e in d.events if e.kind == Kind.REQ_TP)
+    (tmp_path / "kprobe_events").write_text("")
+    none = early.drain(str(tmp_path), end, end + 1, [], load_btf, "quiet")
+    assert asked == [1] and none.events == [] and "gap" in none.info

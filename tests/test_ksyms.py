@@ -29,3 +29,17 @@ def test_hidden_addresses_stay_raw(tmp_path: Path) -> None:
     mods.write_text("veth 40960 0 - Live 0x0000000000000000\n")
     syms = KernelSymbols(str(kall), str(mods))
     assert syms.resolve(0xFFFFFFFF81000110) == "0xffffffff81000110"
+
+
+def test_address_of_a_call_site_as_tracefs_prints_it(tmp_path: Path) -> None:
+    """The early trace's module_request lines name their call site (%ps): back to the
+    address, so the report names it the way it names BPF's."""
+    kall, mods = tmp_path / "kallsyms", tmp_path / "modules"
+    kall.write_text("ffffffff81000000 T _stext\nffffffff81000100 t get_fs_type\n"
+                    "ffffffff81000200 D some_data\n")
+    mods.write_text("")
+    syms = KernelSymbols(str(kall), str(mods))
+    assert syms.address_of("get_fs_type") == 0xFFFFFFFF81000100
+    assert syms.address_of("get_fs_type+0x6f") == 0xFFFFFFFF81000100
+    assert syms.address_of("some_data") == 0 and syms.address_of("absent") == 0
+    assert syms.core(syms.address_of("get_fs_type") + 0x6f) == "get_fs_type+0x6f"

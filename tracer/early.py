@@ -185,6 +185,14 @@ class Converter:
                 continue
             self._line(line)
 
+    def drained(self) -> list[Event]:
+        """The events fed, oldest first, up to the END_MARK of an earlier run that drained
+        the buffer and switched the probes off (after it they are that run's BPF's)."""
+        events = sorted(self.events, key=lambda e: e.ts_ns)
+        if self.end_mark_ns is None:
+            return events
+        return [e for e in events if e.ts_ns < self.end_mark_ns]
+
     def _ev(self, line: tracefs.Line, kind: Kind, **values: Any) -> Event:
         ev = Event(ts_ns=line.ts_ns + self.offset_ns, kind=kind,
                    pid=line.tgid if line.tgid is not None else line.tid, tid=line.tid,
@@ -383,31 +391,16 @@ class Drained:
     info: dict[str, Any]  # the trace's "early" record
 
 
-def _kallsyms_resolver() -> Callable[[str], int]:
-    table: dict[str, int] = {}
-
-    def resolve(name: str) -> int:
-        if not table:
-            try:
-                with open("/proc/kallsyms") as f:
-                    for line in f:
-                        parts = line.split()
-                        if len(parts) >= 3:
-                            table.setdefault(parts[2], int(parts[0], 16))
-            except (OSError, ValueError):
-                table[""] = 0
-        return table.get(name.split("+")[0], 0)
-
-    return resolve
-
-
 def drain(root: str, begin_ns: int, end_ns: int, bpf: Iterable[Event],
-          btf: BTF | None, cmdline_text: str = "") -> Drained:
+          load_btf: Callable[[], BTF | None], cmdline_text: str = "",
+          resolve: Callable[[str], int] = lambda _sym: 0) -> Drained:
     """The early trace in the global buffer at ROOT, as events to merge before BPF's.
 
     begin_ns/end_ns: when attaching began and ended (CLOCK_MONOTONIC); bpf: the BPF events
-    received so far (all of those up to end_ns); btf: the running kernel's (None where it
-    has none), whose probe definitions tell a stale boot-time definition apart.
+    received so far (all of those up to end_ns); load_btf: the running kernel's BTF (None
+    where it has none), whose probe definitions tell a stale boot-time definition apart,
+    called only where there is something to drain (parsing it takes seconds under
+    emulation while events wait); resolve: a call-site symbol's address.
     """
     info: dict[str, Any] = {"attach_begin_ns": begin_ns, "attach_end_ns": end_ns,
                             "configured": in_cmdline(cmdline_text)}
@@ -418,6 +411,7 @@ def drain(root: str, begin_ns: int, end_ns: int, bpf: Iterable[Event],
         info["gap"] = "no boot-time tracing on this boot's command line (kmodtrace boot " \
                       "install prints the line): nothing before attach was seen"
         return Drained([], info)
+    btf = load_btf()
     expected: list[Probe] | None = None
     if btf is not None:
         try:
@@ -438,21 +432,20 @@ def drain(root: str, begin_ns: int, end_ns: int, bpf: Iterable[Event],
     info["overrun"] = tracefs.overrun(root)
     conv = Converter(offset_ns=offset, ignore=frozenset(ignore),
                      reading_module=btf.enum_value("READING_MODULE") if btf else None,
-                      resolve=_kallsyms_resolver())
+                     resolve=resolve)
     try:
         with open(os.path.join(root, "trace")) as f:
             conv.feed(f.read())
     except OSError as e:
         info["gap"] = f"cannot read the kernel's trace buffer: {e.strerror}"
         return Drained([], info)
-    conv.events.sort(key=lambda e: e.ts_ns)
-    if conv.end_mark_ns is not None:  # an earlier run drained and switched them off
-        conv.events = [e for e in conv.events if e.ts_ns < conv.end_mark_ns]
+    events = conv.drained()
+    if conv.end_mark_ns is not None:
         info["probes_off_ns"] = conv.end_mark_ns
-    kept, both, after = keep_once(conv.events, bpf, begin_ns, end_ns)
+    kept, both, after = keep_once(events, bpf, begin_ns, end_ns)
     info.update(events=len(kept), seen_by_both=both, after_attach=after,
                 unparsed_lines=conv.unparsed,
-                first_ns=conv.events[0].ts_ns if conv.events else None,
+                first_ns=events[0].ts_ns if events else None,
                 not_early=sorted(NOT_EARLY))
     if info["overrun"]:
         info["gap"] = (f"the kernel's buffer overwrote {info['overrun']} of its oldest events: "

@@ -20,6 +20,7 @@ class KernelSymbols:
         self._mods_stale = True
         self._addrs: list[int] | None = None  # core symbols, loaded on first need
         self._names: list[str] = []
+        self._by_name: dict[str, int] | None = None  # address_of's index, on first need
 
     def invalidate(self) -> None:
         """A module was loaded: its range is new."""
@@ -66,6 +67,17 @@ class KernelSymbols:
         if i < 0 or not addr or self._addrs[i] == 0:
             return hex(addr)
         return f"{self._names[i]}+{addr - self._addrs[i]:#x}"
+
+    def address_of(self, name: str) -> int:
+        """A core function's address ("name" or "name+0x10" as tracefs prints call
+        sites), 0 if kallsyms hides it or has no such function."""
+        if self._addrs is None:
+            self._load_core()
+        if self._by_name is None:
+            self._by_name = {}
+            for a, n in zip(self._addrs or [], self._names, strict=True):
+                self._by_name.setdefault(n, a)
+        return self._by_name.get(name.split("+")[0], 0)
 
     def resolve(self, addr: int) -> str:
         return self.module_of(addr) or self.core(addr)

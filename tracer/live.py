@@ -91,6 +91,13 @@ def sd_notify(message: str) -> None:
         s.sendto(message.encode(), addr)
 
 
+def _kernel_btf() -> btf.BTF | None:
+    try:
+        return btf.load()
+    except btf.BTFError:
+        return None
+
+
 class Reorder:
     """Events as the ring buffer hands them over, released in timestamp order."""
 
@@ -184,15 +191,8 @@ class Run:
                 cmdline = f.read()
         except OSError:
             cmdline = ""
-        kernel_btf: btf.BTF | None = None
-        # Parsing BTF takes seconds under emulation, while events wait to be released
-        # (and a module that made them may be gone by then): only where there is a drain.
-        if early.in_cmdline(cmdline) or early.defined_probes(root):
-            try:
-                kernel_btf = btf.load()
-            except btf.BTFError:
-                kernel_btf = None
-        drained = early.drain(root, *self.window, self.reorder.pending(), kernel_btf, cmdline)
+        drained = early.drain(root, *self.window, self.reorder.pending(), _kernel_btf,
+                              cmdline, self.kallsyms.address_of)
         if drained.info.get("probes"):
             drained.info["switched_off"] = early.probes_off(root)
         for ev in drained.events:
