@@ -245,6 +245,8 @@ def main() -> int:
     manifest: dict[str, Any] = {"kernel": release, "scenarios": []}
     if args.hide_headers:
         manifest["headers_hidden"] = hide_kernel_headers(release)
+        # which kmod throttle this kernel has (tracer/kernel.py throttle_form), for the tests
+        manifest["kmod_wq"] = "kmod_wq" in kernel.kallsyms_lookup(["kmod_wq"])
         progress(f"kernel headers hidden: {manifest['headers_hidden']}")
     save_module_stats(out / "stats-before.txt")
     tfs = kernel.tracefs()

@@ -9,6 +9,7 @@ no tool hands init_module() a bad buffer.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import hashlib
@@ -18,7 +19,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -92,6 +93,10 @@ class Scenario:
     copies: bool = False
     compress: bool = False
     corrupt: bool = False
+    # kthread storms: seconds each modprobe sleeps first (a wrapper set as the kernel's
+    # modprobe for the storm), so that 50 requests hold the throttle's slots past its 5 s
+    # timeout and the rest return -ETIME: a timeout on any machine, however fast
+    modprobe_delay: float = 0.0
     # Filled in by run(): CLOCK_MONOTONIC, the clock bpf_ktime_get_ns() uses.
     start_ns: int = 0
     end_ns: int = 0
@@ -202,6 +207,26 @@ def _init_bad_buffer(length: int) -> Callable[[], int]:
     return job
 
 
+@contextlib.contextmanager
+def slow_modprobe(delay: float) -> Iterator[None]:
+    """The kernel's modprobe (/proc/sys/kernel/modprobe) is a wrapper that sleeps DELAY
+    seconds first, while inside; nothing changes for DELAY 0."""
+    if not delay:
+        yield
+        return
+    knob = Path("/proc/sys/kernel/modprobe")
+    real = knob.read_text().strip()
+    wrapper = Path("/run/kmt-slow/modprobe")
+    wrapper.parent.mkdir(exist_ok=True)
+    wrapper.write_text(f'#!/bin/sh\nsleep {delay}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    knob.write_text(str(wrapper))
+    try:
+        yield
+    finally:
+        knob.write_text(real)
+
+
 def run(sc: Scenario, kmodstorm: Path | None) -> None:
     time.sleep(sc.pause_before)
     sc.start_ns = time.monotonic_ns()
@@ -212,7 +237,8 @@ def run(sc: Scenario, kmodstorm: Path | None) -> None:
             args.append("nowait=1")
         if sc.mixed:
             args.append("mixed=1")
-        sc.statuses = [subprocess.run(args, check=False).returncode]
+        with slow_modprobe(sc.modprobe_delay):
+            sc.statuses = [subprocess.run(args, check=False).returncode]
         time.sleep(1.0)  # nowait requests and their modprobes finish after init returns
         subprocess.run(["rmmod", "kmodstorm"], check=False)
     elif sc.generator == "rtnl":
@@ -292,4 +318,6 @@ def default_scenarios() -> list[Scenario]:
         Scenario("fs", "fs", "minix", 8),
         Scenario("socket", "socket", "5", 8),  # AF_APPLETALK: pulls psnap and llc too
         Scenario("modprobe", "modprobe", "xfs", 8),
+        # 50 slots held for 7 s: the other 30 time out in the throttle (-ETIME)
+        Scenario("throttle", "kthread", "kmt-throttle-none", 80, modprobe_delay=7.0),
     ]

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import VMRun
 from tracer import btf, kernel
-from tracer.probes import Tracer, TracerError
+from tracer.probes import RESCUE_HOOKS, Tracer, TracerError
 
 
 @pytest.mark.vm
@@ -30,8 +30,9 @@ def test_live_attached_with_the_headers_hidden(vm_run: VMRun) -> None:
                          for e in finit)
     assert all(e.ppid for e in vm_run.trace.events if e.kind == 1)  # REQ_ENTER
     # the fexit that sees requests time out in the kmod throttle attached too (its
-    # address from kallsyms, its types from BTF)
-    assert "kretfunc:down_timeout" in vm_run.trace.header["hooks"]
+    # address from kallsyms, its types from BTF): 6.1's wait queue has kmod_wq
+    form = "waitqueue" if vm_run.manifest["kmod_wq"] else "semaphore"
+    assert f"kretfunc:{RESCUE_HOOKS[form].target}" in vm_run.trace.header["hooks"]
 
 
 def test_btf_offsets_of_this_machine() -> None:

@@ -43,3 +43,35 @@ def test_address_of_a_call_site_as_tracefs_prints_it(tmp_path: Path) -> None:
     assert syms.address_of("get_fs_type+0x6f") == 0xFFFFFFFF81000100
     assert syms.address_of("some_data") == 0 and syms.address_of("absent") == 0
     assert syms.core(syms.address_of("get_fs_type") + 0x6f) == "get_fs_type+0x6f"
+
+
+def test_kallsyms_lookup_agrees_with_a_line_by_line_parse() -> None:
+    """The one-pass regex lookup on this machine's /proc/kallsyms: code and data symbols,
+    a name that is a prefix of others, and one that is absent."""
+    from tracer import kernel
+
+    with open("/proc/kallsyms") as f:
+        lines = [ln.split() for ln in f]
+    core = [p for p in lines if len(p) == 3]
+    wanted = {p[2] for p in core[:: max(1, len(core) // 40)]} | {"schedule", "kmt_absent"}
+    expect: dict[str, tuple[str, int]] = {}
+    for addr, typ, name in core:
+        if name in wanted:
+            expect.setdefault(name, (typ, int(addr, 16)))
+    got = kernel.kallsyms_lookup(wanted)
+    assert got == expect and "kmt_absent" not in got
+
+
+def test_throttle_form_from_kallsyms_entries() -> None:
+    """kmod_wq present: 6.1's wait queue, hooked at schedule_timeout; absent: the
+    semaphore, at down_timeout; no kmod_concurrent_max address (hidden data symbols):
+    no fexit at all."""
+    from tracer import kernel
+
+    wq = {"kmod_concurrent_max": ("d", 0x10), "kmod_wq": ("d", 0x20),
+          "schedule_timeout": ("T", 0x30), "down_timeout": ("T", 0x40)}
+    assert kernel.throttle_form(wq) == ("waitqueue", 0x10)
+    sem = {k: v for k, v in wq.items() if k != "kmod_wq"}
+    assert kernel.throttle_form(sem) == ("semaphore", 0x10)
+    assert kernel.throttle_form({k: v for k, v in sem.items() if k != "down_timeout"}) is None
+    assert kernel.throttle_form(sem | {"kmod_concurrent_max": ("d", 0)}) is None

@@ -222,3 +222,28 @@ def test_failed_loads_cost_what_the_profile_says(vm_run: VMRun) -> None:
             assert v.wasted_bytes in (ld.mod_len, 2 * ld.mod_len)
         else:
             assert v.rule == "exists" and v.wasted_bytes == 2 * ld.mod_len
+
+
+def test_throttle_timeouts_are_seen_by_the_fexit(vm_run: VMRun) -> None:
+    """80 requests while the kernel's modprobe sleeps 7 s: 50 take the throttle's slots
+    and reach the tracepoint, the other 30 time out after 5 s and return -ETIME. The
+    throttle fexit (schedule_timeout on 6.1's wait queue, down_timeout on 6.12's
+    semaphore) emits each -ETIME return, and the kretprobe, which has instances to spare
+    here, saw the same returns: every one the fexit emitted, and no other."""
+    hooks = vm_run.trace.header["hooks"]
+    assert {"kretfunc:schedule_timeout", "kretfunc:down_timeout"} & set(hooks), hooks
+    rep = _replay(vm_run)
+    entered = [r for r, _ in rep.requests if r.display_name == "kmt-throttle-none"
+               and _in(vm_run, "throttle", r.start_ns)]
+    assert len(entered) == 80
+    assert _witness_count(vm_run, "throttle", "module_request", "kmt-throttle-none") == 50
+    passed = [r for r in entered if r.tp_ns is not None]
+    timed_out = [r for r in entered if r.tp_ns is None]
+    assert len(passed) == 50 and all(r.ret == 256 for r in passed)
+    assert len(timed_out) == 30 and all(r.ret == -errno.ETIME for r in timed_out)
+    # no other request of the run timed out, so the fexit's counts are this storm's
+    assert vm_run.trace.trailer is not None
+    rescue = vm_run.trace.trailer["rescue"]
+    assert rescue == {"emitted": 30, "seen_too": 30, "wrong": 0}, rescue
+    etime = [e for e in vm_run.trace.events if e.kind == Kind.REQ_EXIT and e.ret == -errno.ETIME]
+    assert len(etime) == 30  # one return per request: the kretprobe did not emit them again

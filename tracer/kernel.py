@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
-from typing import get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 from tracer.btf import BTF
-from tracer.model import PROFILE_6_1, PROFILE_6_4, PROFILE_6_5, Announce, AnnounceSource, Profile
+
+if TYPE_CHECKING:
+    from tracer.model import Announce, AnnounceSource, Profile
+
+# tracer.model is imported where used: the tracer starts compiling its program (probes.py
+# imports this module) before the model, which it needs only after, has been imported.
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
@@ -56,6 +61,8 @@ class Features:
 
     @property
     def profile(self) -> Profile:
+        from tracer.model import PROFILE_6_1, PROFILE_6_4, PROFILE_6_5, Profile
+
         base = PROFILE_6_5 if self.idempotent else PROFILE_6_4 if self.patient else PROFILE_6_1
         return Profile(
             name=base.name + ("/dups" if self.dups else ""),
@@ -79,6 +86,8 @@ class Features:
     def from_dict(cls, d: dict[str, object]) -> Features:
         """Read back what to_dict() wrote into a trace header; traces written before the
         announce keys get the form detect() would give them."""
+        from tracer.model import Announce, AnnounceSource
+
         dups, deferred = bool(d.get("dups")), bool(d.get("dups_deferred"))
         announce, source = _announce_form(dups, deferred)
         if d.get("announce") in get_args(Announce):
@@ -101,6 +110,8 @@ class Features:
 
 def announce_form(text: str) -> Announce:
     """A form the user named (--announce); ValueError if it is none."""
+    from tracer.model import Announce
+
     for form in get_args(Announce):
         if text == form:
             return form  # type: ignore[no-any-return]
@@ -111,6 +122,14 @@ def _announce_form(dups: bool, deferred: bool) -> tuple[Announce, AnnounceSource
     if dups and deferred:
         return "deferred", "detected"
     return "deferred", "assumed"
+
+
+# Every symbol detect() asks about, so that a caller can look them all up in one pass.
+DETECTED_SYMBOLS = (
+    "init_module_from_file", "module_patient_check_exists", "early_mod_check",
+    "kmod_dup_request_exists_wait", "kmod_dup_request_complete", "try_add_failed_module",
+    "module_sig_check",
+)
 
 
 def detect(has_symbol: Callable[[str], bool]) -> Features:
@@ -167,6 +186,15 @@ OFFSETS: tuple[tuple[str, str, str], ...] = (
     ("OFF_UMH_ARGV", "subprocess_info", "argv"),
     ("OFF_LOAD_INFO_LEN", "load_info", "len"),
 )
+
+def offset_definitions() -> str:
+    """C text: N_OFFSETS, and each OFFSETS macro not given as a -D flag read from its slot
+    of the program's kmt_off map (filled from btf_offsets() once compiled)."""
+    lines = [f"#define N_OFFSETS {len(OFFSETS)}"]
+    for i, (macro, _struct, _path) in enumerate(OFFSETS):
+        lines += [f"#ifndef {macro}", f"#define {macro} kmt_offset({i})", "#endif"]
+    return "\n".join(lines) + "\n"
+
 
 def btf_offsets(btf: BTF) -> dict[str, int]:
     """OFFSETS' macros with their byte offsets in the running kernel. A struct missing
@@ -239,18 +267,52 @@ def version_code(release: str) -> int:
     return (a << 16) + (b << 8) + min(c, 255)
 
 
-def kallsyms_address(name: str, path: str = "/proc/kallsyms") -> int | None:
-    """Address of a kernel symbol, data symbols too (bcc's cache keeps functions only);
-    None if absent or hidden (kptr_restrict shows zeros). One search of the whole file
-    in C: a line-by-line parse costs seconds under emulation."""
+def kallsyms_lookup(names: Iterable[str], path: str = "/proc/kallsyms"
+                    ) -> dict[str, tuple[str, int]]:
+    """name -> (kallsyms type letter, address) for those of NAMES in the core kernel
+    (data symbols too, which bcc's cache leaves out); the address is 0 where
+    kptr_restrict hides it. One read and a search per name in C: bcc's ksymname() loads
+    its whole symbol cache (seconds under emulation) to answer a dozen lookups."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError:
+        return {}
+    found: dict[str, tuple[str, int]] = {}
+    for name in set(names):
+        end = data.find(f" {name}\n".encode())  # "ADDR TYPE NAME\n"; modules' have a tab
+        if end < 2:
+            continue
+        start = data.rfind(b"\n", 0, end) + 1
+        found[name] = (chr(data[end - 1]), int(data[start:end - 2], 16))
+    return found
+
+
+def kallsyms_address(name: str, path: str = "/proc/kallsyms") -> int | None:
+    """Address of a kernel symbol, data symbols too; None if absent or hidden."""
+    return kallsyms_lookup([name], path).get(name, ("", 0))[1] or None
+
+
+def is_function(entry: tuple[str, int] | None) -> bool:
+    """A kallsyms_lookup() entry that is code (what a kprobe or fexit can attach to)."""
+    return entry is not None and entry[0] in "tTwW"
+
+
+# The kmod throttle (kernel-semantics.md section 1, step 4), where an fexit sees a
+# request time out: "semaphore", down_timeout() on kmod_concurrent_max (6.4 on), or
+# "waitqueue", schedule_timeout() in a wait on kmod_wq (commit 6d7964a722af "kmod:
+# throttle kmod thread limit", 4.13, to 6.3). kmod_wq is what tells them apart.
+ThrottleForm = Literal["semaphore", "waitqueue"]
+THROTTLE_SYMBOLS = ("kmod_concurrent_max", "kmod_wq", "down_timeout", "schedule_timeout")
+
+
+def throttle_form(syms: dict[str, tuple[str, int]]) -> tuple[ThrottleForm, int] | None:
+    """(form, address of kmod_concurrent_max) from a kallsyms_lookup() of
+    THROTTLE_SYMBOLS; None where kallsyms hides data symbols (no CONFIG_KALLSYMS_ALL,
+    or kptr_restrict) or the hooked function is missing."""
+    addr = syms.get("kmod_concurrent_max", ("", 0))[1]
+    if not addr:
         return None
-    end = data.find(f" {name}\n".encode())
-    if end < 0:
-        return None
-    start = data.rfind(b"\n", 0, end) + 1
-    addr = int(data[start:data.index(b" ", start)], 16)
-    return addr or None
+    form: ThrottleForm = "waitqueue" if "kmod_wq" in syms else "semaphore"
+    hooked = "schedule_timeout" if form == "waitqueue" else "down_timeout"
+    return (form, addr) if is_function(syms.get(hooked)) else None

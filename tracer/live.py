@@ -350,6 +350,8 @@ class Run:
         trailer = {"lost": lost, "missed": missed, "events": self.correlator.events,
                    "end_mono_ns": time.monotonic_ns(),
                    "ksyms": {hex(k): v for k, v in self.ksyms.items()},
+                   "rescue": dict(zip(("emitted", "seen_too", "wrong"),
+                                      self.tracer.rescued(), strict=True)),
                    "stop_reason": self.stop_reason}
         if self.writer is not None:
             self.writer.close(trailer)

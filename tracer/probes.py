@@ -8,8 +8,10 @@ kretprobes are read back so that nothing is dropped silently.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +41,36 @@ DEFAULT_RINGBUF_PAGES = 16384
 
 class TracerError(RuntimeError):
     """A one-line, user-facing reason the tracer cannot run."""
+
+
+class _Background:
+    """FN run in a thread; result() waits and returns it, or raises what it raised."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self._fn = fn
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self.run_s = 0.0  # how long FN ran
+        self.waited_s = 0.0  # how long result() waited for it
+        self._thread = threading.Thread(target=self._run, name="kmodtrace-compile",
+                                         daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        try:
+            self._value = self._fn()
+        except BaseException as e:  # noqa: BLE001 - handed to result()'s caller
+            self._error = e
+        self.run_s = time.monotonic() - t0
+
+    def result(self) -> Any:
+        t0 = time.monotonic()
+        self._thread.join()
+        self.waited_s = time.monotonic() - t0
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,14 +112,17 @@ HOOKS: tuple[Hook, ...] = (
     Hook("kprobe", "module_patient_check_exists", "patient_check",
          "which same-name check refused a load", quiet=True),
 )
-# Not attached by name: bcc attaches the program's kretfunc__down_timeout as it compiles.
-RESCUE_HOOK = Hook("kretfunc", "down_timeout", "kretfunc__down_timeout",
-                   "returns of requests that time out in the kmod throttle")
+# Not attached by name: bcc attaches the program's kretfunc__FUNCTION as it compiles.
+RESCUE_HOOKS = {
+    form: Hook("kretfunc", fn, f"kretfunc__{fn}",
+               "returns of requests that time out in the kmod throttle")
+    for form, fn in (("semaphore", "down_timeout"), ("waitqueue", "schedule_timeout"))
+}
 
 
 def program_text() -> str:
     """The BPF program as bcc compiles it (before the -D options): what --ebpf prints."""
-    return c_definitions() + BPF_SOURCE.read_text()
+    return c_definitions() + kernel.offset_definitions() + BPF_SOURCE.read_text()
 
 
 def _import_bcc() -> Any:
@@ -133,8 +168,20 @@ class Tracer:
         self.bpf: Any = None
         self._hooks: list[Hook] = []
         self._skipped: list[tuple[Hook, str]] = []
+        self.begin_ns = 0  # CLOCK_MONOTONIC when begin() started: events may come after
+        self._compiling: _Background | None = None
+        self._phases: dict[str, float] = {}
+        self._features: kernel.Features | None = None
+        self._kprobes: list[Hook] = []
+        self._build = ""
 
-    def attach(self) -> Attached:
+    def begin(self) -> None:
+        """Check the kernel and start compiling the program in the background (errors as
+        TracerError at once): a caller imports and sets up the rest meanwhile; attach()
+        finishes. bcc attaches the tracepoints and the fexit as it compiles, so events
+        can come from here on (the BPF side holds them back until attach() fills in the
+        offsets)."""
+        self.begin_ns = time.monotonic_ns()
         t0 = time.monotonic()
         if os.geteuid() != 0:
             raise TracerError("kmodtrace must run as root (it loads BPF programs)")
@@ -143,16 +190,16 @@ class Tracer:
         except kernel.KernelUnsupported as e:
             raise TracerError(str(e)) from e
         bcc = _import_bcc()
-        phases = {"import": time.monotonic() - t0}
+        phases = self._phases = {"import": time.monotonic() - t0}
         build, cflags = Tracer._build_flags()
-        phases["offsets"] = time.monotonic() - t0 - sum(phases.values())
         BPF = bcc.BPF
 
+        syms = kernel.kallsyms_lookup(
+            [h.target for h in HOOKS if h.probe_type != "tracepoint"]
+            + list(kernel.DETECTED_SYMBOLS) + list(kernel.THROTTLE_SYMBOLS))
+
         def has_symbol(name: str) -> bool:
-            try:
-                return bool(BPF.ksymname(name) != -1)
-            except Exception:  # noqa: BLE001 - unreadable kallsyms means "absent"
-                return False
+            return kernel.is_function(syms.get(name))
 
         def has_tracepoint(target: str) -> bool:
             cat, ev = target.split(":")
@@ -161,13 +208,13 @@ class Tracer:
             except Exception:  # noqa: BLE001 - bcc raises bare exceptions
                 return False
 
-        features = kernel.detect(has_symbol)
+        self._features = kernel.detect(has_symbol)
         cflags += [
             f"-DRINGBUF_PAGES={self.ringbuf_pages}",
             f"-DMAX_HELPERS={max(self.maxactive * 4, 1024)}",
             "-w",  # kernel headers trip clang warnings that bury our own messages
         ]
-        kprobes: list[Hook] = []
+        self._kprobes = []
         for hook in HOOKS:
             if hook.probe_type == "tracepoint":
                 if has_tracepoint(hook.target):
@@ -176,25 +223,33 @@ class Tracer:
                 else:
                     self._skip(hook, "tracepoint not in this kernel")
             elif has_symbol(hook.target):
-                kprobes.append(hook)
+                self._kprobes.append(hook)
             else:
                 self._skip(hook, "symbol not in this kernel (inlined or absent)")
-        rescue = self._throttle_rescue(BPF, has_symbol)
+        rescue_hook, rescue = self._throttle_rescue(BPF, syms)
         phases["probe-checks"] = time.monotonic() - t0 - sum(phases.values())
+        self._build = build
+        # clang runs without the GIL: the caller's imports and BTF run while bcc compiles
+        self._compiling = _Background(lambda: self._compile_with_rescue(
+            BPF, build, cflags, rescue, rescue_hook))
+
+    def attach(self) -> Attached:
+        """Finish what begin() started (calling it first if not yet): the offsets, the
+        kprobes, the ring buffer. Complete when it returns."""
+        if self._compiling is None:
+            self.begin()
+        assert self._compiling is not None
+        t_offsets = time.monotonic()
         try:
-            self.bpf = self._compile(BPF, build, cflags + rescue)
-        except TracerError as e:
-            if not rescue:
-                raise
-            # bcc attaches the fexit while compiling: a kernel that refuses it still
-            # gets every other hook
-            self._skip(RESCUE_HOOK, f"fexit failed: {e}")
-            self.bpf = self._compile(BPF, build, cflags)
-            rescue = []
-        if rescue:
-            self._hooks.append(RESCUE_HOOK)
-        phases["compile"] = time.monotonic() - t0 - sum(phases.values())
-        for hook in kprobes:
+            offsets = Tracer._btf_offsets() if self._build != "headers" else {}
+        finally:
+            self.bpf = self._compiling.result()
+        phases = self._phases
+        phases["offsets"] = time.monotonic() - t_offsets - self._compiling.waited_s
+        phases["compile"] = self._compiling.run_s
+        self._fill_offsets(offsets)
+        t_attach = time.monotonic()
+        for hook in self._kprobes:
             try:
                 if hook.probe_type == "kretprobe":
                     self.bpf.attach_kretprobe(
@@ -210,65 +265,108 @@ class Tracer:
         ):
             raise TracerError("neither __request_module nor finit_module can be traced")
         self.bpf["events"].open_ring_buffer(self._callback)
-        phases["attach"] = time.monotonic() - t0 - sum(phases.values())
-        return Attached(list(self._hooks), list(self._skipped), features,
-                        time.monotonic() - t0, build, phases)
+        phases["attach"] = time.monotonic() - t_attach
+        assert self._features is not None
+        return Attached(list(self._hooks), list(self._skipped), self._features,
+                        (time.monotonic_ns() - self.begin_ns) / 1e9, self._build, phases)
+
+    def _compile_with_rescue(self, BPF: Any, build: str, cflags: list[str],
+                             rescue: list[str], rescue_hook: Hook | None) -> Any:
+        try:
+            bpf = self._compile(BPF, build, cflags + rescue)
+        except TracerError as e:
+            if not rescue:
+                raise
+            # bcc attaches the fexit while compiling: a kernel that refuses it still
+            # gets every other hook
+            if rescue_hook is not None:
+                self._skip(rescue_hook, f"fexit failed: {e}")
+            return self._compile(BPF, build, cflags)
+        if rescue_hook is not None:
+            self._hooks.append(rescue_hook)
+        return bpf
+
+    def _fill_offsets(self, offsets: dict[str, int]) -> None:
+        """The BTF builds' struct offsets into kmt_off, then its ready slot: the program
+        emits events from then on."""
+        table = self.bpf["kmt_off"]
+        for i, (macro, _struct, _path) in enumerate(kernel.OFFSETS):
+            if macro in offsets:
+                table[ctypes.c_int(i)] = ctypes.c_uint32(offsets[macro])
+        table[ctypes.c_int(len(kernel.OFFSETS))] = ctypes.c_uint32(1)
 
     @staticmethod
-    def _throttle_rescue(BPF: Any, has_symbol: Callable[[str], bool]) -> list[str]:
-        """-DKMOD_SEM=address of kmod_concurrent_max (kernel/module/kmod.c, in kallsyms
-        with CONFIG_KALLSYMS_ALL) where the kernel has BPF trampolines (fexit) and
-        down_timeout; else no flag, and no fexit (see the program's inreq)."""
+    def _btf_has_field(btf_path: str) -> Callable[[str, str], bool | None]:
+        """BTF's has_field, or "cannot say" where there is no usable BTF (load_info's
+        usual layout then, kernel.load_info_len_offset)."""
         try:
-            if not BPF.support_kfunc() or not has_symbol("down_timeout"):
-                return []
+            return btfmod.load(btf_path).has_field
+        except btfmod.BTFError:
+            return lambda _s, _f: None
+
+    @staticmethod
+    def _btf_offsets(btf_path: str = btfmod.VMLINUX_BTF) -> dict[str, int]:
+        try:
+            return kernel.btf_offsets(btfmod.load(btf_path))
+        except btfmod.BTFError as e:
+            release = platform.release()
+            raise TracerError(
+                f"the kernel's BTF ({btf_path}) is not usable: {e} (fix: install "
+                f"linux-headers-{release} and set KMODTRACE_BUILD=headers)") from e
+
+    @staticmethod
+    def _throttle_rescue(BPF: Any, syms: dict[str, tuple[str, int]]
+                         ) -> tuple[Hook | None, list[str]]:
+        """The cflags of the fexit that sees requests time out in the kmod throttle
+        (kernel.throttle_form; the program's inreq): -DKMOD_SEM or -DKMOD_WAITQ = the
+        address of kmod_concurrent_max, and -ETIME's value; with the hook. None where the
+        kernel has no BPF trampolines or kallsyms hides the throttle."""
+        try:
+            if not BPF.support_kfunc():
+                return None, []
         except Exception:  # noqa: BLE001 - bcc raises bare exceptions
-            return []
-        addr = kernel.kallsyms_address("kmod_concurrent_max")
-        return [f"-DKMOD_SEM={addr:#x}ULL"] if addr else []
+            return None, []
+        found = kernel.throttle_form(syms)
+        if found is None:
+            return None, []
+        form, addr = found
+        macro = "KMOD_WAITQ" if form == "waitqueue" else "KMOD_SEM"
+        return RESCUE_HOOKS[form], [f"-D{macro}={addr:#x}ULL", f"-DKMOD_ETIME={errno.ETIME}"]
 
     @staticmethod
     def _build_flags(release: str | None = None,
                      btf_path: str = btfmod.VMLINUX_BTF) -> tuple[str, list[str]]:
-        """Which build (BUILDS) this kernel allows, and its cflags: the offsets and the
-        version code. BTF first: it needs no kernel headers and compiles in a fraction of
-        the time."""
+        """Which build (BUILDS) this kernel allows, and its cflags. BTF first: it needs no
+        kernel headers and compiles in a fraction of the time. Decided from what exists;
+        the BTF builds' offsets are parsed while the program compiles (attach())."""
         release = release or platform.release()
         forced = os.environ.get("KMODTRACE_BUILD", "")
         if forced and forced not in BUILDS:
             raise TracerError(f"KMODTRACE_BUILD={forced} is not a build "
                               f"(fix: one of {', '.join(BUILDS)}, or unset it)")
-        btf: btfmod.BTF | None = None
-        offsets: dict[str, object] = {}
-        why = ""
-        try:
-            btf = btfmod.load(btf_path)
-            offsets = dict(kernel.btf_offsets(btf))
-        except btfmod.BTFError as e:
-            btf, why = None, str(e)
+        has_btf = os.path.exists(btf_path)
         headers = kernel.kernel_headers_present(release)
-        if btf is None and not headers:
+        if not has_btf and not headers:
             raise TracerError(
-                f"kernel headers for {release} are missing and the kernel has no usable BTF "
-                f"({why}) (fix: install linux-headers-{release}, or use a kernel built with "
-                f"CONFIG_DEBUG_INFO_BTF=y, which provides {btfmod.VMLINUX_BTF})")
-        if btf is not None and platform.machine() != "x86_64" and not forced:
+                f"kernel headers for {release} are missing and the kernel has no BTF "
+                f"(no {btf_path}) (fix: install linux-headers-{release}, or use a kernel "
+                f"built with CONFIG_DEBUG_INFO_BTF=y, which provides {btfmod.VMLINUX_BTF})")
+        if has_btf and platform.machine() != "x86_64" and not forced:
             forced = "btf-headers"  # tracer/bpf/nohdr's struct pt_regs is x86-64's
-        build = forced or ("btf" if btf is not None else "headers")
-        if build != "headers" and btf is None:
-            raise TracerError(f"kernel {release} has no usable BTF ({why}) "
+        build = forced or ("btf" if has_btf else "headers")
+        if build != "headers" and not has_btf:
+            raise TracerError(f"kernel {release} has no BTF (no {btf_path}) "
                               f"(fix: unset KMODTRACE_BUILD={build})")
         if build != "btf" and not headers:
             raise TracerError(f"kernel headers for {release} are missing (fix: install "
                               f"linux-headers-{release}, or unset KMODTRACE_BUILD={build})")
         cflags = []
         if build == "headers":
-            offsets = dict(kernel.header_offsets(
-                btf.has_field if btf is not None else lambda s, f: None))
             cflags.append("-DKMT_KERNEL_HEADERS")
+            cflags += [f"-D{m}={v}" for m, v in
+                       kernel.header_offsets(Tracer._btf_has_field(btf_path)).items()]
         if build == "btf":
             cflags.append(f"-DLINUX_VERSION_CODE={kernel.version_code(release)}")
-        cflags += [f"-D{macro}={value}" for macro, value in offsets.items()]
         return build, cflags
 
     @staticmethod
@@ -310,8 +408,8 @@ class Tracer:
 
     def missed(self) -> int:
         """Returns no hook saw: kretprobe instances missed (maxactive exhausted), from
-        kprobe_profile, less the __request_module returns the down_timeout fexit saw
-        for threads the kretprobe missed (rescued - those the kretprobe saw too)."""
+        kprobe_profile, less the __request_module returns the throttle fexit saw for
+        threads the kretprobe missed (emitted - those the kretprobe saw too - wrong)."""
         root = kernel.tracefs()
         if root is None:
             return 0
@@ -327,16 +425,17 @@ class Tracer:
                             req = int(parts[2])
         except OSError:
             return 0
-        rescued, seen_too = self.rescued()
-        return total - min(req, rescued - seen_too)
+        emitted, seen_too, wrong = self.rescued()
+        return total - min(req, emitted - seen_too - wrong)
 
-    def rescued(self) -> tuple[int, int]:
-        """(__request_module returns the down_timeout fexit emitted, of which the
-        kretprobe saw too)."""
+    def rescued(self) -> tuple[int, int, int]:
+        """(__request_module returns the throttle fexit emitted, of which the kretprobe saw
+        too, of which were wrong: the thread went on to the tracepoint)."""
         if self.bpf is None:
-            return 0, 0
+            return 0, 0, 0
         table = self.bpf["rescue"]
-        return (int(table[ctypes.c_int(0)].value), int(table[ctypes.c_int(1)].value))
+        emitted, seen_too, wrong = (int(table[ctypes.c_int(i)].value) for i in range(3))
+        return emitted, seen_too, wrong
 
     def close(self) -> None:
         if self.bpf is not None:

@@ -1,6 +1,6 @@
 // kmodtrace BPF program, compiled by bcc. struct event and KIND_* come from
-// tracer/events.py (prepended by tracer/probes.py); RINGBUF_PAGES, MAX_HELPERS,
-// the HAVE_* switches and the OFF_* struct member offsets come as -D cflags.
+// tracer/events.py (prepended by tracer/probes.py); RINGBUF_PAGES, MAX_HELPERS and
+// the HAVE_* switches come as -D cflags; the OFF_* struct member offsets see kmt_off.
 // Compile time is attach time: the program includes nothing but ptrace.h. The
 // offsets come from the kernel's BTF (tracer/kernel.py OFFSETS), and then bcc
 // compiles in tracer/bpf/nohdr, a kernel tree of a dozen lines, instead of the
@@ -12,6 +12,19 @@
 #include <linux/fs.h>
 #include <linux/umh.h>
 #endif
+
+// Struct member offsets (OFF_*, defined before this file from tracer/kernel.py OFFSETS):
+// in the BTF builds, slots of kmt_off that tracer/probes.py fills once compiled, so that
+// the compile need not wait for BTF to be parsed; in the headers build, -D offsetof()s.
+// Slot N_OFFSETS is 1 once they are written: until then reserve() emits nothing (bcc
+// attaches the tracepoints and the fexit while compiling, before the slots are filled).
+BPF_ARRAY(kmt_off, u32, N_OFFSETS + 1);
+
+static __always_inline u64 kmt_offset(int i)
+{
+    u32 *o = kmt_off.lookup(&i);
+    return o ? *o : 0;
+}
 
 // Read the pointer-sized or smaller member at BASE + OFF into DST.
 #define READ_AT(dst, base, off) \
@@ -25,6 +38,8 @@ BPF_HASH(loading, u32, struct loading_t, MAX_HELPERS); // tid inside (f)init_mod
 
 static __always_inline struct event *reserve(u32 kind)
 {
+    if (!kmt_offset(N_OFFSETS))
+        return 0;
     struct event *e = events.ringbuf_reserve(sizeof(struct event));
     if (!e) {
         int zero = 0;
@@ -51,13 +66,19 @@ static __always_inline struct event *reserve(u32 kind)
 // Returns of __request_module. Its kretprobe has at most 4096 instances (the tracefs
 // cap), and every request waiting behind the 50-helper throttle holds one from entry,
 // so in a storm of more the latecomers get none. Those that time out in the throttle
-// (down_timeout() on kmod_concurrent_max fails, -ETIME after 5 s, and __request_module
-// returns that at once) are seen by an fexit of down_timeout, which needs no instance.
-// inreq: tid -> 1 from entry, 2 once the fexit emitted the return, so that whichever
-// hook sees a thread's return first emits it, once.
+// return -ETIME at once, and an fexit, which needs no instance, sees that timeout:
+// KMOD_SEM: down_timeout() failing on the kmod_concurrent_max semaphore (6.4 on);
+// KMOD_WAITQ: schedule_timeout() returning 0 in the killable wait on kmod_wq (4.13 to
+// 6.3), with no slot free (kmod_concurrent_max, an atomic_t, at 0), so that the wait's
+// last check fails too and __request_module returns -ETIME.
+// inreq: tid -> 1 from entry, 2 once the fexit emitted the return, 3 once past the
+// throttle (the module_request tracepoint), so that whichever hook sees a thread's
+// return first emits it, once.
 BPF_HASH(inreq, u32, u8, MAX_HELPERS);
-// [0] returns emitted by the down_timeout fexit, [1] of those, the kretprobe saw too
-BPF_ARRAY(rescue, u64, 2);
+// [0] returns emitted by the fexit, [1] of those, the kretprobe saw too, [2] of those,
+// wrong: the thread got a slot after all (a slot freed between the timeout and the
+// wait's last check) and reached the tracepoint
+BPF_ARRAY(rescue, u64, 3);
 
 static __always_inline void count_rescue(int i)
 {
@@ -108,22 +129,42 @@ int req_exit(struct pt_regs *ctx)
     return 0;
 }
 
+// The throttle's timeout: emit the -ETIME return of a thread still before the tracepoint.
+static __always_inline void throttle_timeout(void)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u8 *state = inreq.lookup(&tid);
+    if (!state || *state != 1)
+        return;
+    *state = 2;
+    count_rescue(0);
+    struct event *e = reserve(KIND_REQ_EXIT);
+    if (!e)
+        return;
+    e->ret = -KMOD_ETIME;
+    events.ringbuf_submit(e, 0);
+}
+
 #ifdef KMOD_SEM
 KRETFUNC_PROBE(down_timeout, void *sem, long timeout, int ret)
 {
     if (ret == 0 || (u64)sem != KMOD_SEM)
         return 0;
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    u8 *state = inreq.lookup(&tid);
-    if (!state || *state != 1)
+    throttle_timeout();
+    return 0;
+}
+#endif
+
+#ifdef KMOD_WAITQ
+KRETFUNC_PROBE(schedule_timeout, long timeout, long ret)
+{
+    if (ret != 0)
         return 0;
-    *state = 2;
-    count_rescue(0);
-    struct event *e = reserve(KIND_REQ_EXIT);
-    if (!e)
+    int slots = 1;
+    bpf_probe_read_kernel(&slots, sizeof(slots), (void *)KMOD_WAITQ);
+    if (slots > 0)  // the wait's last check may still take it
         return 0;
-    e->ret = ret;
-    events.ringbuf_submit(e, 0);
+    throttle_timeout();
     return 0;
 }
 #endif
@@ -131,6 +172,13 @@ KRETFUNC_PROBE(down_timeout, void *sem, long timeout, int ret)
 #ifdef HAVE_TP_MODULE_REQUEST
 TRACEPOINT_PROBE(module, module_request)
 {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u8 *state = inreq.lookup(&tid);
+    if (state) {
+        if (*state == 2)
+            count_rescue(2);
+        *state = 3;
+    }
     struct event *e = reserve(KIND_REQ_TP);
     if (!e)
         return 0;
@@ -462,7 +510,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
 // with CONFIG_MODULE_SIG, which every distribution sets): on return info->len has lost
 // the appended signature, and for a compressed file it is the decompressed length, so
 // it is the len MODULE_STATS counts, not the file size. struct load_info is private to
-// kernel/module/internal.h: OFF_LOAD_INFO_LEN (a -D flag, from BTF) is where len sits.
+// kernel/module/internal.h: OFF_LOAD_INFO_LEN (from BTF) is where len sits.
 BPF_HASH(sig_info, u32, u64, MAX_HELPERS); // tid -> the load_info pointer
 
 int sig_check_enter(struct pt_regs *ctx, void *info)
