@@ -15,9 +15,9 @@ from typing import Any, NoReturn
 
 import click
 
-from tracer import __version__, report
-from tracer.live import Options, start
-from tracer.probes import TracerError
+from tracer import __version__
+from tracer.options import Options, check_options
+from tracer.probes import Tracer, TracerError
 from tracer.record import TraceFormatError, TraceOutputError
 
 DEBUG_ENV = "KMODTRACE_DEBUG"
@@ -123,7 +123,13 @@ early_option = click.option(
 
 def _trace(opts: Options) -> None:
     try:
-        run = start(opts)
+        check_options(opts)
+        tracer = Tracer(lambda ev: None, notice=lambda m: click.echo(m, err=True))
+        tracer.begin()
+        # the session's modules load while bcc compiles
+        from tracer.live import start
+
+        run = start(opts, tracer=tracer)
     except (TracerError, TraceOutputError) as e:
         fail(str(e))
     try:
@@ -207,6 +213,8 @@ def show_report(trace_file: str, as_json: bool = False, perfetto: str | None = N
                 plot: str | None = None, wide: bool = False,
                 announce: str | None = None) -> None:
     """What `report` prints; `boot show` and the lab's `vm` print the same."""
+    from tracer import report
+
     try:
         trace, rep = report.load(trace_file, announce)
     except TraceFormatError as e:
@@ -350,6 +358,7 @@ def boot_status(root: str) -> None:
 def boot_show(which: str | None, as_json: bool, wide: bool) -> None:
     """Report the last boot's trace, or WHICH: a boot id (prefix), 0, -1, ..."""
     from tracer import boot as bootmod
+    from tracer import report
 
     try:
         path = bootmod.find_boot_trace(bootmod.LOG_DIR, which)

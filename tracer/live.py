@@ -5,14 +5,12 @@ from __future__ import annotations
 import heapq
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import IO, Any
 
 from tracer import btf, bymodule, early, kernel, report, requester, udev
@@ -22,8 +20,9 @@ from tracer.events import Event, Kind
 from tracer.kernel import announce_form
 from tracer.ksyms import KernelSymbols
 from tracer.model import LoadVerdict, RequestVerdict
+from tracer.options import Options, check_options
 from tracer.probes import Attached, Tracer, TracerError
-from tracer.record import Procs, TraceWriter, check_output, make_header
+from tracer.record import Procs, TraceWriter, make_header
 from tracer.session import Judge
 from tracer.stories import Load, Request, kmod_name
 
@@ -34,24 +33,6 @@ MAX_PROCS = 100_000
 # Where a requester or loader first shows up: describe it while it still lives.
 _STARTS = frozenset({Kind.REQ_ENTER, Kind.FINIT_ENTER, Kind.INIT_ENTER})
 _TS_WIDTH = len("HH:MM:SS.mmm ")  # -T's prefix
-
-
-@dataclass(slots=True)
-class Options:
-    output: str | None = None  # trace file
-    duration: float | None = None
-    pid: int | None = None
-    module: str | None = None
-    timestamps: bool = False
-    json: bool = False
-    failed_only: bool = False  # -x: only duplicates, failures and wasted loads
-    wide: bool = False  # every detail, past report.LINE_WIDTH columns
-    quiet: bool = False  # no per-story lines (record)
-    command: list[str] = field(default_factory=list)
-    ready_file: str | None = None
-    until_settled: float | None = None  # stop once udev and boot settle this long
-    announce: str | None = None  # --announce: the dups.c form to model, over detection
-    early: bool = True  # drain the kernel's boot-time trace (tracer/early.py) at attach
 
 
 class Filter:
@@ -118,21 +99,19 @@ class Reorder:
         return [ev for _, _, ev in self._heap]
 
 
-def start(opts: Options, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> Run:
+def start(opts: Options, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr,
+          tracer: Tracer | None = None) -> Run:
     """Attach the probes and return a Run ready to trace; TracerError or TraceOutputError
-    (one line each) if it cannot."""
-    if opts.output:
-        check_output(opts.output)  # before the second of attaching: a bad path fails fast
-    if opts.command and shutil.which(opts.command[0]) is None:
-        raise TracerError(f"cannot run {opts.command[0]}: no such command (give a program on "
-                          "PATH, or its path, after --)")
+    (one line each) if it cannot. TRACER: one whose begin() already started compiling."""
+    check_options(opts)
     reorder = Reorder()
-    tracer = Tracer(reorder.push, notice=lambda m: print(m, file=err))
+    if tracer is None:
+        tracer = Tracer(reorder.push, notice=lambda m: print(m, file=err))
+    tracer.on_event = reorder.push
     # under systemd: more start time while bcc compiles and the kernel attaches
-    begin_ns = time.monotonic_ns()
     with start_timeout_extender(sd_notify, log=lambda m: print(m, file=err)):
         attached = tracer.attach()
-    window = (begin_ns, time.monotonic_ns())
+    window = (tracer.begin_ns, time.monotonic_ns())
     try:
         writer = TraceWriter(opts.output) if opts.output else None
     except BaseException:
