@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -157,11 +158,18 @@ def render(replays: list[dict[str, float]], vmres: dict[str, Any] | None,
                 lost_r == 0 and lost_l == 0)
         row("2. ring buffer lost / kretprobes missed", f"{vmres['lost']} / {vmres['missed']} "
             f"of {vmres['events']} events", "0 / 0", vmres["lost"] == 0 and vmres["missed"] == 0)
+        if vmres.get("rescue"):
+            r = vmres["rescue"]
+            note(f"throttle timeouts (-ETIME) the fexit emitted {r['emitted']}, the kretprobe "
+                 f"saw {r['seen_too']} of them too, wrong {r['wrong']}")
         u, t = min(vmres["overhead_untraced_s"]), min(vmres["overhead_traced_s"])
         row("3. storm wall time traced / untraced", f"{t / u:.3f}x ({t:.2f}s / {u:.2f}s)",
             "<= 1.02x", t / u <= 1.02)
         note("rounds untraced " + ", ".join(f"{x:.2f}s" for x in vmres["overhead_untraced_s"])
              + "; traced " + ", ".join(f"{x:.2f}s" for x in vmres["overhead_traced_s"]))
+        mu, mt = (statistics.median(vmres[k]) for k in ("overhead_untraced_s",
+                                                          "overhead_traced_s"))
+        note(f"medians: traced / untraced {mt / mu:.3f}x ({mt:.2f}s / {mu:.2f}s)")
         for f, own, tot in vmres.get("pyspy_top", []):
             note(f"py-spy self {own:5.1f}% total {tot:5.1f}%  {f}")
     if replays:

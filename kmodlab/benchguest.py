@@ -221,6 +221,7 @@ def main() -> int:
     res["loss"] = loss
     res["lost"] = (trace.trailer or {}).get("lost")
     res["missed"] = (trace.trailer or {}).get("missed")
+    res["rescue"] = (trace.trailer or {}).get("rescue")
     res["events"] = len(trace.events)
     if args.soak_s > 0:
         progress(f"soak: storms of 1000 requests for {args.soak_s:.0f}s")
