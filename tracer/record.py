@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from tracer import __version__
-from tracer.events import Event
+from tracer.events import Event, RecordDecoder
 from tracer.kernel import Features
 
 FORMAT = "kmodtrace-trace"
@@ -213,17 +213,8 @@ def iter_lines(path: str) -> Iterator[tuple[int, str]]:
             raise TraceFormatError(f"cannot read {path}: {e.strerror}") from e
 
 
-def _event(obj: dict[str, Any]) -> Event | None:
-    if "kind" not in obj:
-        return None
-    early = obj.pop("early", None)  # a record field, not the event's: put back below
-    try:
-        return Event.from_dict(obj, unknown_ok=False)
-    except TypeError:
-        return None
-    finally:
-        if early is not None:
-            obj["early"] = early
+# An "event" line: the event's fields, its record type and the early mark (any value)
+_event = RecordDecoder(extra=frozenset({"type", "early"}), required=frozenset({"kind"}))
 
 
 def _proc(obj: dict[str, Any]) -> tuple[tuple[int, str], tuple[str, tuple[str, ...]]] | None:
