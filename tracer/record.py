@@ -247,56 +247,69 @@ def read_trace(path: str) -> Trace:
 
 
 def _read_trace(path: str) -> Trace:
-    trace: Trace | None = None
-    for n, line in iter_lines(path):
+    lines = iter_lines(path)
+    for n, line in lines:  # the first line: the header, or this is no trace
         try:
             obj = orjson.loads(line)
         except ValueError:
             obj = None
-        if trace is None:
-            if not isinstance(obj, dict):
-                raise TraceFormatError(f"{path}: line {n} is not JSON: not a kmodtrace trace"
-                                       f" ({_HOW})")
-            if obj.get("type") != "header" or obj.get("format") != FORMAT:
-                raise TraceFormatError(f"{path}: no kmodtrace header: not a kmodtrace trace "
-                                       f"({_HOW})")
-            version = obj.get("version")
-            if type(version) is not int or version > FORMAT_VERSION:
-                raise TraceFormatError(
-                    f"{path}: trace format version {version!r}, this kmodtrace reads "
-                    f"{FORMAT_VERSION}: report it with the kmodtrace that recorded it")
-            trace = Trace(header=obj)
-            continue
         if not isinstance(obj, dict):
+            raise TraceFormatError(f"{path}: line {n} is not JSON: not a kmodtrace trace"
+                                   f" ({_HOW})")
+        if obj.get("type") != "header" or obj.get("format") != FORMAT:
+            raise TraceFormatError(f"{path}: no kmodtrace header: not a kmodtrace trace "
+                                   f"({_HOW})")
+        version = obj.get("version")
+        if type(version) is not int or version > FORMAT_VERSION:
+            raise TraceFormatError(
+                f"{path}: trace format version {version!r}, this kmodtrace reads "
+                f"{FORMAT_VERSION}: report it with the kmodtrace that recorded it")
+        trace = Trace(header=obj)
+        _read_records(trace, lines)
+        return trace
+    raise TraceFormatError(f"{path}: empty file: not a kmodtrace trace ({_HOW})")
+
+
+def _read_records(trace: Trace, lines: Iterator[tuple[int, str]]) -> None:
+    """The lines after the header. Events, nearly all of them, take the first branch,
+    with the names it needs bound locally: it runs a million times."""
+    loads, event, append = orjson.loads, _event, trace.events.append
+    for n, line in lines:
+        try:
+            obj = loads(line)
+        except ValueError:
             trace.bad(n)
             continue
-        kind = obj.get("type")
-        if kind == "event":
-            ev = _event(obj)
+        if isinstance(obj, dict) and obj.get("type") == "event":
+            ev = event(obj)
             if ev is None:
                 trace.bad(n)
             else:
-                trace.events.append(ev)
+                append(ev)
                 if "early" in obj:
                     trace.early_events += 1
-        elif kind == "proc":
-            proc = _proc(obj)
-            if proc is None:
-                trace.bad(n)
-            else:
-                trace.procs[proc[0]] = proc[1]
-        elif kind == "device":
-            devpath, modalias = obj.get("devpath"), obj.get("modalias")
-            if isinstance(devpath, str) and isinstance(modalias, str):
-                trace.modaliases[devpath] = modalias
-            else:
-                trace.bad(n)
-        elif kind == "early" and trace.early is None:
-            trace.early = obj
-        elif kind == "trailer" and trace.trailer is None:
-            trace.trailer = obj
+        else:
+            _record(trace, n, obj)
+
+
+def _record(trace: Trace, n: int, obj: Any) -> None:
+    """Line N, any record but an event."""
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    if kind == "proc":
+        proc = _proc(obj)
+        if proc is None:
+            trace.bad(n)
+        else:
+            trace.procs[proc[0]] = proc[1]
+    elif kind == "device":
+        devpath, modalias = obj.get("devpath"), obj.get("modalias")
+        if isinstance(devpath, str) and isinstance(modalias, str):
+            trace.modaliases[devpath] = modalias
         else:
             trace.bad(n)
-    if trace is None:
-        raise TraceFormatError(f"{path}: empty file: not a kmodtrace trace ({_HOW})")
-    return trace
+    elif kind == "early" and trace.early is None:
+        trace.early = obj
+    elif kind == "trailer" and trace.trailer is None:
+        trace.trailer = obj
+    else:
+        trace.bad(n)
