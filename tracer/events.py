@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import enum
+import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -178,14 +179,22 @@ class RecordDecoder:
         # are named by position, never spliced into the code.
         params = [f"v{i}" for i in range(len(keys))]
         where = {k: p for k, p in zip(keys, params, strict=True) if k not in self.extra}
-        body = "".join(f"    e.{name} = {where[name] if name in where else '_d_' + name}\n"
-                       for name in _FIELD_NAMES)
+        body = "".join(f"    e.{name} = {_value(name, where.get(name))}\n" for name in _FIELD_NAMES)
         src = f"def build({', '.join(params)}):\n    e = _new(_Event)\n{body}    return e\n"
-        scope: dict[str, Any] = {"_new": object.__new__, "_Event": Event}
+        scope: dict[str, Any] = {"_new": object.__new__, "_Event": Event, "_intern": sys.intern}
         scope.update({f"_d_{name}": v for name, v in _DEFAULTS.items()})
         exec(src, scope)  # the only names spliced in are Event's own fields
         build: _Builder = scope["build"]
         return build
+
+
+def _value(name: str, param: str | None) -> str:
+    """What a builder stores in field NAME: its default, or the record's value; strings
+    interned, as a trace repeats a few comms, module names and paths a million times (a
+    copy each costs memory and, in a large replay, page faults)."""
+    if param is None:
+        return f"_d_{name}"
+    return f"_intern({param})" if _FIELD_TYPES[name] is str else param
 
 
 # What the generated builders assume: __init__ only stores the fields
