@@ -27,26 +27,25 @@ from pathlib import Path
 from typing import Any
 
 from kmodlab.synth import stream
-from tracer.correlate import Correlator
 from tracer.events import Event
 from tracer.model import PROFILE_6_5
 from tracer.record import TraceWriter, make_header, read_trace
-from tracer.session import Judge
+from tracer.session import replay
 
 Echo = Callable[[str], None]
 
 
 def replay_speed(n: int, echo: Echo) -> dict[str, float]:
     """Events/s of correlation + model alone, and of a whole replay from a trace file
-    (read_trace, then the correlator and model: what `report` does), in wall and in CPU
-    seconds of this process. A small trace is replayed until 100 000 events have gone
-    through, a large one three times, and the fastest run counts, so that its figure is
-    not one scheduler hiccup or another VM's burst."""
+    (read_trace, then session.replay(): sort, correlate, judge, keep every story, what
+    `report` does), in wall and in CPU seconds of this process. A small trace is replayed
+    until 100 000 events have gone through, a large one three times, and the fastest run
+    counts, so that its figure is not one scheduler hiccup or another VM's burst."""
     echo(f"generating {n} events")
     events = list(stream(n))
     count = len(events)
     rounds = max(1, 100_000 // n)
-    model_s, _ = _best(functools.partial(_correlate, events), rounds)
+    model_s, _ = _best(functools.partial(_replay, events), rounds)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "synth.jsonl")
         _write_trace(path, events)
@@ -55,7 +54,7 @@ def replay_speed(n: int, echo: Echo) -> dict[str, float]:
         del events
         gc.collect()
         echo(f"replaying {count} events from a trace file")
-        file_s, cpu_s = _best(lambda: _correlate(read_trace(path).events), max(3, rounds))
+        file_s, cpu_s = _best(lambda: _replay(read_trace(path).events), max(3, rounds))
     return {"events": count, "model_events_per_s": count / model_s,
             "file_events_per_s": count / file_s, "file_events_per_cpu_s": count / cpu_s}
 
@@ -81,10 +80,10 @@ def _best(fn: Callable[[], object], rounds: int) -> tuple[float, float]:
     return min(wall), min(cpu)
 
 
-def _correlate(events: list[Any]) -> None:
-    corr = Correlator(Judge(PROFILE_6_5))
-    for ev in events:
-        corr.feed(ev)
+def _replay(events: list[Event]) -> None:
+    """What `report` does with the events read: sort them, correlate, judge, keep every
+    story with its verdict (tracer.report.load())."""
+    replay(events, PROFILE_6_5)
 
 
 def vm_figures(kernel_spec: str, out: Path, echo: Echo, sizes: str, modprobes: int,
