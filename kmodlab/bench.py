@@ -44,7 +44,7 @@ def replay_speed(n: int, echo: Echo) -> dict[str, float]:
     echo(f"generating {n} events")
     events = list(stream(n))
     count = len(events)
-    rounds = max(1, 100_000 // n)
+    rounds = max(3, 100_000 // n)
     model_s, _ = _best(functools.partial(_replay, events), rounds)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "synth.jsonl")
@@ -54,7 +54,7 @@ def replay_speed(n: int, echo: Echo) -> dict[str, float]:
         del events
         gc.collect()
         echo(f"replaying {count} events from a trace file")
-        file_s, cpu_s = _best(lambda: _replay(read_trace(path).events), max(3, rounds))
+        file_s, cpu_s = _best(lambda: _replay(read_trace(path).events), rounds)
     return {"events": count, "model_events_per_s": count / model_s,
             "file_events_per_s": count / file_s, "file_events_per_cpu_s": count / cpu_s}
 
