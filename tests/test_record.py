@@ -100,6 +100,10 @@ def test_foreign_files_are_rejected(tmp_path: Path, content: str) -> None:
     '{"type": "proc", "pid": "1", "comm": "x", "cmdline": "", "parents": []}',
     '{"type": "header", "format": "kmodtrace-trace", "version": 1}',  # a second header
     '{"type": "what"}',
+    '{"type": "event", "kind": true}',  # a bool is not an int
+    '{"type": "event", "kind": 3, "pid": null}',
+    '{"type": "event", "kind": 3, "name": 5}',
+    '{"kind": 3, "type": "event", "ts_ns": 1.5}',
     '"a string"',
     '',
 ])
@@ -112,6 +116,26 @@ def test_every_invalid_line_is_counted_and_named(tmp_path: Path, bad: str) -> No
     tr = read_trace(str(p))
     assert tr.first_bad_line == 4 and tr.bad_lines == 1, bad
     assert [e.name for e in tr.events] == ["m0", "m1", "m2", "m3"] and tr.trailer is not None
+
+
+def test_event_lines_of_any_key_order_and_early_mark(tmp_path: Path) -> None:
+    """Lines are decoded by their shape (keys and value types): each shape must give
+    the event its fields say, whatever the order, with the early mark counted."""
+    p = tmp_path / "t.jsonl"
+    _write(p, 0)
+    lines = p.read_text().splitlines()
+    lines[1:1] = [
+        '{"name": "b", "kind": 3, "type": "event", "ts_ns": 2}',
+        '{"type": "event", "kind": 3, "ts_ns": 2, "name": "b"}',
+        '{"type": "event", "kind": 3, "early": 1, "pid": 7}',
+        '{"early": "yes", "type": "event", "kind": 3, "pid": 7}',
+        '{"type": "event", "kind": 1, "ret": -17, "path": "x", "comm": "c", "size": 9}',
+    ]
+    p.write_text("\n".join(lines) + "\n")
+    tr = read_trace(str(p))
+    assert tr.bad_lines == 0 and tr.early_events == 2
+    assert tr.events == [Event(ts_ns=2, kind=3, name="b")] * 2 + [Event(kind=3, pid=7)] * 2 + [
+        Event(kind=1, ret=-17, path="x", comm="c", size=9)]
 
 
 def test_a_second_trailer_is_a_bad_line(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from tracer import __version__
-from tracer.events import Event
+from tracer.events import Event, RecordDecoder
 from tracer.kernel import Features
 
 FORMAT = "kmodtrace-trace"
@@ -123,16 +123,18 @@ class TraceWriter:
     def __init__(self, path: str) -> None:
         self._fd = open_output(path)
         self.path = path
-        self._buf: list[bytes] = []
+        # Lines are copied into one buffer: a bytes object from orjson.dumps holds about
+        # 4 KiB however short the line, so a list of them took 30 times their size.
+        self._buf = bytearray()
 
     def write(self, obj: dict[str, Any]) -> None:
-        self._buf.append(orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE))
+        self._buf += orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
 
     def flush(self) -> None:
         if not self._buf:
             return
-        data = memoryview(b"".join(self._buf))
-        self._buf.clear()
+        buf, self._buf = self._buf, bytearray()
+        data = memoryview(buf)
         while data:
             data = data[os.write(self._fd, data):]
 
@@ -213,17 +215,8 @@ def iter_lines(path: str) -> Iterator[tuple[int, str]]:
             raise TraceFormatError(f"cannot read {path}: {e.strerror}") from e
 
 
-def _event(obj: dict[str, Any]) -> Event | None:
-    if "kind" not in obj:
-        return None
-    early = obj.pop("early", None)  # a record field, not the event's: put back below
-    try:
-        return Event.from_dict(obj, unknown_ok=False)
-    except TypeError:
-        return None
-    finally:
-        if early is not None:
-            obj["early"] = early
+# An "event" line: the event's fields, its record type and the early mark (any value)
+_event = RecordDecoder(extra=frozenset({"type", "early"}), required=frozenset({"kind"}))
 
 
 def _proc(obj: dict[str, Any]) -> tuple[tuple[int, str], tuple[str, tuple[str, ...]]] | None:
@@ -256,56 +249,69 @@ def read_trace(path: str) -> Trace:
 
 
 def _read_trace(path: str) -> Trace:
-    trace: Trace | None = None
-    for n, line in iter_lines(path):
+    lines = iter_lines(path)
+    for n, line in lines:  # the first line: the header, or this is no trace
         try:
             obj = orjson.loads(line)
         except ValueError:
             obj = None
-        if trace is None:
-            if not isinstance(obj, dict):
-                raise TraceFormatError(f"{path}: line {n} is not JSON: not a kmodtrace trace"
-                                       f" ({_HOW})")
-            if obj.get("type") != "header" or obj.get("format") != FORMAT:
-                raise TraceFormatError(f"{path}: no kmodtrace header: not a kmodtrace trace "
-                                       f"({_HOW})")
-            version = obj.get("version")
-            if type(version) is not int or version > FORMAT_VERSION:
-                raise TraceFormatError(
-                    f"{path}: trace format version {version!r}, this kmodtrace reads "
-                    f"{FORMAT_VERSION}: report it with the kmodtrace that recorded it")
-            trace = Trace(header=obj)
-            continue
         if not isinstance(obj, dict):
+            raise TraceFormatError(f"{path}: line {n} is not JSON: not a kmodtrace trace"
+                                   f" ({_HOW})")
+        if obj.get("type") != "header" or obj.get("format") != FORMAT:
+            raise TraceFormatError(f"{path}: no kmodtrace header: not a kmodtrace trace "
+                                   f"({_HOW})")
+        version = obj.get("version")
+        if type(version) is not int or version > FORMAT_VERSION:
+            raise TraceFormatError(
+                f"{path}: trace format version {version!r}, this kmodtrace reads "
+                f"{FORMAT_VERSION}: report it with the kmodtrace that recorded it")
+        trace = Trace(header=obj)
+        _read_records(trace, lines)
+        return trace
+    raise TraceFormatError(f"{path}: empty file: not a kmodtrace trace ({_HOW})")
+
+
+def _read_records(trace: Trace, lines: Iterator[tuple[int, str]]) -> None:
+    """The lines after the header. Events, nearly all of them, take the first branch,
+    with the names it needs bound locally: it runs a million times."""
+    loads, event, append = orjson.loads, _event, trace.events.append
+    for n, line in lines:
+        try:
+            obj = loads(line)
+        except ValueError:
             trace.bad(n)
             continue
-        kind = obj.get("type")
-        if kind == "event":
-            ev = _event(obj)
+        if isinstance(obj, dict) and obj.get("type") == "event":
+            ev = event(obj)
             if ev is None:
                 trace.bad(n)
             else:
-                trace.events.append(ev)
+                append(ev)
                 if "early" in obj:
                     trace.early_events += 1
-        elif kind == "proc":
-            proc = _proc(obj)
-            if proc is None:
-                trace.bad(n)
-            else:
-                trace.procs[proc[0]] = proc[1]
-        elif kind == "device":
-            devpath, modalias = obj.get("devpath"), obj.get("modalias")
-            if isinstance(devpath, str) and isinstance(modalias, str):
-                trace.modaliases[devpath] = modalias
-            else:
-                trace.bad(n)
-        elif kind == "early" and trace.early is None:
-            trace.early = obj
-        elif kind == "trailer" and trace.trailer is None:
-            trace.trailer = obj
+        else:
+            _record(trace, n, obj)
+
+
+def _record(trace: Trace, n: int, obj: Any) -> None:
+    """Line N, any record but an event."""
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    if kind == "proc":
+        proc = _proc(obj)
+        if proc is None:
+            trace.bad(n)
+        else:
+            trace.procs[proc[0]] = proc[1]
+    elif kind == "device":
+        devpath, modalias = obj.get("devpath"), obj.get("modalias")
+        if isinstance(devpath, str) and isinstance(modalias, str):
+            trace.modaliases[devpath] = modalias
         else:
             trace.bad(n)
-    if trace is None:
-        raise TraceFormatError(f"{path}: empty file: not a kmodtrace trace ({_HOW})")
-    return trace
+    elif kind == "early" and trace.early is None:
+        trace.early = obj
+    elif kind == "trailer" and trace.trailer is None:
+        trace.trailer = obj
+    else:
+        trace.bad(n)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 
 from tracer import udev
 from tracer.correlate import Correlator
@@ -102,10 +104,22 @@ def replay(events: Iterable[Event], profile: Profile,
         on_load=lambda ld, v: loads.append((ld, v)),
         oracle=oracle,
     )
-    ordered = sorted(events, key=lambda e: e.ts_ns)
+    # attrgetter and `in` over a map: C loops, where a lambda and a generator cost a Python
+    # call per event (a tenth of a large replay)
+    ordered = sorted(events, key=attrgetter("ts_ns"))
     corr = Correlator(judge, modaliases,
-                      arrive_at_dup_enter=any(e.kind == Kind.DUP_ENTER for e in ordered))
-    for ev in ordered:
-        corr.feed(ev)
-    judge.flush()
+                      arrive_at_dup_enter=Kind.DUP_ENTER in map(attrgetter("kind"), ordered))
+    # Every story is kept for the report, a few objects per request or load: the cyclic
+    # GC would rescan them all each time they grew by a quarter, which made a 1M-event
+    # replay 45 % slower and its cost per event grow with the trace. The stories hold no
+    # cycles; whatever else does is collected once the GC is back on.
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        for ev in ordered:
+            corr.feed(ev)
+        judge.flush()
+    finally:
+        if gc_was_on:
+            gc.enable()
     return Replay(requests, loads, judge, corr)
