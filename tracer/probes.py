@@ -408,8 +408,8 @@ class Tracer:
 
     def missed(self) -> int:
         """Returns no hook saw: kretprobe instances missed (maxactive exhausted), from
-        kprobe_profile, less the __request_module returns the throttle fexit saw for
-        threads the kretprobe missed (emitted - those the kretprobe saw too - wrong)."""
+        kprobe_profile, less the __request_module returns a rescue emitted for threads
+        the kretprobe missed (emitted - those the kretprobe saw too - wrong)."""
         root = kernel.tracefs()
         if root is None:
             return 0
@@ -429,7 +429,7 @@ class Tracer:
         return total - min(req, emitted - seen_too - wrong)
 
     def rescued(self) -> tuple[int, int, int]:
-        """(__request_module returns the throttle fexit emitted, of which the kretprobe saw
+        """(__request_module returns a rescue emitted, of which the kretprobe saw
         too, of which were wrong: the thread went on to the tracepoint)."""
         if self.bpf is None:
             return 0, 0, 0

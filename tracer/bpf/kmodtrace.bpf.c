@@ -71,11 +71,21 @@ static __always_inline struct event *reserve(u32 kind)
 // KMOD_WAITQ: schedule_timeout() returning 0 in the killable wait on kmod_wq (4.13 to
 // 6.3), with no slot free (kmod_concurrent_max, an atomic_t, at 0), so that the wait's
 // last check fails too and __request_module returns -ETIME.
-// inreq: tid -> 1 from entry, 2 once the fexit emitted the return, 3 once past the
-// throttle (the module_request tracepoint), so that whichever hook sees a thread's
-// return first emits it, once.
-BPF_HASH(inreq, u32, u8, MAX_HELPERS);
-// [0] returns emitted by the fexit, [1] of those, the kretprobe saw too, [2] of those,
+// A request that got a slot and ran modprobe returns what call_modprobe() returned,
+// call_usermodehelper_exec()'s return (kernel/module/kmod.c; dups.c's announce after it
+// changes no ret): umh_exit saves it, and if the kretprobe never comes (no instance),
+// the thread's exit or its next request emits it.
+// inreq: tid -> state: 1 from entry, 2 once a rescue emitted the return, 3 once past the
+// throttle (the module_request tracepoint), 4 once modprobe returned (ret and ts saved),
+// so that whichever hook sees a thread's return first emits it, once.
+struct inreq_t {
+    u64 ts_ns;  // state 4: when modprobe returned
+    int ret;    // state 4: what it returned
+    u32 state;
+};
+BPF_HASH(inreq, u32, struct inreq_t, MAX_HELPERS);
+// [0] returns emitted by a rescue (the throttle fexit, or modprobe's saved return at the
+// thread's exit or next request), [1] of those, the kretprobe saw too, [2] of those,
 // wrong: the thread got a slot after all (a slot freed between the timeout and the
 // wait's last check) and reached the tracepoint
 BPF_ARRAY(rescue, u64, 3);
@@ -87,12 +97,27 @@ static __always_inline void count_rescue(int i)
         __sync_fetch_and_add(n, 1);
 }
 
+// The saved return of a request whose kretprobe never came (state 4), at TS.
+static __always_inline void emit_saved_return(struct inreq_t *r)
+{
+    count_rescue(0);
+    struct event *e = reserve(KIND_REQ_EXIT);
+    if (!e)
+        return;
+    e->ts_ns = r->ts_ns;
+    e->ret = r->ret;
+    events.ringbuf_submit(e, 0);
+}
+
 // __request_module(bool wait, const char *fmt, ...): the name is still a format.
 int req_enter(struct pt_regs *ctx)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    u8 one = 1;
-    inreq.update(&tid, &one);
+    struct inreq_t *prev = inreq.lookup(&tid);
+    if (prev && prev->state == 4)
+        emit_saved_return(prev);
+    struct inreq_t fresh = {.state = 1};
+    inreq.update(&tid, &fresh);
     struct event *e = reserve(KIND_REQ_ENTER);
     if (!e)
         return 0;
@@ -113,11 +138,11 @@ int req_enter(struct pt_regs *ctx)
 int req_exit(struct pt_regs *ctx)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    u8 *state = inreq.lookup(&tid);
-    int rescued = state && *state == 2;
-    if (state)
+    struct inreq_t *r = inreq.lookup(&tid);
+    int rescued = r && r->state == 2;
+    if (r)
         inreq.delete(&tid);
-    if (rescued) {  // the down_timeout fexit emitted this return already
+    if (rescued) {  // the throttle fexit emitted this return already
         count_rescue(1);
         return 0;
     }
@@ -133,10 +158,10 @@ int req_exit(struct pt_regs *ctx)
 static __always_inline void throttle_timeout(void)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    u8 *state = inreq.lookup(&tid);
-    if (!state || *state != 1)
+    struct inreq_t *r = inreq.lookup(&tid);
+    if (!r || r->state != 1)
         return;
-    *state = 2;
+    r->state = 2;
     count_rescue(0);
     struct event *e = reserve(KIND_REQ_EXIT);
     if (!e)
@@ -173,11 +198,11 @@ KRETFUNC_PROBE(schedule_timeout, long timeout, long ret)
 TRACEPOINT_PROBE(module, module_request)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    u8 *state = inreq.lookup(&tid);
-    if (state) {
-        if (*state == 2)
+    struct inreq_t *r = inreq.lookup(&tid);
+    if (r) {
+        if (r->state == 2)
             count_rescue(2);
-        *state = 3;
+        r->state = 3;
     }
     struct event *e = reserve(KIND_REQ_TP);
     if (!e)
@@ -219,11 +244,20 @@ int umh_enter(struct pt_regs *ctx, void *info, int wait)
 
 int umh_exit(struct pt_regs *ctx)
 {
+    int ret = (int)PT_REGS_RC(ctx);
     struct event *e = reserve(KIND_UMH_EXIT);
-    if (!e)
-        return 0;
-    e->ret = (int)PT_REGS_RC(ctx);
-    events.ringbuf_submit(e, 0);
+    u64 ts = e ? e->ts_ns : bpf_ktime_get_ns();
+    if (e) {
+        e->ret = ret;
+        events.ringbuf_submit(e, 0);
+    }
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct inreq_t *r = inreq.lookup(&tid);
+    if (r && r->state == 3) {
+        r->state = 4;
+        r->ret = ret;
+        r->ts_ns = ts + 1;  // just after this event, in the trace's order
+    }
     return 0;
 }
 
@@ -244,7 +278,12 @@ int umh_spawn(struct pt_regs *ctx, void *info)
 int helper_exit(struct pt_regs *ctx, long code)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    inreq.delete(&tid);  // a request whose return no hook saw
+    struct inreq_t *r = inreq.lookup(&tid);
+    if (r) {
+        if (r->state == 4)  // modprobe returned, the kretprobe never came
+            emit_saved_return(r);
+        inreq.delete(&tid);  // else a request whose return no hook saw
+    }
     u32 pid = bpf_get_current_pid_tgid() >> 32;
     u64 *ptr = helpers.lookup(&pid);
     if (!ptr)
