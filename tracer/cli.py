@@ -10,7 +10,6 @@ import json
 import os
 import sys
 import time
-from importlib.metadata import entry_points
 from typing import Any, NoReturn
 
 import click
@@ -410,6 +409,8 @@ def boot_diff(a: str, b: str, as_json: bool, wide: bool, slower: float,
 
 def _add_plugin_commands(group: click.Group) -> None:
     """Commands other packages register (the lab's vm, parity, bench)."""
+    from importlib.metadata import entry_points  # a costly import: only when asked for
+
     for ep in entry_points(group="kmodtrace.commands"):
         try:
             cmd = ep.load()

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from tracer import btf as btfmod
@@ -23,10 +23,12 @@ from tracer import kernel
 from tracer.events import Event, c_definitions, decode
 
 # Package data, found the way bcc finds its helpers.h: it ships inside the wheel.
-BPF_SOURCE = resources.files("tracer") / "bpf" / "kmodtrace.bpf.c"
+# (next to this module: importlib.resources costs an import at every start, and a wheel
+# installs its files unpacked)
+BPF_SOURCE = Path(__file__).with_name("bpf") / "kmodtrace.bpf.c"
 # The kernel tree bcc compiles in where BTF gives every offset (BCC_KERNEL_SOURCE):
 # bcc's helpers.h needs a dozen lines of it, not the linux-headers package.
-NOHDR_TREE = resources.files("tracer") / "bpf" / "nohdr"
+NOHDR_TREE = Path(__file__).with_name("bpf") / "nohdr"
 # How the program gets its struct offsets; KMODTRACE_BUILD forces one (bench measures
 # each): "btf" (BTF, no kernel headers), "btf-headers" (BTF, compiled in the kernel
 # headers' tree), "headers" (offsetof() over the kernel headers, no BTF needed).
