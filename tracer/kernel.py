@@ -303,7 +303,18 @@ def is_function(entry: tuple[str, int] | None) -> bool:
 # "waitqueue", schedule_timeout() in a wait on kmod_wq (commit 6d7964a722af "kmod:
 # throttle kmod thread limit", 4.13, to 6.3). kmod_wq is what tells them apart.
 ThrottleForm = Literal["semaphore", "waitqueue"]
-THROTTLE_SYMBOLS = ("kmod_concurrent_max", "kmod_wq", "down_timeout", "schedule_timeout")
+THROTTLE_SYMBOLS = ("kmod_concurrent_max", "kmod_wq", "down_timeout", "schedule_timeout",
+                    "bpf_trampoline_link_prog")
+
+
+def has_fexit(syms: dict[str, tuple[str, int]], btf_path: str = "/sys/kernel/btf/vmlinux"
+              ) -> bool:
+    """BPF trampolines (fexit): x86-64, the kernel's BTF, and bpf_trampoline_link_prog in
+    kallsyms, the test bcc's support_kfunc() makes (commit fec56f5890d9 "bpf: Introduce
+    BPF trampoline", 5.5), without the symbol cache it loads for it (seconds under
+    emulation)."""
+    return (platform.machine() == "x86_64" and os.path.exists(btf_path)
+            and is_function(syms.get("bpf_trampoline_link_prog")))
 
 
 def throttle_form(syms: dict[str, tuple[str, int]]) -> tuple[ThrottleForm, int] | None:

@@ -228,7 +228,7 @@ class Tracer:
                 self._kprobes.append(hook)
             else:
                 self._skip(hook, "symbol not in this kernel (inlined or absent)")
-        rescue_hook, rescue = self._throttle_rescue(BPF, syms)
+        rescue_hook, rescue = self._throttle_rescue(syms)
         phases["probe-checks"] = time.monotonic() - t0 - sum(phases.values())
         self._build = build
         # clang runs without the GIL: the caller's imports and BTF run while bcc compiles
@@ -317,19 +317,13 @@ class Tracer:
                 f"linux-headers-{release} and set KMODTRACE_BUILD=headers)") from e
 
     @staticmethod
-    def _throttle_rescue(BPF: Any, syms: dict[str, tuple[str, int]]
-                         ) -> tuple[Hook | None, list[str]]:
+    def _throttle_rescue(syms: dict[str, tuple[str, int]]) -> tuple[Hook | None, list[str]]:
         """The cflags of the fexit that sees requests time out in the kmod throttle
         (kernel.throttle_form; the program's inreq): -DKMOD_SEM or -DKMOD_WAITQ = the
         address of kmod_concurrent_max, and -ETIME's value; with the hook. None where the
         kernel has no BPF trampolines or kallsyms hides the throttle."""
-        try:
-            if not BPF.support_kfunc():
-                return None, []
-        except Exception:  # noqa: BLE001 - bcc raises bare exceptions
-            return None, []
         found = kernel.throttle_form(syms)
-        if found is None:
+        if found is None or not kernel.has_fexit(syms):
             return None, []
         form, addr = found
         macro = "KMOD_WAITQ" if form == "waitqueue" else "KMOD_SEM"
