@@ -97,6 +97,9 @@ class Scenario:
     # modprobe for the storm), so that 50 requests hold the throttle's slots past its 5 s
     # timeout and the rest return -ETIME: a timeout on any machine, however fast
     modprobe_delay: float = 0.0
+    # with modprobe_delay: the wrapper exits with this status after the delay instead of
+    # running modprobe (50 real modprobes at once take seconds under emulation)
+    modprobe_exit: int | None = None
     # Filled in by run(): CLOCK_MONOTONIC, the clock bpf_ktime_get_ns() uses.
     start_ns: int = 0
     end_ns: int = 0
@@ -208,9 +211,10 @@ def _init_bad_buffer(length: int) -> Callable[[], int]:
 
 
 @contextlib.contextmanager
-def slow_modprobe(delay: float) -> Iterator[None]:
+def slow_modprobe(delay: float, status: int | None = None) -> Iterator[None]:
     """The kernel's modprobe (/proc/sys/kernel/modprobe) is a wrapper that sleeps DELAY
-    seconds first, while inside; nothing changes for DELAY 0."""
+    seconds first, then runs modprobe (or exits with STATUS), while inside; nothing
+    changes for DELAY 0."""
     if not delay:
         yield
         return
@@ -218,7 +222,8 @@ def slow_modprobe(delay: float) -> Iterator[None]:
     real = knob.read_text().strip()
     wrapper = Path("/run/kmt-slow/modprobe")
     wrapper.parent.mkdir(exist_ok=True)
-    wrapper.write_text(f'#!/bin/sh\nsleep {delay}\nexec {real} "$@"\n')
+    then = f'exec {real} "$@"' if status is None else f"exit {status}"
+    wrapper.write_text(f"#!/bin/sh\nsleep {delay}\n{then}\n")
     wrapper.chmod(0o755)
     knob.write_text(str(wrapper))
     try:
@@ -237,7 +242,7 @@ def run(sc: Scenario, kmodstorm: Path | None) -> None:
             args.append("nowait=1")
         if sc.mixed:
             args.append("mixed=1")
-        with slow_modprobe(sc.modprobe_delay):
+        with slow_modprobe(sc.modprobe_delay, sc.modprobe_exit):
             sc.statuses = [subprocess.run(args, check=False).returncode]
         time.sleep(1.0)  # nowait requests and their modprobes finish after init returns
         subprocess.run(["rmmod", "kmodstorm"], check=False)
@@ -322,6 +327,7 @@ def default_scenarios() -> list[Scenario]:
         Scenario("throttle", "kthread", "kmt-throttle-none", 80, modprobe_delay=7.0),
         # more requests at once than the kretprobe has instances (4096): those that time
         # out are seen by the throttle fexit, those that get a slot late by modprobe's
-        # saved return
-        Scenario("kretprobe-4200", "kthread", "kmt-crowd-none", 4200, modprobe_delay=2.0),
+        # saved return, where a latecomer wins a slot (a "modprobe" of 0.5 s)
+        Scenario("kretprobe-4200", "kthread", "kmt-crowd-none", 4200, modprobe_delay=0.5,
+                 modprobe_exit=1),
     ]
