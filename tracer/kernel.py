@@ -288,11 +288,6 @@ def kallsyms_lookup(names: Iterable[str], path: str = "/proc/kallsyms"
     return found
 
 
-def kallsyms_address(name: str, path: str = "/proc/kallsyms") -> int | None:
-    """Address of a kernel symbol, data symbols too; None if absent or hidden."""
-    return kallsyms_lookup([name], path).get(name, ("", 0))[1] or None
-
-
 def is_function(entry: tuple[str, int] | None) -> bool:
     """A kallsyms_lookup() entry that is code (what a kprobe or fexit can attach to)."""
     return entry is not None and entry[0] in "tTwW"
