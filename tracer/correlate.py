@@ -14,7 +14,7 @@ Joins, each by what the kernel guarantees:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Protocol
 
@@ -83,12 +83,22 @@ class Correlator:
         return i
 
     def feed(self, ev: Event) -> None:
-        self.events += 1
-        handler = self._dispatch.get(ev.kind)  # IntEnum keys hash as their ints
-        if handler is not None:
-            handler(ev)
-        if ev.ts_ns - self._last_sweep_ns > STALE_NS:
-            self._sweep(ev.ts_ns)
+        self.feed_all((ev,))
+
+    def feed_all(self, events: Iterable[Event]) -> None:
+        """feed() each event, with the loop's names bound locally: a replay runs it a
+        million times, and the method call and attribute reads per event were a tenth of
+        its time."""
+        dispatch, stale, sweep = self._dispatch.get, STALE_NS, self._sweep
+        n = 0
+        for ev in events:
+            n += 1
+            handler = dispatch(ev.kind)
+            if handler is not None:
+                handler(ev)
+            if ev.ts_ns - self._last_sweep_ns > stale:
+                sweep(ev.ts_ns)
+        self.events += n
 
     @property
     def open_stories(self) -> int:

@@ -9,13 +9,13 @@ Fields are plain u32/u64/s64/char[N], the only types bcc decodes reliably.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import enum
 import sys
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Annotated, Any
+
+import msgspec
 
 U32 = Annotated[int, "u32"]
 U64 = Annotated[int, "u64"]
@@ -62,8 +62,12 @@ NAME_LEN: int = 64
 PATH_LEN = 128
 
 
-@dataclass(slots=True)
-class Event:
+class Event(msgspec.Struct, tag="event", tag_field="type", forbid_unknown_fields=True,
+            gc=False):
+    """One hook's record. A msgspec Struct: a trace line decodes straight into one, in C
+    (a JSON event line is this struct with "type": "event"); instances hold only ints and
+    strings, so the cyclic GC need not track the millions a replay keeps."""
+
     ts_ns: U64 = 0  # CLOCK_MONOTONIC (bpf_ktime_get_ns)
     kind: U32 = 0
     pid: U32 = 0  # tgid
@@ -116,12 +120,12 @@ def _layout() -> list[tuple[str, str, int]]:
     """(field, C scalar type or 'char', array size) in declaration order."""
     hints = typing.get_type_hints(Event, include_extras=True)
     out = []
-    for f in dataclasses.fields(Event):
-        meta = hints[f.name].__metadata__[0]
+    for name in Event.__struct_fields__:
+        meta = hints[name].__metadata__[0]
         if isinstance(meta, tuple):
-            out.append((f.name, meta[0], meta[1]))
+            out.append((name, meta[0], meta[1]))
         else:
-            out.append((f.name, meta, 0))
+            out.append((name, meta, 0))
     return out
 
 
@@ -130,22 +134,21 @@ _FIELD_TYPES: dict[str, type] = {n: str if c == "char" else int for n, c, _ in L
 _FIELD_NAMES = tuple(_FIELD_TYPES)
 # (field, type) of every valid field of an event
 _VALID_PAIRS = frozenset(_FIELD_TYPES.items())
-_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Event)}
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in msgspec.structs.fields(Event)}
 # A record's builder: its values in key order -> the event (see RecordDecoder)
 _Builder = Callable[..., Event]
 
 
 class RecordDecoder:
     """Events from decoded trace records (dicts), checked as Event.from_dict checks them,
-    about three times faster: replay decodes a million of them.
+    several times faster: the trace reader's path for the lines msgspec does not take.
 
-    A record's shape (its keys in order and their values' types) decides alone whether it
-    is a valid event, so each shape is judged once and gets a builder taking the values
-    positionally, made like dataclass's own __init__ (generated code). Building by
-    keywords instead, Event(**d), matches each key against the 17 parameter names by
-    string comparison (orjson's keys are not the interned names); a Python check of each
-    field costs as much again. A recorder writes a few shapes per event kind; a file of
-    ever new shapes (corrupt or hostile) stops being cached after _MAX_SHAPES.
+    A record's keys, in order, decide which of them are fields, so each key order is
+    judged once and gets a builder (generated code) that takes the values by position,
+    checks their types (a bool is not an int) and calls Event positionally. Event(**d)
+    instead matches each key against the 17 parameter names by string comparison. A
+    recorder writes a few key orders per event kind; a file of ever new ones (corrupt or
+    hostile) stops being cached after _MAX_SHAPES.
     """
 
     _MAX_SHAPES = 4096
@@ -155,33 +158,36 @@ class RecordDecoder:
         # REQUIRED: fields a valid record must have
         self.extra = extra
         self.required = required
-        self._shapes: dict[tuple[tuple[str, ...], tuple[type, ...]], _Builder | None] = {}
+        self._shapes: dict[tuple[str, ...], _Builder | None] = {}
 
     def __call__(self, d: dict[str, Any]) -> Event | None:
         """D's event; None if it lacks a required field, has a key that is neither a field
         nor extra, or a field of the wrong type (a bool is not an int)."""
-        shape = (tuple(d), tuple(map(type, d.values())))
+        keys = tuple(d)
         try:
-            build = self._shapes[shape]
+            build = self._shapes[keys]
         except KeyError:
-            build = self._builder(*shape)
+            build = self._builder(keys)
             if len(self._shapes) < self._MAX_SHAPES:
-                self._shapes[shape] = build
+                self._shapes[keys] = build
         return None if build is None else build(*d.values())
 
-    def _builder(self, keys: tuple[str, ...], types: tuple[type, ...]) -> _Builder | None:
+    def _builder(self, keys: tuple[str, ...]) -> _Builder | None:
         if not self.required.issubset(keys):
             return None
-        for key, t in zip(keys, types, strict=True):
-            if key not in self.extra and _FIELD_TYPES.get(key) is not t:
-                return None
+        if any(key not in self.extra and key not in _FIELD_TYPES for key in keys):
+            return None
         # Parameters are the record's keys in order: JSON keys are any strings, so they
         # are named by position, never spliced into the code.
         params = [f"v{i}" for i in range(len(keys))]
         where = {k: p for k, p in zip(keys, params, strict=True) if k not in self.extra}
-        body = "".join(f"    e.{name} = {_value(name, where.get(name))}\n" for name in _FIELD_NAMES)
-        src = f"def build({', '.join(params)}):\n    e = _new(_Event)\n{body}    return e\n"
-        scope: dict[str, Any] = {"_new": object.__new__, "_Event": Event, "_intern": sys.intern}
+        wrong = " or ".join(f"type({p}) is not _{_FIELD_TYPES[k].__name__}"
+                            for k, p in where.items())
+        check = f"    if {wrong}:\n        return None\n" if wrong else ""
+        args = ", ".join(_value(name, where.get(name)) for name in _FIELD_NAMES)
+        src = f"def build({', '.join(params)}):\n{check}    return _Event({args})\n"
+        scope: dict[str, Any] = {"_Event": Event, "_intern": sys.intern, "_int": int,
+                                 "_str": str}
         scope.update({f"_d_{name}": v for name, v in _DEFAULTS.items()})
         exec(src, scope)  # the only names spliced in are Event's own fields
         build: _Builder = scope["build"]
@@ -196,9 +202,6 @@ def _value(name: str, param: str | None) -> str:
         return f"_d_{name}"
     return f"_intern({param})" if _FIELD_TYPES[name] is str else param
 
-
-# What the generated builders assume: __init__ only stores the fields
-assert not hasattr(Event, "__post_init__")
 
 _CTYPES = {"u32": ctypes.c_uint32, "u64": ctypes.c_uint64, "s64": ctypes.c_int64}
 

@@ -116,8 +116,7 @@ def replay(events: Iterable[Event], profile: Profile,
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
-        for ev in ordered:
-            corr.feed(ev)
+        corr.feed_all(ordered)
         judge.flush()
     finally:
         if gc_was_on:
