@@ -245,8 +245,13 @@ def run_boot(kern: vm.KernelImage, out: Path, progress: vm.Progress, cpus: int =
              timeout: float = 2400) -> int:
     """Boot systemd with (or without) the installed unit on CPUS vCPUs; results in OUT."""
     if kern.root is not None:
-        raise vm.VMError("--boot needs a kernel whose headers are installed on the system "
-                         "(the stable one): the unit's tracer compiles against them at boot")
+        # Not headers (the unit's tracer builds from BTF): systemd-udevd loads modules
+        # from /lib/modules/RELEASE as the boot starts, before the lab could link a
+        # cached kernel's tree in (link_kernel_tree() runs in the guest's own command).
+        raise vm.VMError(f"--boot needs a kernel installed on the system, not {kern.release} "
+                         "from the lab's cache: udev loads its modules from /lib/modules at "
+                         "boot (fix: use -k stable, or install linux-image-"
+                         f"{kern.release})")
     out.mkdir(parents=True, exist_ok=True)
     unit_dir = prepare_unit_dir(unit, progress)
     progress(f"booting systemd as PID 1 {'with' if unit else 'without'} {boot.UNIT_NAME} "
