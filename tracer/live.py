@@ -85,10 +85,13 @@ class Reorder:
     def __init__(self) -> None:
         self._heap: list[tuple[int, int, Event]] = []
         self._seq = 0
+        self.newest_ns = 0  # the latest timestamp pushed
 
     def push(self, ev: Event) -> None:
         heapq.heappush(self._heap, (ev.ts_ns, self._seq, ev))
         self._seq += 1
+        if ev.ts_ns > self.newest_ns:
+            self.newest_ns = ev.ts_ns
 
     def pop_until(self, upto_ns: int | None) -> Iterator[Event]:
         """Events up to upto_ns (every one if None), oldest first."""
@@ -296,10 +299,7 @@ class Run:
         status = 0
         try:
             while not self._stop:
-                self.tracer.poll(100)
-                self._release(time.monotonic_ns() - REORDER_NS)
-                if self.writer is not None:
-                    self.writer.flush()  # one write(2) per poll: kill -9 loses this batch
+                self._pump(100)
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 if child is not None and child.poll() is not None:
@@ -313,6 +313,25 @@ class Run:
         finally:
             self._finish(child)
         return status
+
+    def _pump(self, timeout_ms: int) -> None:
+        """What the ring buffer holds, batch by batch (Tracer.batch records): each released
+        as far as is safe, and written, before the next is taken. A storm's backlog never
+        sits decoded whole in memory, and a kill -9 loses at most one batch."""
+        more = self.tracer.poll(timeout_ms)
+        while True:
+            if more:
+                # Stopped short, the ring still holds records, reserved after those taken:
+                # none is older than the newest taken less the window (the window's own
+                # assumption), so those older go; the clock tells nothing here.
+                self._release(self.reorder.newest_ns - REORDER_NS - 1)
+            else:
+                self._release(time.monotonic_ns() - REORDER_NS)
+            if self.writer is not None:
+                self.writer.flush()  # one write(2) per batch
+            if not more or self._stop:
+                return
+            more = self.tracer.consume()
 
     def _finish(self, child: subprocess.Popen[bytes] | None) -> None:
         if child is not None and child.poll() is None:

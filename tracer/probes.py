@@ -39,6 +39,10 @@ BUILDS = ("btf", "btf-headers", "headers")
 DEFAULT_MAXACTIVE = 4096
 # 64 MiB: ~225 000 events of 296 bytes before the consumer must catch up.
 DEFAULT_RINGBUF_PAGES = 16384
+# Records one poll hands over at most. A storm's backlog is otherwise taken whole: a
+# 10 000-thread storm left 20 000 records, all decoded and held at once (and their trace
+# lines buffered, 3 MB), which raised the recorder's heap for good (issue #14).
+DEFAULT_BATCH = 1024
 
 
 class TracerError(RuntimeError):
@@ -162,11 +166,14 @@ class Tracer:
         notice: Callable[[str], None],
         maxactive: int = DEFAULT_MAXACTIVE,
         ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
+        batch: int = DEFAULT_BATCH,
     ) -> None:
         self.on_event = on_event
         self.notice = notice
         self.maxactive = maxactive
         self.ringbuf_pages = ringbuf_pages
+        self.batch = batch
+        self._taken = 0  # records handed over by this poll() or consume()
         self.bpf: Any = None
         self._hooks: list[Hook] = []
         self._skipped: list[tuple[Hook, str]] = []
@@ -387,14 +394,30 @@ class Tracer:
         if not hook.quiet:
             self.notice(f"skipping {hook.probe_type} {hook.target} ({hook.why}): {why}")
 
-    def _callback(self, _ctx: Any, data: Any, _size: int) -> None:
+    def _callback(self, _ctx: Any, data: Any, _size: int) -> int:
         self.on_event(decode(data))
+        self._taken += 1
+        # bcc passes the return on to libbpf, which stops at a negative one: this record
+        # is consumed, the rest stay in the ring for the next call
+        return -1 if self._taken >= self.batch else 0
 
-    def poll(self, timeout_ms: int = 100) -> None:
+    def poll(self, timeout_ms: int = 100) -> bool:
+        """Hand over what the ring buffer holds, waiting up to TIMEOUT_MS for a first record,
+        at most `batch` records: True if it stopped there (more may wait)."""
+        self._taken = 0
         self.bpf.ring_buffer_poll(timeout_ms)
+        return self._taken >= self.batch
+
+    def consume(self) -> bool:
+        """The next batch without waiting: poll() for a backlog."""
+        self._taken = 0
+        self.bpf.ring_buffer_consume()
+        return self._taken >= self.batch
 
     def drain(self) -> None:
-        self.bpf.ring_buffer_consume()
+        """Everything the ring buffer holds, batch after batch."""
+        while self.consume():
+            pass
 
     def lost(self) -> int:
         """Events dropped because the ring buffer was full."""

@@ -118,8 +118,9 @@ def open_output(path: str) -> int:
 
 class TraceWriter:
     """Lines are buffered until flush(), which the tracer calls once per ring-buffer poll
-    (100 ms): one write(2) per poll, no stdio buffer, so a kill loses at most the lines
-    of the last poll (and a partial last line)."""
+    (100 ms), or per batch of one (tracer/probes.py DEFAULT_BATCH): one write(2) each, no
+    stdio buffer, so a kill loses at most the lines of the last batch (and a partial last
+    line)."""
 
     def __init__(self, path: str) -> None:
         self._fd = open_output(path)
