@@ -237,8 +237,10 @@ def test_early_requests_are_joined(booted: BootRun) -> None:
 
 
 def test_the_per_cpu_storm(booted: BootRun) -> None:
-    """udev loads each module with a cpu: alias once per CPU device; on 6.1 every attempt but
-    one fails EEXIST, each having read the module, and the kernel's own record agrees.
+    """udev loads each module with a cpu: alias once per CPU device it handles before the
+    module is live (libkmod skips a live one: under a slow host, the later devices' workers
+    find it so); on 6.1 every attempt but one fails EEXIST, each having read the module, and
+    the kernel's own record agrees (each call, and no other: the witness test above).
 
     A module whose init refuses this machine (ENODEV: acpi_cpufreq, powernow_k8 under QEMU)
     never goes live, so every device event that matches it tries again: at least one
@@ -267,12 +269,12 @@ def test_the_per_cpu_storm(booted: BootRun) -> None:
             assert len(loads) >= ncpu, rows[-1]
             continue
         stormed.append(mod)
-        # one attempt per CPU device, each from its own udev worker
-        assert len(loads) == ncpu, rows[-1]
-        assert len({ld["tid"] for ld in loads}) == ncpu, rows[-1]
+        # at most one attempt per CPU device, each from its own udev worker
+        assert 2 <= len(loads) <= ncpu, rows[-1]
+        assert len({ld["tid"] for ld in loads}) == len(loads), rows[-1]
         if not idempotent:  # 6.1: one load wins, the rest read the file and fail EEXIST
             assert sum(1 for ld in loads if ld["ret"] == 0) == 1, rows[-1]
-            assert fails == Counter({EEXIST: ncpu - 1}), rows[-1]
+            assert fails == Counter({EEXIST: len(loads) - 1}), rows[-1]
             assert modules[mod]["wasted_bytes"] > 0
         assert max(starts) - min(starts) > 0
     print("\n".join(rows))
@@ -290,8 +292,9 @@ def cpu_alias_patterns(release: str) -> dict[str, list[str]]:
 
 def test_every_udev_load_names_its_device_and_modalias(booted: BootRun) -> None:
     """Each load a udev worker made names the device it was for and the MODALIAS udev
-    looked up; for a module with a cpu: alias that is a CPU device, each CPU once, and
-    the MODALIAS matches one of the module's own alias patterns (as libkmod matched it)."""
+    looked up; for a module with a cpu: alias that is a CPU device, no CPU twice (one
+    per CPU whose event came before the module was live), and the MODALIAS matches one
+    of the module's own alias patterns (as libkmod matched it)."""
     ncpu = booted.stats["cpu_devices"]
     patterns = cpu_alias_patterns(booted.trace.header["kernel"])
     udev_loads = [ld for ld in booted.show["loads"] if ld["comm"] == "(udev-worker)"]
@@ -305,13 +308,14 @@ def test_every_udev_load_names_its_device_and_modalias(booted: BootRun) -> None:
         if not loads or not any(ld["ret"] == 0 for ld in loads):
             continue
         stormed += 1
-        assert {ld["devpath"] for ld in loads} == cpus, mod
+        devpaths = [ld["devpath"] for ld in loads]
+        assert len(set(devpaths)) == len(devpaths) and set(devpaths) <= cpus, (mod, devpaths)
         assert {ld["subsystem"] for ld in loads} == {"cpu"}, mod
         for ld in loads:
             assert any(fnmatch.fnmatchcase(ld["alias"], p) for p in pats), (mod, ld["alias"])
         row = booted.show["by_module"][mod]
-        assert row["devices"] == {path: 1 for path in cpus}
-        assert row["subsystems"] == {"cpu": ncpu}
+        assert row["devices"] == {path: 1 for path in devpaths}
+        assert row["subsystems"] == {"cpu": len(loads)}
     assert stormed >= 5
 
 
@@ -326,8 +330,10 @@ def test_boot_show_answers_at_a_glance(booted: BootRun) -> None:
     assert "module loading in flight" in words
     ncpu = booted.stats["cpu_devices"]
     crc = next(ln.split() for ln in lines if ln.startswith("crc32c_intel "))
-    assert crc[1:4] == [str(ncpu), "1", f"EEXIST:{ncpu - 1}"]
-    assert f"cpu:{ncpu}" in crc
+    tries = sum(1 for ld in booted.show["loads"] if _name(ld["module"]) == "crc32c_intel")
+    assert 2 <= tries <= ncpu  # one per CPU device handled before it was live
+    assert crc[1:4] == [str(tries), "1", f"EEXIST:{tries - 1}"]
+    assert f"cpu:{tries}" in crc
 
 
 def test_boot_diff_of_2_and_16_vcpus(booted_small: BootRun, booted: BootRun) -> None:
@@ -351,11 +357,12 @@ def test_boot_diff_of_2_and_16_vcpus(booted_small: BootRun, booted: BootRun) -> 
         assert rows.keys() == shown.keys()
         for k, row in rows.items():
             assert {f: row[f] for f in shown[k]} == shown[k], (side, k)
-    # with 2 CPUs the second device's worker may find the module live already (libkmod
-    # then skips the load): 1 or 2 attempts there, one per CPU device with 16
+    # a CPU device's worker may find the module live already (libkmod then skips the
+    # load): 1 or 2 attempts with 2 CPUs, up to one per CPU device with 16, more than 2
+    # for a module the 16 workers raced for
     stormed = [k for k, m in d["modules"].items()
                if m["a"] and m["b"] and m["a"]["attempts"] <= 2
-               and m["b"]["attempts"] == CPUS and m["b"]["ok"] == 1]
+               and 2 < m["b"]["attempts"] <= CPUS and m["b"]["ok"] == 1]
     assert len(stormed) >= 5, stormed
     for k in stormed:
         assert "more" in d["modules"][k]["changes"], (k, d["modules"][k])
