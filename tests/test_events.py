@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import random
 import re
 
 from tracer.events import LAYOUT, CEvent, Event, Kind, c_definitions, decode
@@ -70,3 +71,20 @@ def test_full_width_strings_and_bad_utf8_survive() -> None:
 def test_dict_round_trip_ignores_unknown_keys() -> None:
     ev = Event(ts_ns=5, kind=3, name="net-pf-5", wait=1)
     assert Event.from_dict(ev.to_dict() | {"type": "event", "future": 1}) == ev
+
+
+def _ctypes_decode(raw: bytes) -> Event:
+    """The field-by-field reading decode() replaced: ctypes' own view of the C struct."""
+    c = CEvent.from_buffer_copy(raw)
+    return Event(*(getattr(c, n).decode("utf-8", "replace") if t == "char"
+                   else getattr(c, n) for n, t, _ in LAYOUT))
+
+
+def test_decode_reads_every_field_where_ctypes_does() -> None:
+    # random records, strings with bytes after their NUL and bad UTF-8 included: the one
+    # struct.unpack must agree with ctypes' offsets and sizes, field by field
+    rng = random.Random(14)
+    for _ in range(500):
+        raw = bytes(rng.randrange(256) for _ in range(ctypes.sizeof(CEvent)))
+        assert decode(raw) == _ctypes_decode(raw)
+    assert decode(bytes(ctypes.sizeof(CEvent))) == Event()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import struct
 import sys
 import typing
 from collections.abc import Callable
@@ -63,10 +64,11 @@ PATH_LEN = 128
 
 
 class Event(msgspec.Struct, tag="event", tag_field="type", forbid_unknown_fields=True,
-            gc=False):
+            gc=False, omit_defaults=True):
     """One hook's record. A msgspec Struct: a trace line decodes straight into one, in C
     (a JSON event line is this struct with "type": "event"); instances hold only ints and
-    strings, so the cyclic GC need not track the millions a replay keeps."""
+    strings, so the cyclic GC need not track the millions a replay keeps. Encoded, it
+    omits fields at their defaults: a trace line holds what the hook set."""
 
     ts_ns: U64 = 0  # CLOCK_MONOTONIC (bpf_ktime_get_ns)
     kind: U32 = 0
@@ -224,14 +226,29 @@ def c_definitions() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _record_struct() -> struct.Struct:
+    """CEvent's layout as one struct format: its fields at CEvent's own offsets (the C
+    compiler's padding is CEvent's), so a record unpacks in one C call."""
+    fmt, pos = "<", 0
+    for name, ctype, size in LAYOUT:
+        offset = getattr(CEvent, name).offset
+        fmt += "x" * (offset - pos) + (f"{size}s" if ctype == "char" else _STRUCT[ctype])
+        pos = offset + (size if ctype == "char" else ctypes.sizeof(_CTYPES[ctype]))
+    fmt += "x" * (ctypes.sizeof(CEvent) - pos)
+    return struct.Struct(fmt)
+
+
+_STRUCT = {"u32": "I", "u64": "Q", "s64": "q"}
+RECORD = _record_struct()
+_STR_AT = tuple(i for i, (_, ctype, _) in enumerate(LAYOUT) if ctype == "char")
+
+
 def decode(raw: Any) -> Event:
-    """Decode one ring-buffer record (a ctypes pointer or bytes) into an Event."""
-    if isinstance(raw, (bytes, bytearray)):
-        c = CEvent.from_buffer_copy(raw)
-    else:
-        c = ctypes.cast(raw, ctypes.POINTER(CEvent)).contents
-    values = []
-    for name, ctype, _ in LAYOUT:
-        v = getattr(c, name)
-        values.append(v.decode("utf-8", "replace") if ctype == "char" else v)
+    """Decode one ring-buffer record (a ctypes pointer or bytes) into an Event.
+    Strings end at their first NUL, as C reads them; bad UTF-8 is replaced."""
+    if not isinstance(raw, (bytes, bytearray)):
+        raw = ctypes.string_at(raw, RECORD.size)
+    values: list[Any] = list(RECORD.unpack(raw))
+    for i in _STR_AT:
+        values[i] = values[i].split(b"\0", 1)[0].decode("utf-8", "replace")
     return Event(*values)
