@@ -27,9 +27,6 @@ class FakeRing:
         self.callback: Any = None
         self.calls = 0
 
-    def ring_buffer_poll(self, _timeout_ms: int) -> None:
-        self.ring_buffer_consume()
-
     def ring_buffer_consume(self) -> None:
         self.calls += 1
         while self.records:
@@ -51,14 +48,14 @@ def _tracer(ring: FakeRing, on_event: Any, batch: int) -> Tracer:
     return tracer
 
 
-def test_poll_stops_at_the_batch_and_consume_takes_the_next() -> None:
+def test_consume_stops_at_the_batch_and_the_next_takes_the_next() -> None:
     ring, got = FakeRing(), list[Event]()
     ring.records.extend(_record(i, i) for i in range(10))
     tracer = _tracer(ring, got.append, batch=4)
-    assert tracer.poll(100) is True and [e.pid for e in got] == [0, 1, 2, 3]
+    assert tracer.consume() is True and [e.pid for e in got] == [0, 1, 2, 3]
     assert tracer.consume() is True and len(got) == 8
     assert tracer.consume() is False and [e.pid for e in got] == list(range(10))
-    assert tracer.poll(100) is False  # an empty ring: nothing, nothing more
+    assert tracer.consume() is False  # an empty ring: nothing, nothing more
 
 
 def test_drain_takes_everything() -> None:
@@ -114,7 +111,7 @@ def test_a_backlog_is_released_batch_by_batch_in_timestamp_order(tmp_path: Path)
 
     writer.flush = flush  # type: ignore[method-assign]
     run, fed = _run(tracer, reorder, writer)
-    run._pump(100)
+    run._pump()
     assert [e.ts_ns for e in fed.events] == sorted(stamps)
     # a window (20 ms) is 400 records of this storm (and its 5 ms skew), plus the batch
     bound = 1024 + 2 * REORDER_NS // 50_000
@@ -143,6 +140,6 @@ def test_a_cut_short_batch_keeps_what_the_ring_may_still_precede() -> None:
         return real_consume()
 
     tracer.consume = consume  # type: ignore[method-assign]
-    run._pump(100)
-    assert released == [[0, 1]]  # 30 ms held: 12 ms had not come yet
+    run._pump()
+    assert released == [[], [0, 1]]  # 30 ms held: 12 ms had not come yet
     assert [e.pid for e in fed.events] == [0, 1, 12, 30]

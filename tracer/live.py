@@ -29,6 +29,11 @@ from tracer.stories import Load, Request, kmod_name
 # Events from different CPUs reach the ring buffer slightly out of order; hold
 # each this long and release in timestamp order.
 REORDER_NS = 20_000_000
+# The ring buffer is read on this timer. The BPF program submits without waking the
+# reader (BPF_RB_NO_WAKEUP): a wakeup per record, which the kernel otherwise sends each
+# time the reader has caught up, cost the traced storm an irq_work per event and the
+# reader a pass of this loop (and a write(2)) per event (issue #14).
+TICK_S = 0.1
 MAX_PROCS = 100_000
 # Where a requester or loader first shows up: describe it while it still lives.
 _STARTS = frozenset({Kind.REQ_ENTER, Kind.FINIT_ENTER, Kind.INIT_ENTER})
@@ -299,7 +304,8 @@ class Run:
         status = 0
         try:
             while not self._stop:
-                self._pump(100)
+                time.sleep(TICK_S)
+                self._pump()
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 if child is not None and child.poll() is not None:
@@ -314,11 +320,11 @@ class Run:
             self._finish(child)
         return status
 
-    def _pump(self, timeout_ms: int) -> None:
+    def _pump(self) -> None:
         """What the ring buffer holds, batch by batch (Tracer.batch records): each released
         as far as is safe, and written, before the next is taken. A storm's backlog never
         sits decoded whole in memory, and a kill -9 loses at most one batch."""
-        more = self.tracer.poll(timeout_ms)
+        more = self.tracer.consume()
         while True:
             if more:
                 # Stopped short, the ring still holds records, reserved after those taken:

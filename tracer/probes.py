@@ -401,15 +401,10 @@ class Tracer:
         # is consumed, the rest stay in the ring for the next call
         return -1 if self._taken >= self.batch else 0
 
-    def poll(self, timeout_ms: int = 100) -> bool:
-        """Hand over what the ring buffer holds, waiting up to TIMEOUT_MS for a first record,
-        at most `batch` records: True if it stopped there (more may wait)."""
-        self._taken = 0
-        self.bpf.ring_buffer_poll(timeout_ms)
-        return self._taken >= self.batch
-
     def consume(self) -> bool:
-        """The next batch without waiting: poll() for a backlog."""
+        """Hand over what the ring buffer holds, at most `batch` records, without waiting
+        (the program wakes no reader: tracer/live.py TICK_S): True if it stopped there
+        (more may wait)."""
         self._taken = 0
         self.bpf.ring_buffer_consume()
         return self._taken >= self.batch

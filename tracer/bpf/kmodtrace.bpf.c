@@ -36,6 +36,11 @@ BPF_HASH(helpers, u32, u64, MAX_HELPERS); // pid of a usermode helper -> sub_inf
 struct loading_t { char name[NAME_LEN]; };
 BPF_HASH(loading, u32, struct loading_t, MAX_HELPERS); // tid inside (f)init_module
 
+// BPF_RB_NO_WAKEUP: the reader reads on a timer (tracer/live.py TICK_S), so a record
+// need not queue the irq_work that wakes it, which the kernel would do each time the
+// reader had caught up: once per event in a storm (issue #14).
+#define SUBMIT_QUIET 1
+
 static __always_inline struct event *reserve(u32 kind)
 {
     if (!kmt_offset(N_OFFSETS))
@@ -106,7 +111,7 @@ static __always_inline void emit_saved_return(struct inreq_t *r)
         return;
     e->ts_ns = r->ts_ns;
     e->ret = r->ret;
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(e, SUBMIT_QUIET);
 }
 
 // __request_module(bool wait, const char *fmt, ...): the name is still a format.
@@ -131,7 +136,7 @@ int req_enter(struct pt_regs *ctx)
     u64 frames[2] = {};
     if (bpf_get_stack(ctx, frames, sizeof(frames), 0) == sizeof(frames))
         e->ip = frames[1];
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(e, SUBMIT_QUIET);
     return 0;
 }
 
@@ -150,7 +155,7 @@ int req_exit(struct pt_regs *ctx)
     if (!e)
         return 0;
     e->ret = (int)PT_REGS_RC(ctx);
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(e, SUBMIT_QUIET);
     return 0;
 }
 
@@ -167,7 +172,7 @@ static __always_inline void throttle_timeout(void)
     if (!e)
         return;
     e->ret = -KMOD_ETIME;
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(e, SUBMIT_QUIET);
 }
 
 #ifdef KMOD_SEM
@@ -211,7 +216,7 @@ TRACEPOINT_PROBE(module, module_request)
     e->ip = args->ip;
     bpf_probe_read_kernel_str(e->name, sizeof(e->name),
                               (void *)args + (args->data_loc_name & 0xFFFF));
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(e, SUBMIT_QUIET);
     return 0;
 }
 #endif
@@ -238,7 +243,7 @@ int umh_enter(struct pt_regs *ctx, void *info, int wait)
     }
     if (last)
         bpf_probe_read_kernel_str(e->name, sizeof(e->name), last);
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(e, SUBMIT_QUIET);
     return 0;
 }
 
@@ -249,7 +254,7 @@ int umh_exit(struct pt_regs *ctx)
     u64 ts = e ? e->ts_ns : bpf_ktime_get_ns();
     if (e) {
         e->ret = ret;
-        events.ringbuf_submit(e, 0);
+        events.ringbuf_submit(e, SUBMIT_QUIET);
     }
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct inreq_t *r = inreq.lookup(&tid);
@@ -271,7 +276,7 @@ int umh_spawn(struct pt_regs *ctx, void *info)
     if (!e)
         return 0;
     e->ptr = ptr;
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(e, SUBMIT_QUIET);
     return 0;
 }
 
@@ -292,7 +297,7 @@ int helper_exit(struct pt_regs *ctx, long code)
     if (e) {
         e->ptr = *ptr;
         e->ret = code;
-        events.ringbuf_submit(e, 0);
+        events.ringbuf_submit(e, SUBMIT_QUIET);
     }
     helpers.delete(&pid);
     return 0;
@@ -315,7 +320,7 @@ static __always_inline int loading_end(u32 kind, long ret)
         e->ret = ret;
         if (l)
             __builtin_memcpy(e->name, l->name, sizeof(e->name));
-        events.ringbuf_submit(e, 0);
+        events.ringbuf_submit(e, SUBMIT_QUIET);
     }
     if (l)
         loading.delete(&tid);
@@ -350,7 +355,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_finit_module)
         READ_AT(dname, dentry, OFF_DENTRY_NAME);
         bpf_probe_read_kernel_str(e->path, sizeof(e->path), (void *)dname);
     }
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(e, SUBMIT_QUIET);
     return 0;
 }
 #endif
@@ -363,7 +368,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_init_module)
     if (!e)
         return 0;
     e->size = args->len;
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(e, SUBMIT_QUIET);
     return 0;
 }
 #endif
@@ -391,7 +396,7 @@ int patient_check(struct pt_regs *ctx, const char *name, int reason)
     if (!e)
         return 0;
     e->flags = (u32)reason;
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(e, SUBMIT_QUIET);
     return 0;
 }
 
@@ -421,7 +426,7 @@ TRACEPOINT_PROBE(module, module_load)
     e->flags = args->taints;
     bpf_probe_read_kernel_str(e->name, sizeof(e->name),
                               (void *)args + (args->data_loc_name & 0xFFFF));
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(e, SUBMIT_QUIET);
     return 0;
 }
 #endif
@@ -434,7 +439,7 @@ TRACEPOINT_PROBE(module, module_free)
         return 0;
     bpf_probe_read_kernel_str(e->name, sizeof(e->name),
                               (void *)args + (args->data_loc_name & 0xFFFF));
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(e, SUBMIT_QUIET);
     return 0;
 }
 #endif
@@ -443,7 +448,7 @@ int modinit_enter(struct pt_regs *ctx)
 {
     struct event *e = reserve(KIND_MODINIT_ENTER);
     if (e)
-        events.ringbuf_submit(e, 0);
+        events.ringbuf_submit(e, SUBMIT_QUIET);
     return 0;
 }
 
@@ -453,7 +458,7 @@ int modinit_exit(struct pt_regs *ctx)
     if (!e)
         return 0;
     e->ret = (int)PT_REGS_RC(ctx);
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(e, SUBMIT_QUIET);
     return 0;
 }
 
@@ -469,7 +474,7 @@ int dup_check_enter(struct pt_regs *ctx, char *name, bool wait, int *dup_ret)
     // the tracepoint before it can miss by the time the task was preempted.
     struct event *e = reserve(KIND_DUP_ENTER);
     if (e)
-        events.ringbuf_submit(e, 0);
+        events.ringbuf_submit(e, SUBMIT_QUIET);
     return 0;
 }
 
@@ -485,7 +490,7 @@ int dup_check_exit(struct pt_regs *ctx)
         if (ptr && e->wait)
             bpf_probe_read_kernel(&dup_ret, sizeof(dup_ret), (void *)*ptr);
         e->ret = dup_ret;
-        events.ringbuf_submit(e, 0);
+        events.ringbuf_submit(e, SUBMIT_QUIET);
     }
     dup_ret_ptr.delete(&tid);
     return 0;
@@ -498,7 +503,7 @@ int dup_announce(struct pt_regs *ctx, char *name, int ret)
         return 0;
     bpf_probe_read_kernel_str(e->name, sizeof(e->name), name);
     e->ret = ret;
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(e, SUBMIT_QUIET);
     return 0;
 }
 
@@ -540,7 +545,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
         if (e->path[i] == 0)
             e->path[i] = '\n';
     e->path[PATH_LEN - 1] = 0;
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(e, SUBMIT_QUIET);
     return 0;
 }
 #endif
@@ -571,7 +576,7 @@ int sig_check_exit(struct pt_regs *ctx)
         bpf_probe_read_kernel(&e->size, sizeof(e->size),
                               (void *)(*ptr + OFF_LOAD_INFO_LEN));
         e->ret = (int)PT_REGS_RC(ctx);
-        events.ringbuf_submit(e, 0);
+        events.ringbuf_submit(e, SUBMIT_QUIET);
     }
     sig_info.delete(&tid);
     return 0;
