@@ -89,6 +89,12 @@ def rss_kib(pid: int, field: str = "RssAnon") -> int:
     return 0
 
 
+def cpu_s(pid: int) -> float:
+    """User and system CPU seconds process PID has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _attached_build(log: Path) -> str:
     """The build `kmodtrace record` reported in its "Attached ..." line."""
     for line in log.read_text().splitlines():
@@ -147,6 +153,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--modprobes", type=int, default=1000)
     ap.add_argument("--overhead-count", type=int, default=1000)
+    ap.add_argument("--overhead-rounds", type=int, default=5)
     ap.add_argument("--soak-s", type=float, default=600)
     args = ap.parse_args()
     out: Path = args.out
@@ -167,18 +174,30 @@ def main() -> int:
     stop_tracer(tracer)
     res["attach_kmodtrace_build"] = _attached_build(out / "bench.log")
 
-    # Overhead: the same storm untraced and traced, alternating, best of three each.
-    # A name no module provides keeps the storm repeatable (nothing stays loaded).
+    # Overhead: the same storm untraced and traced, ROUNDS times, the order swapped every
+    # round (the first storm of a round ran slower in an A/B, whichever side it was). A
+    # name no module provides keeps the storm repeatable (nothing stays loaded).
     n = args.overhead_count
-    untraced, traced = [], []
+    untraced: list[float] = []
+    traced: list[float] = []
+    cpu: list[float] = []  # the recorder's CPU seconds during each traced storm
     tracer, _ = start_tracer(out, "overhead")
     stop_tracer(tracer)  # warm caches the same way for both sides
-    for i in range(3):
-        progress(f"overhead round {i + 1}: {n} requests untraced, then traced")
-        untraced.append(timed_storm(storms.Scenario("u", "kthread", "kmt-bench-none", n), ko))
-        tracer, _ = start_tracer(out, f"overhead{i}")
-        traced.append(timed_storm(storms.Scenario("t", "kthread", "kmt-bench-none", n), ko))
-        stop_tracer(tracer)
+    for i in range(args.overhead_rounds):
+        sides = ("untraced", "traced") if i % 2 == 0 else ("traced", "untraced")
+        progress(f"overhead round {i + 1}: {n} requests {sides[0]}, then {sides[1]}")
+        for side in sides:
+            sc = storms.Scenario(side[0], "kthread", "kmt-bench-none", n)
+            if side == "untraced":
+                untraced.append(timed_storm(sc, ko))
+                continue
+            tracer, _ = start_tracer(out, f"overhead{i}")
+            time.sleep(1)  # its start-up done: the storm meets the steady state
+            c0 = cpu_s(tracer.pid)
+            traced.append(timed_storm(sc, ko))
+            cpu.append(cpu_s(tracer.pid) - c0)
+            stop_tracer(tracer)
+    res["overhead_tracer_cpu_s"] = cpu
     res["overhead_untraced_s"], res["overhead_traced_s"] = untraced, traced
     progress(f"profiling the consumer with py-spy: {n} requests traced")
     profile_storm(out, storms.Scenario("p", "kthread", "kmt-bench-none", n), ko)
