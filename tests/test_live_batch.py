@@ -73,9 +73,9 @@ class Fed:
         self.events: list[Event] = []
         self.max_pending = 0
 
-    def feed(self, ev: Event) -> None:
-        self.events.append(ev)
-        self.max_pending = max(self.max_pending, len(self.reorder.pending()))
+    def feed_all(self, events: list[Event]) -> None:
+        self.events += events
+        self.max_pending = max(self.max_pending, len(events) + len(self.reorder.pending()))
 
 
 def _run(tracer: Tracer, reorder: Reorder, writer: TraceWriter | None) -> tuple[Run, Fed]:

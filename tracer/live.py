@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import heapq
+import bisect
+import gc
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from operator import attrgetter
 from typing import IO, Any
 
 from tracer import btf, bymodule, early, kernel, report, requester, udev
@@ -85,26 +86,45 @@ def _kernel_btf() -> btf.BTF | None:
 
 
 class Reorder:
-    """Events as the ring buffer hands them over, released in timestamp order."""
+    """Events as the ring buffer hands them over, released in timestamp order.
+
+    Kept in arrival order and sorted at release: arrival is nearly timestamp order (CPUs
+    disagree by little), which Python's sort takes in about one pass. `push` is the list's
+    own append, called from C for every record; a heap cost a tuple, a sequence number and
+    two sifts per event (issue #14)."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, int, Event]] = []
-        self._seq = 0
-        self.newest_ns = 0  # the latest timestamp pushed
+        self._pending: list[Event] = []
+        self.push = self._pending.append
+        self._newest_ns = 0
 
-    def push(self, ev: Event) -> None:
-        heapq.heappush(self._heap, (ev.ts_ns, self._seq, ev))
-        self._seq += 1
-        if ev.ts_ns > self.newest_ns:
-            self.newest_ns = ev.ts_ns
+    def _sort(self) -> None:
+        pending = self._pending
+        pending.sort(key=_TS)  # stable: equal stamps keep their arrival order
+        if pending and pending[-1].ts_ns > self._newest_ns:
+            self._newest_ns = pending[-1].ts_ns
 
-    def pop_until(self, upto_ns: int | None) -> Iterator[Event]:
+    @property
+    def newest_ns(self) -> int:
+        """The latest timestamp pushed."""
+        self._sort()
+        return self._newest_ns
+
+    def pop_until(self, upto_ns: int | None) -> list[Event]:
         """Events up to upto_ns (every one if None), oldest first."""
-        while self._heap and (upto_ns is None or self._heap[0][0] <= upto_ns):
-            yield heapq.heappop(self._heap)[2]
+        self._sort()
+        pending = self._pending
+        cut = len(pending) if upto_ns is None else bisect.bisect_right(pending, upto_ns,
+                                                                         key=_TS)
+        out = pending[:cut]
+        del pending[:cut]
+        return out
 
     def pending(self) -> list[Event]:
-        return [ev for _, _, ev in self._heap]
+        return list(self._pending)
+
+
+_TS = attrgetter("ts_ns")
 
 
 def start(opts: Options, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr,
@@ -119,6 +139,9 @@ def start(opts: Options, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr,
     # under systemd: more start time while bcc compiles and the kernel attaches
     with start_timeout_extender(sd_notify, log=lambda m: print(m, file=err)):
         attached = tracer.attach()
+    # What start-up made (modules, bcc, the compiled program's tables) lives as long as
+    # the process: out of the collector's way, so its full passes scan only the stories.
+    gc.freeze()
     window = (tracer.begin_ns, time.monotonic_ns())
     try:
         writer = TraceWriter(opts.output) if opts.output else None
@@ -191,13 +214,16 @@ class Run:
             print(early.summary(drained.info), file=self.err)  # silent where not asked for
 
     def _release(self, upto_ns: int | None) -> None:
-        for ev in self.reorder.pop_until(upto_ns):
-            is_early = id(ev) in self._early
+        events = self.reorder.pop_until(upto_ns)
+        early_ids, writer = self._early, self.writer
+        for ev in events:
+            kind = ev.kind
+            is_early = bool(early_ids) and id(ev) in early_ids
             if is_early:
-                self._early.discard(id(ev))
-            if ev.kind == Kind.MOD_LOAD:
+                early_ids.discard(id(ev))
+            if kind == Kind.MOD_LOAD:
                 self.kallsyms.invalidate()  # its symbols are new
-            elif ev.kind == Kind.REQ_ENTER and ev.ip not in self.ksyms:
+            elif kind == Kind.REQ_ENTER and ev.ip not in self.ksyms:
                 # module code is named now, while loaded; core code at the end
                 self.ksyms[ev.ip] = self.kallsyms.module_of(ev.ip) or ""
             # kthreadd's children (pid 2) have no cmdline to read: skipping them keeps a
@@ -205,13 +231,14 @@ class Run:
             # an early event's process is long gone, and its pid may be another's now
             if is_early:
                 pass
-            elif ev.kind in _STARTS and ev.ppid != 2 and (ev.pid, ev.comm) not in self.procs:
+            elif kind in _STARTS and ev.ppid != 2 and (ev.pid, ev.comm) not in self.procs:
                 self._describe(ev)
-            elif ev.kind == Kind.UDEV_DEVICE:
+            elif kind == Kind.UDEV_DEVICE:
                 self._describe_device(ev)
-            if self.writer is not None:
-                self.writer.event(ev, early=is_early)
-            self.correlator.feed(ev)
+            if writer is not None:
+                writer.event(ev, early=is_early)
+        # after the loop: what the stories show (processes, call sites) is read by then
+        self.correlator.feed_all(events)
 
     def _describe(self, ev: Event) -> None:
         if len(self.procs) > MAX_PROCS:
