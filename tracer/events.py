@@ -240,15 +240,28 @@ def _record_struct() -> struct.Struct:
 
 _STRUCT = {"u32": "I", "u64": "Q", "s64": "q"}
 RECORD = _record_struct()
-_STR_AT = tuple(i for i, (_, ctype, _) in enumerate(LAYOUT) if ctype == "char")
 
 
-def decode(raw: Any) -> Event:
-    """Decode one ring-buffer record (a ctypes pointer or bytes) into an Event.
-    Strings end at their first NUL, as C reads them; bad UTF-8 is replaced."""
-    if not isinstance(raw, (bytes, bytearray)):
-        raw = ctypes.string_at(raw, RECORD.size)
-    values: list[Any] = list(RECORD.unpack(raw))
-    for i in _STR_AT:
-        values[i] = values[i].split(b"\0", 1)[0].decode("utf-8", "replace")
-    return Event(*values)
+def _decoder() -> Callable[[Any], Event]:
+    """decode(), generated from LAYOUT: one unpack into locals, each string cut at its NUL
+    (as C reads it), bad UTF-8 replaced, then Event positionally (no list, no loop: it
+    runs for every record the recorder takes)."""
+    names = [f"v{i}" for i in range(len(LAYOUT))]
+    # most kinds leave most strings empty: their first byte is the NUL
+    args = ", ".join(f'({v}.split(b"\\0", 1)[0].decode("utf-8", "replace") if {v}[0] else "")'
+                     if ctype == "char" else v for v, (_, ctype, _) in zip(names, LAYOUT,
+                                                                         strict=True))
+    src = (f"def decode(raw):\n"
+           f"    if not isinstance(raw, (bytes, bytearray)):\n"
+           f"        raw = _string_at(raw, {RECORD.size})\n"
+           f"    {', '.join(names)}, = _unpack(raw)\n"
+           f"    return _Event({args})\n")
+    scope: dict[str, Any] = {"_Event": Event, "_unpack": RECORD.unpack,
+                             "_string_at": ctypes.string_at}
+    exec(src, scope)  # the only names spliced in are generated ones
+    fn: Callable[[Any], Event] = scope["decode"]
+    fn.__doc__ = "Decode one ring-buffer record (a ctypes pointer or bytes) into an Event."
+    return fn
+
+
+decode = _decoder()
