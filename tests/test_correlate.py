@@ -87,7 +87,7 @@ def test_wait_request_joined_to_modprobe_and_its_load() -> None:
     assert (req.name, req.wait, req.queue_ns, req.duration_ns) == ("rtnl-link-ifb", True, 2, 19)
     assert req.ip == 0xAB  # the entry's call site, not the tracepoint's trampoline
     assert (req.umh_path, req.umh_name, req.umh_wait) == ("/sbin/modprobe", "rtnl-link-ifb", 6)
-    assert (req.modprobe_pid, req.modprobe_exit, req.load_ids) == (200, 0, [load.id])
+    assert (req.modprobe_pid, req.modprobe_exit, req.load_ids) == (200, 0, (load.id,))
     assert load.request_id == req.id and load.loaded and load.module == "ifb"
     assert (load.init_ns, load.init_ret, load.size, load.syscall) == (3, 0, 26998, "init_module")
     assert out.arrived == out.returned == [req.id]

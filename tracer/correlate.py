@@ -203,7 +203,7 @@ class Correlator:
         if req is not None:
             load.request_id = req.id
             load.alias = req.display_name  # what modprobe resolved to this file
-            req.load_ids.append(load.id)
+            req.load_ids += (load.id,)
         self._loads_by_tid[ev.tid] = load
         self.sink.load_start(load)
 

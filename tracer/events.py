@@ -247,8 +247,12 @@ def _decoder() -> Callable[[Any], Event]:
     (as C reads it), bad UTF-8 replaced, then Event positionally (no list, no loop: it
     runs for every record the recorder takes)."""
     names = [f"v{i}" for i in range(len(LAYOUT))]
-    # most kinds leave most strings empty: their first byte is the NUL
-    args = ", ".join(f'({v}.split(b"\\0", 1)[0].decode("utf-8", "replace") if {v}[0] else "")'
+    # Most kinds leave most strings empty (the first byte is the NUL). The rest are
+    # interned: a storm repeats a few comms, formats and names thousands of
+    # times, and the requests it holds open each kept their own copies (issue #14: the
+    # 10 000-request storm's open stories pinned the allocator's arenas).
+    args = ", ".join(f'(_intern({v}.split(b"\\0", 1)[0].decode("utf-8", "replace")) '
+                     f'if {v}[0] else "")'
                      if ctype == "char" else v for v, (_, ctype, _) in zip(names, LAYOUT,
                                                                          strict=True))
     src = (f"def decode(raw):\n"
@@ -257,7 +261,7 @@ def _decoder() -> Callable[[Any], Event]:
            f"    {', '.join(names)}, = _unpack(raw)\n"
            f"    return _Event({args})\n")
     scope: dict[str, Any] = {"_Event": Event, "_unpack": RECORD.unpack,
-                             "_string_at": ctypes.string_at}
+                             "_string_at": ctypes.string_at, "_intern": sys.intern}
     exec(src, scope)  # the only names spliced in are generated ones
     fn: Callable[[Any], Event] = scope["decode"]
     fn.__doc__ = "Decode one ring-buffer record (a ctypes pointer or bytes) into an Event."

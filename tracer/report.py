@@ -183,7 +183,7 @@ def request_json(req: Request, v: RequestVerdict | None,
         "predicted_ret": None if v is None else v.predicted_ret,
         "kernel_verdict": req.kernel_verdict, "kernel_ret": req.kernel_ret,
         "modprobe_pid": req.modprobe_pid, "modprobe_status": req.modprobe_exit,
-        "modprobe_name": req.umh_name, "load_ids": req.load_ids,
+        "modprobe_name": req.umh_name, "load_ids": list(req.load_ids),
     }
 
 

@@ -8,7 +8,7 @@ trace.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, Literal
 
 from tracer.udev import Device
@@ -124,7 +124,8 @@ class Request:
     umh_ret: int | None = None
     modprobe_pid: int | None = None
     modprobe_exit: int | None = None  # exit code passed to do_exit (a wait status)
-    load_ids: list[int] = field(default_factory=list)
+    # a tuple: most requests load nothing, and the 10 000 a storm holds open need no list
+    load_ids: tuple[int, ...] = ()
     # Where dups.c is built in: the kernel's own verdict and the value it returned
     kernel_dup: bool | None = None
     kernel_dup_ret: int | None = None
