@@ -212,6 +212,8 @@ def render(replays: list[dict[str, float]], vmres: dict[str, Any] | None,
         a, b = vmres["rss_start_kib"], vmres["rss_end_kib"]
         row("5. tracer anonymous RSS over the storms", f"{a / 1024:.1f} -> {b / 1024:.1f} MiB "
             f"({100 * (b / a - 1):+.1f}%)", "<= +10%", b <= a * 1.1)
+        if "rss_ready_kib" in vmres:
+            note(f"measured 2 s after attach; at attach {vmres['rss_ready_kib'] / 1024:.1f} MiB")
         va, vb = vmres.get("vmrss_start_kib", 0), vmres.get("vmrss_end_kib", 0)
         note(f"VmRSS {va / 1024:.1f} -> {vb / 1024:.1f} MiB: includes the ring "
              f"buffer's pages, resident once written")

@@ -208,6 +208,8 @@ def main() -> int:
     witness = Witness(tfs, buffer_kb=65536)
     witness.start()
     tracer, _ = start_tracer(out, "loss")
+    res["rss_ready_kib"] = rss_kib(tracer.pid)
+    time.sleep(2)  # the growth over the storms, not the rest of its start-up
     res["rss_start_kib"] = rss_kib(tracer.pid)
     res["vmrss_start_kib"] = rss_kib(tracer.pid, "VmRSS")
     loss: list[dict[str, Any]] = []
