@@ -118,8 +118,9 @@ def open_output(path: str) -> int:
 
 
 class TraceWriter:
-    """Lines are buffered until flush(), which the tracer calls once per ring-buffer poll
-    (100 ms), or per batch of one (tracer/probes.py DEFAULT_BATCH): one write(2) each, no
+    """Lines are buffered until flush(), which the tracer calls once per ring-buffer read
+    (every 100 ms, tracer/live.py TICK_S) and per batch (tracer/probes.py DEFAULT_BATCH)
+    within one: one write(2) each, no
     stdio buffer, so a kill loses at most the lines of the last batch (and a partial last
     line)."""
 
