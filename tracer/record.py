@@ -120,9 +120,8 @@ def open_output(path: str) -> int:
 class TraceWriter:
     """Lines are buffered until flush(), which the tracer calls once per ring-buffer read
     (every 100 ms, tracer/live.py TICK_S) and per batch (tracer/probes.py DEFAULT_BATCH)
-    within one: one write(2) each, no
-    stdio buffer, so a kill loses at most the lines of the last batch (and a partial last
-    line)."""
+    within one: one write(2) each, no stdio buffer, so a kill loses at most the lines of
+    the last batch (and a partial last line)."""
 
     def __init__(self, path: str) -> None:
         self._fd = open_output(path)
