@@ -5,9 +5,10 @@ from __future__ import annotations
 import ctypes
 import random
 import re
+import subprocess
 
 from tracer.events import LAYOUT, CEvent, Event, Kind, c_definitions, decode
-from tracer.probes import BPF_SOURCE
+from tracer.probes import BPF_SOURCE, program_text
 
 
 def test_c_struct_lists_every_field_in_order() -> None:
@@ -88,3 +89,24 @@ def test_decode_reads_every_field_where_ctypes_does() -> None:
         raw = bytes(rng.randrange(256) for _ in range(ctypes.sizeof(CEvent)))
         assert decode(raw) == _ctypes_decode(raw)
     assert decode(bytes(ctypes.sizeof(CEvent))) == Event()
+
+
+def _preprocessed(defines: list[str]) -> str:
+    """The BPF program after the C preprocessor with DEFINES, as clang parses it (its
+    #include lines left out: no kernel headers here, and none holds these flags)."""
+    text = "\n".join(line for line in program_text().splitlines()
+                     if not line.lstrip().startswith("#include"))
+    return subprocess.run(["gcc", "-E", "-P", "-x", "c", *defines, "-"], input=text,
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_the_program_without_the_throttle_fexit_names_none_of_its_flags() -> None:
+    # A kernel without BPF trampolines gets the program without the fexit's -D flags
+    # (probes.py _compile_with_rescue): clang rejects any use of them left outside their
+    # #if, even in an unused function, and the tracer would not attach at all.
+    plain = _preprocessed([])
+    assert not re.findall(r"\bKMOD_(?:SEM|WAITQ|ETIME)\b", plain)
+    assert "throttle_timeout" not in plain
+    for form in ("KMOD_SEM", "KMOD_WAITQ"):
+        rescued = _preprocessed([f"-D{form}=0xffffffff81000000ULL", "-DKMOD_ETIME=62"])
+        assert "throttle_timeout" in rescued and "-62" in rescued

@@ -159,7 +159,10 @@ int req_exit(struct pt_regs *ctx)
     return 0;
 }
 
+#if defined(KMOD_SEM) || defined(KMOD_WAITQ)
 // The throttle's timeout: emit the -ETIME return of a thread still before the tracepoint.
+// Only with the fexit's flags (KMOD_ETIME among them): a kernel without BPF trampolines
+// compiles the program without it (probes.py _compile_with_rescue).
 static __always_inline void throttle_timeout(void)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
@@ -174,6 +177,7 @@ static __always_inline void throttle_timeout(void)
     e->ret = -KMOD_ETIME;
     events.ringbuf_submit(e, SUBMIT_QUIET);
 }
+#endif
 
 #ifdef KMOD_SEM
 KRETFUNC_PROBE(down_timeout, void *sem, long timeout, int ret)
