@@ -30,10 +30,23 @@ def oracle_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     progress = lambda m: print(f"[oracle] {m}", flush=True)  # noqa: E731
     kern = oracle.build(progress)
     out = tmp_path_factory.mktemp("oracle")
-    rc = vm.run_guest(kern, out, ["--scenarios", "oracle"], progress, timeout=2400,
-                      append=oracle.BOOT_ARGS)
+    console = tmp_path_factory.mktemp("oracle-console") / "console.log"
+
+    def boot() -> int:
+        return vm.run_guest(kern, out, ["--scenarios", "oracle"], progress, timeout=2400,
+                            append=oracle.BOOT_ARGS, console=console)
+
+    rc = boot()
+    if rc != 0 and not any(out.iterdir()):
+        # Seen once (a CI-style run, software emulation): vng exited 255 with nothing of
+        # the guest's written, so nothing of ours ran. Boot once more; a failure once the
+        # guest has started still fails the tests.
+        print(f"[oracle] the guest exited {rc} before it wrote anything: booting again",
+              flush=True)
+        rc = boot()
     logs = "".join(p.read_text()[-2000:] for p in out.glob("*.log"))
-    assert rc == 0, f"oracle guest failed with {rc}: {logs}"
+    tail = console.read_text(errors="replace")[-2000:] if console.exists() else ""
+    assert rc == 0, f"oracle guest failed with {rc}: {logs}\nconsole: {tail}"
     return out
 
 
