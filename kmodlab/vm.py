@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -306,12 +307,37 @@ def run_guest(
     cmd = [*(prefix or []), *cmd]
     progress(f"booting {kern.release} ({cpus} vCPUs, {'KVM' if kvm else 'software emulation'})")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
-    try:
-        with open(console, "wb") if console is not None else open(os.devnull, "wb") as log:
-            p = subprocess.run(cmd, env=env, timeout=timeout, check=False, cwd=out,
-                               stdin=subprocess.DEVNULL, stderr=log if console else None)
-    except subprocess.TimeoutExpired as e:
-        raise VMError(f"the VM did not finish within {timeout:.0f}s") from e
-    return p.returncode
+    with open(console, "wb") if console is not None else open(os.devnull, "wb") as log:
+        # A session of its own, so that a timeout (or Ctrl-C) ends the whole tree: vng,
+        # the prefix and QEMU. subprocess.run's timeout killed the prefix alone, and the
+        # QEMU of a locked-up 16-vCPU guest ran on for the rest of a CI run, on every core.
+        proc = subprocess.Popen(cmd, env=env, cwd=out, stdin=subprocess.DEVNULL,
+                                stderr=log if console else None, start_new_session=True)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            raise VMError(f"the VM did not finish within {timeout:.0f}s") from e
+        finally:
+            end_session(proc)
+
+
+def end_session(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """Stop every process of PROC's session (PROC leads it): SIGTERM, and SIGKILL to
+    whatever is left after GRACE seconds. Nothing to do where all have exited."""
+    deadline = time.monotonic() + grace
+    sig: int = signal.SIGTERM
+    while True:
+        proc.poll()  # reap the leader: a zombie still counts as the group's member
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return  # the group is empty
+        if sig == signal.SIGKILL:
+            proc.wait()
+            return
+        time.sleep(0.2)
+        # then only ask whether any is left (signal 0), until the grace is over
+        sig = signal.SIGKILL if time.monotonic() >= deadline else 0
+
 
 
