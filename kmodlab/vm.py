@@ -314,11 +314,39 @@ def run_guest(
         proc = subprocess.Popen(cmd, env=env, cwd=out, stdin=subprocess.DEVNULL,
                                 stderr=log if console else None, start_new_session=True)
         try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired as e:
-            raise VMError(f"the VM did not finish within {timeout:.0f}s") from e
+            return wait_guest(proc, timeout, console)
         finally:
             end_session(proc)
+
+
+# The guest kernel's soft-lockup report. Under emulation on a loaded host a CPU can be
+# stuck for some tens of seconds and recover; one stuck this long never did.
+_LOCKUP = re.compile(rb"BUG: soft lockup - CPU#\d+ stuck for (\d+)s!.*")
+LOCKUP_S = 300
+
+
+def wait_guest(proc: subprocess.Popen[bytes], timeout: float, console: Path | None) -> int:
+    """PROC's exit status; a VMError when it runs past TIMEOUT seconds or its guest's
+    CONSOLE reports a CPU locked up for LOCKUP_S (that guest never comes back)."""
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while True:
+        try:
+            return proc.wait(timeout=max(0.0, min(5.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() >= deadline:
+            raise VMError(f"the VM did not finish within {timeout:.0f}s")
+        if console is None:
+            continue
+        with open(console, "rb") as f:
+            f.seek(max(0, seen - 200))  # a report may straddle the last read
+            new = f.read()
+            seen = f.tell()
+        for m in _LOCKUP.finditer(new):
+            if int(m.group(1)) >= LOCKUP_S:
+                raise VMError(f"the guest locked up: {m.group(0).decode(errors='replace')} "
+                              f"(console: {console})")
 
 
 def end_session(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
