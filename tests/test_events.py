@@ -8,7 +8,7 @@ import re
 import subprocess
 
 from tracer.events import LAYOUT, CEvent, Event, Kind, c_definitions, decode
-from tracer.probes import BPF_SOURCE, program_text
+from tracer.probes import BPF_SOURCE, RESCUE_HOOK, Tracer, program_text
 
 
 def test_c_struct_lists_every_field_in_order() -> None:
@@ -105,8 +105,15 @@ def test_the_program_without_the_throttle_fexit_names_none_of_its_flags() -> Non
     # (probes.py _compile_with_rescue): clang rejects any use of them left outside their
     # #if, even in an unused function, and the tracer would not attach at all.
     plain = _preprocessed([])
-    assert not re.findall(r"\bKMOD_(?:SEM|WAITQ|ETIME)\b", plain)
-    assert "throttle_timeout" not in plain
-    for form in ("KMOD_SEM", "KMOD_WAITQ"):
-        rescued = _preprocessed([f"-D{form}=0xffffffff81000000ULL", "-DKMOD_ETIME=62"])
-        assert "throttle_timeout" in rescued and "-62" in rescued
+    assert not re.findall(r"\bKMOD_[A-Z]+\b", plain)
+    assert "down_timeout" not in plain
+    # with the flags the tracer makes from kallsyms, every one it names is given
+    syms = {"kmod_concurrent_max": ("d", 0xffffffff81000000), "down_timeout": ("T", 1),
+            "bpf_trampoline_link_prog": ("T", 2)}
+    hook, flags = Tracer._throttle_rescue(syms)
+    assert hook is RESCUE_HOOK
+    rescued = _preprocessed(flags)
+    assert not re.findall(r"\bKMOD_[A-Z]+\b", rescued)
+    assert "KRETFUNC_PROBE(down_timeout," in rescued and "-62" in rescued
+    # and no build hooks schedule_timeout (see the program's comment on KMOD_SEM)
+    assert "schedule_timeout" not in plain + rescued

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 from tracer.ksyms import KernelSymbols
@@ -63,15 +64,19 @@ def test_kallsyms_lookup_agrees_with_a_line_by_line_parse() -> None:
 
 
 def test_throttle_form_from_kallsyms_entries() -> None:
-    """kmod_wq present: 6.1's wait queue, hooked at schedule_timeout; absent: the
-    semaphore, at down_timeout; no kmod_concurrent_max address (hidden data symbols):
-    no fexit at all."""
+    """kmod_wq present: 6.1's wait queue (no fexit: tracer/bpf req_site sees those
+    returns); absent: the semaphore, at down_timeout; no kmod_concurrent_max address
+    (hidden data symbols): neither."""
     from tracer import kernel
+    from tracer.probes import RESCUE_HOOK, Tracer
 
     wq = {"kmod_concurrent_max": ("d", 0x10), "kmod_wq": ("d", 0x20),
-          "schedule_timeout": ("T", 0x30), "down_timeout": ("T", 0x40)}
+          "down_timeout": ("T", 0x40), "bpf_trampoline_link_prog": ("T", 0x50)}
     assert kernel.throttle_form(wq) == ("waitqueue", 0x10)
+    assert Tracer._throttle_rescue(wq) == (None, [])
     sem = {k: v for k, v in wq.items() if k != "kmod_wq"}
     assert kernel.throttle_form(sem) == ("semaphore", 0x10)
+    assert Tracer._throttle_rescue(sem) == (RESCUE_HOOK, ["-DKMOD_SEM=0x10ULL",
+                                                          f"-DKMOD_ETIME={errno.ETIME}"])
     assert kernel.throttle_form({k: v for k, v in sem.items() if k != "down_timeout"}) is None
     assert kernel.throttle_form(sem | {"kmod_concurrent_max": ("d", 0)}) is None

@@ -46,7 +46,10 @@ def test_nothing_lost(vm_run: VMRun) -> None:
     tr = vm_run.trace
     assert tr.trailer is not None, "recording ended without a trailer"
     assert tr.trailer["lost"] == 0
-    assert tr.trailer["missed"] == 0
+    # missed returns: none, but for the crowd beyond the kretprobe's 4096 instances on
+    # 6.1, which test_every_request_of_a_crowd_beyond_the_kretprobe_returns_once counts
+    if not vm_run.manifest["kmod_wq"]:
+        assert tr.trailer["missed"] == 0
     assert tr.first_bad_line is None
     assert vm_run.manifest["tracer_rc"] == 0
     assert "kprobe:__request_module" in tr.header["hooks"]
@@ -227,11 +230,9 @@ def test_failed_loads_cost_what_the_profile_says(vm_run: VMRun) -> None:
 def test_throttle_timeouts_are_seen_by_the_fexit(vm_run: VMRun) -> None:
     """80 requests while the kernel's modprobe sleeps 7 s: 50 take the throttle's slots
     and reach the tracepoint, the other 30 time out after 5 s and return -ETIME. The
-    throttle fexit (schedule_timeout on 6.1's wait queue, down_timeout on 6.12's
-    semaphore) emits each -ETIME return, and the kretprobe, which has instances to spare
-    here, would have seen the same returns: each is emitted once."""
-    hooks = vm_run.trace.header["hooks"]
-    assert {"kretfunc:schedule_timeout", "kretfunc:down_timeout"} & set(hooks), hooks
+    kretprobe has instances to spare here; the hooks that need none watch too (the
+    return site of the storm's call, and on 6.12 the throttle semaphore's fexit, which
+    emits each -ETIME first): each return is emitted once."""
     rep = _replay(vm_run)
     entered = [r for r, _ in rep.requests if r.display_name == "kmt-throttle-none"
                and _in(vm_run, "throttle", r.start_ns)]
@@ -241,9 +242,10 @@ def test_throttle_timeouts_are_seen_by_the_fexit(vm_run: VMRun) -> None:
     timed_out = [r for r in entered if r.tp_ns is None]
     assert len(passed) == 50 and all(r.ret == 256 for r in passed)
     assert len(timed_out) == 30 and all(r.ret == -errno.ETIME for r in timed_out)
-    # one return each: the kretprobe (which has instances to spare here) did not emit
-    # again what the fexit emitted, and no rescue was contradicted by the tracepoint
     assert vm_run.trace.trailer is not None
+    assert {hex(r.ip) for r in entered} <= set(vm_run.trace.trailer["return_sites"])
+    # one return each: neither the kretprobe nor the return site emitted again what
+    # another hook emitted, and no rescue was contradicted by the tracepoint
     assert vm_run.trace.trailer["rescue"]["wrong"] == 0
     exits = Counter(e.tid for e in vm_run.trace.events if e.kind == Kind.REQ_EXIT
                     and _in(vm_run, "throttle", e.ts_ns))
@@ -252,8 +254,13 @@ def test_throttle_timeouts_are_seen_by_the_fexit(vm_run: VMRun) -> None:
 
 def test_every_request_of_a_crowd_beyond_the_kretprobe_returns_once(vm_run: VMRun) -> None:
     """4200 requests at once, 4096 kretprobe instances, a "modprobe" that sleeps 0.5 s and
-    exits 1: every request has exactly one return, modprobe's status where it got a slot,
-    -ETIME where it timed out (the 104 without an instance: the throttle fexit's).
+    exits 1: no request has two returns; each return seen is modprobe's status where it
+    got a slot, -ETIME where it timed out. On 6.12 the throttle semaphore's fexit sees
+    the timeouts of those without an instance: every request returns. On 6.1 (no such
+    hook: its timeout is schedule_timeout()'s return) they are seen where they return to
+    (req_site) only if its kprobe was attached by then. Under emulation the storm starves
+    the recorder for seconds and it is not: the requests not seen return are exactly
+    the kretprobe's misses the trailer reports, and are reported as missed.
 
     A latecomer that wins a slot returns modprobe's saved status (umh_exit); under
     emulation the first 50 helpers rarely finish within the 5 s, so that path is not
@@ -261,14 +268,20 @@ def test_every_request_of_a_crowd_beyond_the_kretprobe_returns_once(vm_run: VMRu
     rep = _replay(vm_run)
     crowd = [r for r, _ in rep.requests if r.display_name == "kmt-crowd-none"
              and _in(vm_run, "kretprobe-4200", r.start_ns)]
-    assert len(crowd) == 4200
+    entries = Counter(e.tid for e in vm_run.trace.events if e.kind == Kind.REQ_ENTER
+                      and _in(vm_run, "kretprobe-4200", e.ts_ns))
+    exits = Counter(e.tid for e in vm_run.trace.events if e.kind == Kind.REQ_EXIT
+                    and _in(vm_run, "kretprobe-4200", e.ts_ns))
+    assert len(entries) == 4200 and set(entries.values()) == {1}
+    assert set(exits.values()) == {1} and set(exits) <= set(entries)
+    assert vm_run.trace.trailer is not None
+    unseen = len(entries) - len(exits)
+    assert unseen == vm_run.trace.trailer["missed"]
+    if not vm_run.manifest["kmod_wq"]:
+        assert unseen == 0
+    assert len(crowd) == 4200 - unseen
     passed = [r for r in crowd if r.tp_ns is not None]
     assert len(passed) == _witness_count(vm_run, "kretprobe-4200", "module_request",
                                          "kmt-crowd-none") >= 50
     assert all(r.ret == 256 and r.modprobe_exit == 256 for r in passed)
     assert all(r.ret == -errno.ETIME for r in crowd if r.tp_ns is None)
-    entries = Counter(e.tid for e in vm_run.trace.events if e.kind == Kind.REQ_ENTER
-                      and _in(vm_run, "kretprobe-4200", e.ts_ns))
-    exits = Counter(e.tid for e in vm_run.trace.events if e.kind == Kind.REQ_EXIT
-                    and _in(vm_run, "kretprobe-4200", e.ts_ns))
-    assert len(entries) == 4200 and entries == exits

@@ -293,12 +293,13 @@ def is_function(entry: tuple[str, int] | None) -> bool:
     return entry is not None and entry[0] in "tTwW"
 
 
-# The kmod throttle (kernel-semantics.md section 1, step 4), where an fexit sees a
-# request time out: "semaphore", down_timeout() on kmod_concurrent_max (6.4 on), or
-# "waitqueue", schedule_timeout() in a wait on kmod_wq (commit 6d7964a722af "kmod:
-# throttle kmod thread limit", 4.13, to 6.3). kmod_wq is what tells them apart.
+# The kmod throttle (kernel-semantics.md section 1, step 4): "semaphore",
+# down_timeout() on kmod_concurrent_max (6.4 on), where an fexit sees a request time
+# out; or "waitqueue", a wait on kmod_wq (commit 6d7964a722af "kmod: throttle kmod
+# thread limit", 4.13, to 6.3), which has no such hook (tracer/bpf: req_site sees those
+# returns). kmod_wq is what tells them apart.
 ThrottleForm = Literal["semaphore", "waitqueue"]
-THROTTLE_SYMBOLS = ("kmod_concurrent_max", "kmod_wq", "down_timeout", "schedule_timeout",
+THROTTLE_SYMBOLS = ("kmod_concurrent_max", "kmod_wq", "down_timeout",
                     "bpf_trampoline_link_prog")
 
 
@@ -315,10 +316,10 @@ def has_fexit(syms: dict[str, tuple[str, int]], btf_path: str = "/sys/kernel/btf
 def throttle_form(syms: dict[str, tuple[str, int]]) -> tuple[ThrottleForm, int] | None:
     """(form, address of kmod_concurrent_max) from a kallsyms_lookup() of
     THROTTLE_SYMBOLS; None where kallsyms hides data symbols (no CONFIG_KALLSYMS_ALL,
-    or kptr_restrict) or the hooked function is missing."""
+    or kptr_restrict) or the semaphore's down_timeout() is missing."""
     addr = syms.get("kmod_concurrent_max", ("", 0))[1]
     if not addr:
         return None
-    form: ThrottleForm = "waitqueue" if "kmod_wq" in syms else "semaphore"
-    hooked = "schedule_timeout" if form == "waitqueue" else "down_timeout"
-    return (form, addr) if is_function(syms.get(hooked)) else None
+    if "kmod_wq" in syms:
+        return "waitqueue", addr
+    return ("semaphore", addr) if is_function(syms.get("down_timeout")) else None

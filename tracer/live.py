@@ -226,6 +226,7 @@ class Run:
             elif kind == Kind.REQ_ENTER and ev.ip not in self.ksyms:
                 # module code is named now, while loaded; core code at the end
                 self.ksyms[ev.ip] = self.kallsyms.module_of(ev.ip) or ""
+                self.tracer.watch_site(ev.ip)  # a new call site: see its returns
             # kthreadd's children (pid 2) have no cmdline to read: skipping them keeps a
             # kernel-thread storm from costing a /proc walk per thread
             # an early event's process is long gone, and its pid may be another's now
@@ -383,6 +384,7 @@ class Run:
                    "ksyms": {hex(k): v for k, v in self.ksyms.items()},
                    "rescue": dict(zip(("emitted", "seen_too", "wrong"),
                                       self.tracer.rescued(), strict=True)),
+                   "return_sites": [hex(a) for a in self.tracer.sites()],
                    "stop_reason": self.stop_reason}
         if self.writer is not None:
             self.writer.close(trailer)

@@ -119,11 +119,9 @@ HOOKS: tuple[Hook, ...] = (
          "which same-name check refused a load", quiet=True),
 )
 # Not attached by name: bcc attaches the program's kretfunc__FUNCTION as it compiles.
-RESCUE_HOOKS = {
-    form: Hook("kretfunc", fn, f"kretfunc__{fn}",
-               "returns of requests that time out in the kmod throttle")
-    for form, fn in (("semaphore", "down_timeout"), ("waitqueue", "schedule_timeout"))
-}
+# Only the throttle semaphore has one (tracer/bpf: KMOD_SEM).
+RESCUE_HOOK = Hook("kretfunc", "down_timeout", "kretfunc__down_timeout",
+                   "returns of requests that time out in the kmod throttle")
 
 
 def program_text() -> str:
@@ -183,6 +181,7 @@ class Tracer:
         self._features: kernel.Features | None = None
         self._kprobes: list[Hook] = []
         self._build = ""
+        self._sites: dict[int, int] = {}  # req_site's return addresses -> perf fd
 
     def begin(self) -> None:
         """Check the kernel and start compiling the program in the background (errors as
@@ -326,15 +325,13 @@ class Tracer:
     @staticmethod
     def _throttle_rescue(syms: dict[str, tuple[str, int]]) -> tuple[Hook | None, list[str]]:
         """The cflags of the fexit that sees requests time out in the kmod throttle
-        (kernel.throttle_form; the program's inreq): -DKMOD_SEM or -DKMOD_WAITQ = the
-        address of kmod_concurrent_max, and -ETIME's value; with the hook. None where the
-        kernel has no BPF trampolines or kallsyms hides the throttle."""
+        semaphore (kernel.throttle_form; the program's inreq): -DKMOD_SEM = the address
+        of kmod_concurrent_max, and -ETIME's value; with the hook. None where the kernel
+        has no BPF trampolines, waits on kmod_wq, or kallsyms hides the throttle."""
         found = kernel.throttle_form(syms)
-        if found is None or not kernel.has_fexit(syms):
+        if found is None or found[0] != "semaphore" or not kernel.has_fexit(syms):
             return None, []
-        form, addr = found
-        macro = "KMOD_WAITQ" if form == "waitqueue" else "KMOD_SEM"
-        return RESCUE_HOOKS[form], [f"-D{macro}={addr:#x}ULL", f"-DKMOD_ETIME={errno.ETIME}"]
+        return RESCUE_HOOK, [f"-DKMOD_SEM={found[1]:#x}ULL", f"-DKMOD_ETIME={errno.ETIME}"]
 
     @staticmethod
     def _build_flags(release: str | None = None,
@@ -451,7 +448,36 @@ class Tracer:
         emitted, seen_too, wrong = (int(table[ctypes.c_int(i)].value) for i in range(3))
         return emitted, seen_too, wrong
 
+    def watch_site(self, ret_addr: int) -> None:
+        """Attach req_site at RET_ADDR, the return address of a call of __request_module
+        (a REQ_ENTER's ip), once per address: it sees each return there that the
+        kretprobe has no instance for. A kprobe by address (the perf kprobe PMU, with an
+        empty function name): bcc's attach_kprobe names the probe after the function
+        alone, which every site would share."""
+        if ret_addr in self._sites or not ret_addr or self.bpf is None:
+            return
+        self._sites[ret_addr] = -1
+        bcc = _import_bcc()
+        fn = self.bpf.load_func(b"req_site", bcc.BPF.KPROBE)
+        fd = bcc.libbcc.lib.bpf_attach_kprobe(fn.fd, 0, f"p_kmt_{ret_addr:x}".encode(), b"",
+                                              ret_addr, 0)
+        if fd < 0:
+            self.notice(f"cannot watch returns at {ret_addr:#x} (kprobe: "
+                        f"{os.strerror(ctypes.get_errno() or errno.EINVAL)}): a request from "
+                        "there that has no kretprobe instance goes unseen")
+            return
+        self._sites[ret_addr] = fd
+
+    def sites(self) -> list[int]:
+        """The return addresses req_site watches."""
+        return [a for a, fd in self._sites.items() if fd >= 0]
+
     def close(self) -> None:
         if self.bpf is not None:
+            lib = _import_bcc().libbcc.lib
+            for fd in self._sites.values():
+                if fd >= 0:
+                    lib.bpf_close_perf_event_fd(fd)
+            self._sites.clear()
             self.bpf.cleanup()
             self.bpf = None

@@ -70,27 +70,30 @@ static __always_inline struct event *reserve(u32 kind)
 
 // Returns of __request_module. Its kretprobe has at most 4096 instances (the tracefs
 // cap), and every request waiting behind the 50-helper throttle holds one from entry,
-// so in a storm of more the latecomers get none. Those that time out in the throttle
-// return -ETIME at once, and an fexit, which needs no instance, sees that timeout:
-// KMOD_SEM: down_timeout() failing on the kmod_concurrent_max semaphore (6.4 on);
-// KMOD_WAITQ: schedule_timeout() returning 0 in the killable wait on kmod_wq (4.13 to
-// 6.3), with no slot free (kmod_concurrent_max, an atomic_t, at 0), so that the wait's
-// last check fails too and __request_module returns -ETIME.
-// A request that got a slot and ran modprobe returns what call_modprobe() returned,
-// call_usermodehelper_exec()'s return (kernel/module/kmod.c; dups.c's announce after it
-// changes no ret): umh_exit saves it, and if the kretprobe never comes (no instance),
-// the thread's exit or its next request emits it.
+// so in a storm of more the latecomers get none. Hooks that need no instance see them:
+// - req_site, a kprobe on the return address of each call site seen, every return;
+// - KMOD_SEM: an fexit of down_timeout() failing on the kmod_concurrent_max semaphore
+//   (6.4 on), the -ETIME of a request that timed out in the throttle. (On 4.13 to 6.3
+//   the throttle waits on kmod_wq, and its timeout is schedule_timeout() returning 0:
+//   every CPU runs that function all the time, and patching it in for an fexit locked a
+//   16-vCPU guest up under software emulation, every CPU spinning at its first byte.)
+// - A request that got a slot and ran modprobe returns what call_modprobe() returned,
+//   call_usermodehelper_exec()'s return (kernel/module/kmod.c; dups.c's announce after
+//   it changes no ret): umh_exit saves it, and if neither the kretprobe nor req_site
+//   comes, the thread's exit or its next request emits it.
 // inreq: tid -> state: 1 from entry, 2 once a rescue emitted the return, 3 once past the
 // throttle (the module_request tracepoint), 4 once modprobe returned (ret and ts saved),
 // so that whichever hook sees a thread's return first emits it, once.
 struct inreq_t {
     u64 ts_ns;  // state 4: when modprobe returned
+    u64 site;   // the call's return address (req_site)
     int ret;    // state 4: what it returned
     u32 state;
 };
 BPF_HASH(inreq, u32, struct inreq_t, MAX_HELPERS);
-// [0] returns emitted by a rescue (the throttle fexit, or modprobe's saved return at the
-// thread's exit or next request), [1] of those, the kretprobe saw too, [2] of those,
+// [0] returns emitted by a rescue (req_site, the throttle fexit, or modprobe's saved
+// return at the thread's exit or next request), [1] of those, the kretprobe saw too
+// (the fexit's alone: the others run only where it did not), [2] of those,
 // wrong: the thread got a slot after all (a slot freed between the timeout and the
 // wait's last check) and reached the tracepoint
 BPF_ARRAY(rescue, u64, 3);
@@ -121,7 +124,13 @@ int req_enter(struct pt_regs *ctx)
     struct inreq_t *prev = inreq.lookup(&tid);
     if (prev && prev->state == 4)
         emit_saved_return(prev);
-    struct inreq_t fresh = {.state = 1};
+    // The call site. module:module_request's ip, and the return address on the
+    // stack, are the kretprobe trampoline once __request_module is kretprobed; the
+    // kernel's unwinder recovers the real one (frame 0 is __request_module itself).
+    u64 frames[2] = {};
+    if (bpf_get_stack(ctx, frames, sizeof(frames), 0) != sizeof(frames))
+        frames[1] = 0;
+    struct inreq_t fresh = {.state = 1, .site = frames[1]};
     inreq.update(&tid, &fresh);
     struct event *e = reserve(KIND_REQ_ENTER);
     if (!e)
@@ -130,12 +139,7 @@ int req_enter(struct pt_regs *ctx)
     bpf_probe_read_kernel_str(e->name, sizeof(e->name), (void *)PT_REGS_PARM2(ctx));
     // Most callers pass the name as the first vararg ("%s", "fs-%s").
     bpf_probe_read_kernel_str(e->path, sizeof(e->path), (void *)PT_REGS_PARM3(ctx));
-    // The call site. module:module_request's ip, and the return address on the
-    // stack, are the kretprobe trampoline once __request_module is kretprobed; the
-    // kernel's unwinder recovers the real one (frame 0 is __request_module itself).
-    u64 frames[2] = {};
-    if (bpf_get_stack(ctx, frames, sizeof(frames), 0) == sizeof(frames))
-        e->ip = frames[1];
+    e->ip = frames[1];
     events.ringbuf_submit(e, SUBMIT_QUIET);
     return 0;
 }
@@ -159,46 +163,52 @@ int req_exit(struct pt_regs *ctx)
     return 0;
 }
 
-#if defined(KMOD_SEM) || defined(KMOD_WAITQ)
-// The throttle's timeout: emit the -ETIME return of a thread still before the tracepoint.
-// Only with the fexit's flags (KMOD_ETIME among them): a kernel without BPF trampolines
-// compiles the program without it (probes.py _compile_with_rescue).
-static __always_inline void throttle_timeout(void)
+// A kprobe on the return address of each call site of __request_module (the
+// instruction after the call), attached once a request from there has been seen
+// (probes.py Tracer.watch_site). Every return to the site passes it, with a kretprobe
+// instance or without. The kretprobe's handler runs first and forgets the thread, so a
+// thread still in inreq, at the site its request was called from, had none: its return
+// is in rax. A request emitted already (state 2, the throttle fexit) is forgotten.
+// PT_REGS_IP is the probed address + 1 on x86-64, whether the kprobe is an int3 or
+// optimized to a jump (arch/x86/kernel/kprobes).
+int req_site(struct pt_regs *ctx)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct inreq_t *r = inreq.lookup(&tid);
-    if (!r || r->state != 1)
-        return;
-    r->state = 2;
+    if (!r || r->site + 1 != PT_REGS_IP(ctx))
+        return 0;
+    int emitted = r->state == 2;
+    inreq.delete(&tid);
+    if (emitted)
+        return 0;
     count_rescue(0);
     struct event *e = reserve(KIND_REQ_EXIT);
     if (!e)
-        return;
-    e->ret = -KMOD_ETIME;
+        return 0;
+    e->ret = (int)PT_REGS_RC(ctx);
     events.ringbuf_submit(e, SUBMIT_QUIET);
+    return 0;
 }
-#endif
 
 #ifdef KMOD_SEM
+// The throttle's timeout: emit the -ETIME return of a thread still before the tracepoint.
+// Only with the fexit's flags (KMOD_ETIME among them): a kernel without BPF trampolines
+// compiles the program without it (probes.py _compile_with_rescue).
 KRETFUNC_PROBE(down_timeout, void *sem, long timeout, int ret)
 {
     if (ret == 0 || (u64)sem != KMOD_SEM)
         return 0;
-    throttle_timeout();
-    return 0;
-}
-#endif
-
-#ifdef KMOD_WAITQ
-KRETFUNC_PROBE(schedule_timeout, long timeout, long ret)
-{
-    if (ret != 0)
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct inreq_t *r = inreq.lookup(&tid);
+    if (!r || r->state != 1)
         return 0;
-    int slots = 1;
-    bpf_probe_read_kernel(&slots, sizeof(slots), (void *)KMOD_WAITQ);
-    if (slots > 0)  // the wait's last check may still take it
+    r->state = 2;
+    count_rescue(0);
+    struct event *e = reserve(KIND_REQ_EXIT);
+    if (!e)
         return 0;
-    throttle_timeout();
+    e->ret = -KMOD_ETIME;
+    events.ringbuf_submit(e, SUBMIT_QUIET);
     return 0;
 }
 #endif
