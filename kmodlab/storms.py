@@ -325,9 +325,10 @@ def default_scenarios() -> list[Scenario]:
         Scenario("modprobe", "modprobe", "xfs", 8),
         # 50 slots held for 7 s: the other 30 time out in the throttle (-ETIME)
         Scenario("throttle", "kthread", "kmt-throttle-none", 80, modprobe_delay=7.0),
-        # more requests at once than the kretprobe has instances (4096): those that time
-        # out are seen by the throttle fexit, those that get a slot late by modprobe's
-        # saved return, where a latecomer wins a slot (a "modprobe" of 0.5 s)
+        # more requests at once than the kretprobe has instances (4096): those without
+        # one are seen at their call site's return (tracer/bpf req_site) once its kprobe
+        # is attached, on 6.4+ those that time out by the throttle fexit, those that get
+        # a slot late by modprobe's saved return (a "modprobe" of 0.5 s)
         Scenario("kretprobe-4200", "kthread", "kmt-crowd-none", 4200, modprobe_delay=0.5,
                  modprobe_exit=1),
     ]

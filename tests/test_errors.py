@@ -285,3 +285,22 @@ def test_parity_of_a_directory_without_results(tmp_path: Path) -> None:
     line = one_line(kmodtrace("parity", "--trace-dir", str(tmp_path)))
     assert line.startswith(f"kmodtrace: {tmp_path / 'trace.jsonl'}: no such file")
     assert line.endswith(f"is {tmp_path} the results directory of an oracle run?")
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "abc", "4097", "8 "])
+def test_a_bad_kretprobe_instance_count_says_what_is_allowed(
+        raw: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tracer.probes import TracerError, env_maxactive
+
+    monkeypatch.setenv("KMODTRACE_MAXACTIVE", raw)
+    with pytest.raises(TracerError, match=r"KMODTRACE_MAXACTIVE=.* \(fix: 1 to 4096"):
+        env_maxactive()
+
+
+def test_kretprobe_instances_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tracer.probes import DEFAULT_MAXACTIVE, env_maxactive
+
+    monkeypatch.delenv("KMODTRACE_MAXACTIVE", raising=False)
+    assert env_maxactive() == DEFAULT_MAXACTIVE == 4096
+    monkeypatch.setenv("KMODTRACE_MAXACTIVE", "8")
+    assert env_maxactive() == 8

@@ -195,6 +195,34 @@ def test_live_verdicts_equal_the_offline_report(vm_run: VMRun) -> None:
     assert live_l == offline_l
 
 
+def test_returns_beyond_the_kretprobe_are_seen_at_their_call_site(vm_run: VMRun) -> None:
+    """20 requests at once with the kretprobe given 8 instances (KMODTRACE_MAXACTIVE), all
+    getting a slot and returning modprobe's status 2 s later: the kretprobe saw 8, and the
+    kprobe on the call's return address (tracer/bpf req_site), attached when the first
+    request was released, saw the other 12, each with its return value, once."""
+    sc = vm_run.manifest["sites"]
+    assert sc["tracer_rc"] == 0
+    tr = read_trace(str(vm_run.out / "sites.jsonl"))
+    assert tr.trailer is not None and tr.first_bad_line is None
+    storm = [e for e in tr.events if e.comm.startswith("kmodstorm/")]
+    entries = {e.tid: e for e in storm if e.kind == Kind.REQ_ENTER and e.path == sc["target"]}
+    assert len(entries) == sc["count"]
+    exits = Counter(e.tid for e in storm if e.kind == Kind.REQ_EXIT)
+    assert exits == Counter(entries.keys())  # every one returned, once
+    assert all(e.ret == 256 for e in storm if e.kind == Kind.REQ_EXIT)
+    beyond = sc["count"] - sc["maxactive"]
+    # the other returns came from the site, not from the saved modprobe status (whose
+    # rescue runs only at the thread's exit or next request) nor from the kretprobe
+    assert tr.trailer["rescue"] == {"emitted": beyond, "seen_too": 0, "wrong": 0}
+    # what the trailer counts missed: call_usermodehelper_exec's kretprobe has 8
+    # instances too, and misses the spawn results of the other 12; none of the requests'
+    assert tr.trailer["missed"] == beyond
+    assert {hex(e.ip) for e in entries.values()} <= set(tr.trailer["return_sites"])
+    # and the witness agrees: the kernel's own record of the same requests
+    assert sum(1 for w in vm_run.witness if w.event == "module_request"
+               and w.name == sc["target"]) == sc["count"]
+
+
 def test_killed_recording_keeps_what_it_wrote(vm_run: VMRun) -> None:
     """kill -9 after a storm: no trailer, and every request of the storm is in the file."""
     killed = read_trace(str(vm_run.out / "killed.jsonl"))

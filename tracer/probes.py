@@ -129,6 +129,19 @@ def program_text() -> str:
     return c_definitions() + kernel.offset_definitions() + BPF_SOURCE.read_text()
 
 
+def env_maxactive() -> int:
+    """The kretprobes' instances: KMODTRACE_MAXACTIVE, else DEFAULT_MAXACTIVE (the kernel's
+    cap). Fewer make requests beyond them easy to cause: how the hooks that need no
+    instance are tested."""
+    raw = os.environ.get("KMODTRACE_MAXACTIVE", "")
+    if not raw:
+        return DEFAULT_MAXACTIVE
+    if not raw.isdigit() or not 1 <= int(raw) <= DEFAULT_MAXACTIVE:
+        raise TracerError(f"KMODTRACE_MAXACTIVE={raw} is not a number of kretprobe "
+                          f"instances (fix: 1 to {DEFAULT_MAXACTIVE}, or unset it)")
+    return int(raw)
+
+
 def _import_bcc() -> Any:
     try:
         import bcc
@@ -162,13 +175,13 @@ class Tracer:
         self,
         on_event: Callable[[Event], None],
         notice: Callable[[str], None],
-        maxactive: int = DEFAULT_MAXACTIVE,
+        maxactive: int | None = None,
         ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
         batch: int = DEFAULT_BATCH,
     ) -> None:
         self.on_event = on_event
         self.notice = notice
-        self.maxactive = maxactive
+        self.maxactive = maxactive if maxactive is not None else env_maxactive()
         self.ringbuf_pages = ringbuf_pages
         self.batch = batch
         self._taken = 0  # records handed over by this poll() or consume()
