@@ -105,6 +105,17 @@ static __always_inline void count_rescue(int i)
         __sync_fetch_and_add(n, 1);
 }
 
+// RET, the return of a request its kretprobe has no instance for, found by another hook.
+static __always_inline void emit_rescued_return(int ret)
+{
+    count_rescue(0);
+    struct event *e = reserve(KIND_REQ_EXIT);
+    if (!e)
+        return;
+    e->ret = ret;
+    events.ringbuf_submit(e, SUBMIT_QUIET);
+}
+
 // The saved return of a request whose kretprobe never came (state 4), at TS.
 static __always_inline void emit_saved_return(struct inreq_t *r)
 {
@@ -179,14 +190,8 @@ int req_site(struct pt_regs *ctx)
         return 0;
     int emitted = r->state == 2;
     inreq.delete(&tid);
-    if (emitted)
-        return 0;
-    count_rescue(0);
-    struct event *e = reserve(KIND_REQ_EXIT);
-    if (!e)
-        return 0;
-    e->ret = (int)PT_REGS_RC(ctx);
-    events.ringbuf_submit(e, SUBMIT_QUIET);
+    if (!emitted)
+        emit_rescued_return((int)PT_REGS_RC(ctx));
     return 0;
 }
 
@@ -203,12 +208,7 @@ KRETFUNC_PROBE(down_timeout, void *sem, long timeout, int ret)
     if (!r || r->state != 1)
         return 0;
     r->state = 2;
-    count_rescue(0);
-    struct event *e = reserve(KIND_REQ_EXIT);
-    if (!e)
-        return 0;
-    e->ret = -KMOD_ETIME;
-    events.ringbuf_submit(e, SUBMIT_QUIET);
+    emit_rescued_return(-KMOD_ETIME);
     return 0;
 }
 #endif
