@@ -80,3 +80,17 @@ def test_throttle_form_from_kallsyms_entries() -> None:
                                                           f"-DKMOD_ETIME={errno.ETIME}"])
     assert kernel.throttle_form({k: v for k, v in sem.items() if k != "down_timeout"}) is None
     assert kernel.throttle_form(sem | {"kmod_concurrent_max": ("d", 0)}) is None
+
+
+def test_module_range_is_where_its_code_was_loaded(tmp_path: Path) -> None:
+    """watch_module's range: a module still loading (its init to run) counts."""
+    kall, mods = tmp_path / "kallsyms", tmp_path / "modules"
+    kall.write_text("ffffffff81000000 T _stext\n")
+    mods.write_text("veth 40960 0 - Live 0xffffffffc0000000\n"
+                    "kmodstorm 16384 0 - Loading 0xffffffffc0100000 (OE)\n"
+                    "hidden 16384 0 - Live 0x0000000000000000\n")
+    syms = KernelSymbols(str(kall), str(mods))
+    assert syms.module_range("kmodstorm") == (0xFFFFFFFFC0100000, 16384)
+    assert syms.module_range("veth") == (0xFFFFFFFFC0000000, 40960)
+    assert syms.module_range("hidden") is None
+    assert syms.module_range("xfs") is None

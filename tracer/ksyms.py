@@ -26,8 +26,7 @@ class KernelSymbols:
         """A module was loaded: its range is new."""
         self._mods_stale = True
 
-    def module_of(self, addr: int) -> str | None:
-        """'name+0xoff [module]' for an address inside a loaded module, else None."""
+    def _modules(self) -> list[tuple[int, int, str]]:
         if self._mods_stale:
             self._mods = []
             try:
@@ -39,9 +38,21 @@ class KernelSymbols:
             except OSError:
                 pass
             self._mods_stale = False
-        for base, size, name in self._mods:
+        return self._mods
+
+    def module_of(self, addr: int) -> str | None:
+        """'name+0xoff [module]' for an address inside a loaded module, else None."""
+        for base, size, name in self._modules():
             if base <= addr < base + size:
                 return f"{name}+{addr - base:#x} [module]"
+        return None
+
+    def module_range(self, name: str) -> tuple[int, int] | None:
+        """(base, size) of a loaded module's memory as /proc/modules gives it (its code
+        first), None if it is not loaded or kallsyms hides addresses."""
+        for base, size, mod in self._modules():
+            if mod == name:
+                return base, size
         return None
 
     def _load_core(self) -> None:

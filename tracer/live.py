@@ -184,6 +184,7 @@ class Run:
         self.shown = 0
         self.stop_reason = ""
         self.ksyms: dict[int, str] = {}  # call sites, resolved while kallsyms is ours to read
+        self._reloaded: set[int] = set()  # call sites in a module loaded since they were named
         self.kallsyms = KernelSymbols()
         # (pid, comm) -> (cmdline, parent chain), read while the process lives
         self.procs: Procs = {}
@@ -223,9 +224,12 @@ class Run:
                 early_ids.discard(id(ev))
             if kind == Kind.MOD_LOAD:
                 self.kallsyms.invalidate()  # its symbols are new
-            elif kind == Kind.REQ_ENTER and ev.ip not in self.ksyms:
+                if not is_early:
+                    self._watch_module(ev.name)
+            elif kind == Kind.REQ_ENTER and (ev.ip not in self.ksyms or ev.ip in self._reloaded):
                 # module code is named now, while loaded; core code at the end
                 self.ksyms[ev.ip] = self.kallsyms.module_of(ev.ip) or ""
+                self._reloaded.discard(ev.ip)
                 self.tracer.watch_site(ev.ip)  # a new call site: see its returns
             # kthreadd's children (pid 2) have no cmdline to read: skipping them keeps a
             # kernel-thread storm from costing a /proc walk per thread
@@ -240,6 +244,17 @@ class Run:
                 writer.event(ev, early=is_early)
         # after the loop: what the stories show (processes, call sites) is read by then
         self.correlator.feed_all(events)
+
+    def _watch_module(self, name: str) -> None:
+        """A module just loaded, its init not yet run: watch its calls' returns now. Call
+        sites named in its range were another module's, gone since: named again if a
+        request comes from there (the trace's names are those of the last caller)."""
+        where = self.kallsyms.module_range(name)
+        if where is None:
+            return
+        base, size = where
+        self._reloaded.update(ip for ip in self.ksyms if base <= ip < base + size)
+        self.tracer.watch_module(base, size)
 
     def _describe(self, ev: Event) -> None:
         if len(self.procs) > MAX_PROCS:
@@ -385,6 +400,7 @@ class Run:
                    "rescue": dict(zip(("emitted", "seen_too", "wrong"),
                                       self.tracer.rescued(), strict=True)),
                    "return_sites": [hex(a) for a in self.tracer.sites()],
+                   "scanned_sites": [hex(a) for a in self.tracer.scanned_sites()],
                    "stop_reason": self.stop_reason}
         if self.writer is not None:
             self.writer.close(trailer)

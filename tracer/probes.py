@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tracer import btf as btfmod
-from tracer import kernel
+from tracer import callsites, kernel
 from tracer.events import Event, c_definitions, decode
 
 # Package data, found the way bcc finds its helpers.h: it ships inside the wheel.
@@ -195,6 +195,9 @@ class Tracer:
         self._kprobes: list[Hook] = []
         self._build = ""
         self._sites: dict[int, int] = {}  # req_site's return addresses -> perf fd
+        self._scanned: set[int] = set()  # those found in a module's code as it loaded
+        self._request_module = 0  # __request_module's address: the calls to look for
+        self._kcore: callsites.Kcore | bool | None = None  # False: cannot be read
 
     def begin(self) -> None:
         """Check the kernel and start compiling the program in the background (errors as
@@ -230,6 +233,7 @@ class Tracer:
                 return False
 
         self._features = kernel.detect(has_symbol)
+        self._request_module = (syms.get("__request_module") or ("", 0))[1]
         cflags += [
             f"-DRINGBUF_PAGES={self.ringbuf_pages}",
             f"-DMAX_HELPERS={max(self.maxactive * 4, 1024)}",
@@ -461,29 +465,71 @@ class Tracer:
         emitted, seen_too, wrong = (int(table[ctypes.c_int(i)].value) for i in range(3))
         return emitted, seen_too, wrong
 
-    def watch_site(self, ret_addr: int) -> None:
+    def watch_site(self, ret_addr: int, quiet: bool = False) -> bool:
         """Attach req_site at RET_ADDR, the return address of a call of __request_module
         (a REQ_ENTER's ip), once per address: it sees each return there that the
         kretprobe has no instance for. A kprobe by address (the perf kprobe PMU, with an
         empty function name): bcc's attach_kprobe names the probe after the function
-        alone, which every site would share."""
+        alone, which every site would share. True if it is watched."""
         if ret_addr in self._sites or not ret_addr or self.bpf is None:
-            return
+            return self._sites.get(ret_addr, -1) >= 0
         self._sites[ret_addr] = -1
         bcc = _import_bcc()
         fn = self.bpf.load_func(b"req_site", bcc.BPF.KPROBE)
         fd = bcc.libbcc.lib.bpf_attach_kprobe(fn.fd, 0, f"p_kmt_{ret_addr:x}".encode(), b"",
                                               ret_addr, 0)
         if fd < 0:
-            self.notice(f"cannot watch returns at {ret_addr:#x} (kprobe: "
-                        f"{os.strerror(ctypes.get_errno() or errno.EINVAL)}): a request from "
-                        "there that has no kretprobe instance goes unseen")
-            return
+            if not quiet:
+                self.notice(f"cannot watch returns at {ret_addr:#x} (kprobe: "
+                            f"{os.strerror(ctypes.get_errno() or errno.EINVAL)}): a request "
+                            "from there that has no kretprobe instance goes unseen")
+            return False
         self._sites[ret_addr] = fd
+        return True
+
+    def watch_module(self, base: int, size: int) -> list[int]:
+        """A module was loaded at [BASE, BASE+SIZE): watch the returns of its calls of
+        __request_module (tracer/callsites.py), found in its code, before its init
+        runs. Sites watched there before belong to a module gone since (their kprobes
+        died with it): they go. The return addresses watched now."""
+        if self.bpf is None:
+            return []
+        lib = _import_bcc().libbcc.lib
+        for addr in [a for a in self._sites if base <= a < base + size]:
+            fd = self._sites.pop(addr)
+            if fd >= 0:
+                lib.bpf_close_perf_event_fd(fd)
+            self._scanned.discard(addr)
+        code = self._read_kernel(base, size)
+        if code is None or not self._request_module:
+            return []
+        found = [a for a in callsites.call_returns(code, base, self._request_module)
+                 if self.watch_site(a, quiet=True)]
+        self._scanned.update(found)
+        return found
+
+    def _read_kernel(self, addr: int, size: int) -> bytes | None:
+        """SIZE bytes of kernel memory at ADDR from /proc/kcore; None where the kernel
+        has none or withholds it (lockdown): sites are then watched on first sight."""
+        if self._kcore is None:
+            try:
+                self._kcore = callsites.Kcore()
+            except (OSError, ValueError) as e:
+                self.notice(f"cannot read module code from {callsites.KCORE} ({e}): "
+                            "a module's calls of __request_module are watched from its "
+                            "first request on")
+                self._kcore = False
+        if not isinstance(self._kcore, callsites.Kcore):
+            return None
+        return self._kcore.read(addr, size)
 
     def sites(self) -> list[int]:
         """The return addresses req_site watches."""
         return [a for a, fd in self._sites.items() if fd >= 0]
+
+    def scanned_sites(self) -> list[int]:
+        """Those of sites() found in a module's code as it loaded (watch_module)."""
+        return sorted(self._scanned)
 
     def close(self) -> None:
         if self.bpf is not None:
@@ -492,5 +538,8 @@ class Tracer:
                 if fd >= 0:
                     lib.bpf_close_perf_event_fd(fd)
             self._sites.clear()
+            if isinstance(self._kcore, callsites.Kcore):
+                self._kcore.close()
+            self._kcore = None
             self.bpf.cleanup()
             self.bpf = None
