@@ -195,7 +195,9 @@ class Tracer:
         self._kprobes: list[Hook] = []
         self._build = ""
         self._sites: dict[int, int] = {}  # req_site's return addresses -> perf fd
-        self._scanned: set[int] = set()  # those found in a module's code as it loaded
+        self._watched: dict[int, None] = {}  # every address ever watched, in order
+        self._scanned: dict[int, None] = {}  # those found in a module's code as it loaded
+        self._site_fn: Any = None  # req_site, loaded by attach()
         self._request_module = 0  # __request_module's address: the calls to look for
         self._kcore: callsites.Kcore | bool | None = None  # False: cannot be read
 
@@ -289,6 +291,7 @@ class Tracer:
             "finit_module" in h.target for h in self._hooks
         ):
             raise TracerError("neither __request_module nor finit_module can be traced")
+        self._load_site_fn()
         self.bpf["events"].open_ring_buffer(self._callback)
         phases["attach"] = time.monotonic() - t_attach
         assert self._features is not None
@@ -474,10 +477,11 @@ class Tracer:
         if ret_addr in self._sites or not ret_addr or self.bpf is None:
             return self._sites.get(ret_addr, -1) >= 0
         self._sites[ret_addr] = -1
-        bcc = _import_bcc()
-        fn = self.bpf.load_func(b"req_site", bcc.BPF.KPROBE)
-        fd = bcc.libbcc.lib.bpf_attach_kprobe(fn.fd, 0, f"p_kmt_{ret_addr:x}".encode(), b"",
-                                              ret_addr, 0)
+        if self._site_fn is None:
+            return False
+        lib = _import_bcc().libbcc.lib
+        fd = lib.bpf_attach_kprobe(self._site_fn.fd, 0, f"p_kmt_{ret_addr:x}".encode(), b"",
+                                   ret_addr, 0)
         if fd < 0:
             if not quiet:
                 self.notice(f"cannot watch returns at {ret_addr:#x} (kprobe: "
@@ -485,7 +489,19 @@ class Tracer:
                             "from there that has no kretprobe instance goes unseen")
             return False
         self._sites[ret_addr] = fd
+        self._watched[ret_addr] = None
         return True
+
+    def _load_site_fn(self) -> None:
+        """Load req_site once, with the other probes: loaded on a site's first request
+        instead, mid-storm, a signal (py-spy's ptrace stop) made the verifier give up
+        with EAGAIN, bcc raised, and the recorder died."""
+        bcc = _import_bcc()
+        try:
+            self._site_fn = self.bpf.load_func(b"req_site", bcc.BPF.KPROBE)
+        except Exception as e:  # noqa: BLE001 - bcc raises bare exceptions
+            self._skip(Hook("kprobe", "(call sites)", "req_site",
+                            "returns beyond the kretprobe's instances"), f"load failed: {e}")
 
     def watch_module(self, base: int, size: int) -> list[int]:
         """A module was loaded at [BASE, BASE+SIZE): watch the returns of its calls of
@@ -499,13 +515,12 @@ class Tracer:
             fd = self._sites.pop(addr)
             if fd >= 0:
                 lib.bpf_close_perf_event_fd(fd)
-            self._scanned.discard(addr)
         code = self._read_kernel(base, size)
         if code is None or not self._request_module:
             return []
         found = [a for a in callsites.call_returns(code, base, self._request_module)
                  if self.watch_site(a, quiet=True)]
-        self._scanned.update(found)
+        self._scanned.update(dict.fromkeys(found))
         return found
 
     def _read_kernel(self, addr: int, size: int) -> bytes | None:
@@ -524,12 +539,13 @@ class Tracer:
         return self._kcore.read(addr, size)
 
     def sites(self) -> list[int]:
-        """The return addresses req_site watches."""
-        return [a for a, fd in self._sites.items() if fd >= 0]
+        """The return addresses req_site watched, in the order first attached (those of
+        a module unloaded since included)."""
+        return list(self._watched)
 
     def scanned_sites(self) -> list[int]:
         """Those of sites() found in a module's code as it loaded (watch_module)."""
-        return sorted(self._scanned)
+        return list(self._scanned)
 
     def close(self) -> None:
         if self.bpf is not None:
