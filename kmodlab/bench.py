@@ -176,8 +176,9 @@ def render(replays: list[dict[str, float]], vmres: dict[str, Any] | None,
             f"of {vmres['events']} events", "0 / 0", vmres["lost"] == 0 and vmres["missed"] == 0)
         if vmres.get("rescue"):
             r = vmres["rescue"]
-            note(f"throttle timeouts (-ETIME) the fexit emitted {r['emitted']}, the kretprobe "
-                 f"saw {r['seen_too']} of them too, wrong {r['wrong']}")
+            note(f"returns of requests without a kretprobe instance, emitted by a call site, "
+                 f"the throttle fexit or a saved return: {r['emitted']}; the kretprobe saw "
+                 f"{r['seen_too']} of them too, wrong {r['wrong']}")
         ut, tt = vmres["overhead_untraced_s"], vmres["overhead_traced_s"]
         mu, mt = statistics.median(ut), statistics.median(tt)
         row("3. storm wall time traced / untraced", f"{mt / mu:.3f}x ({mt:.2f}s / {mu:.2f}s)",
