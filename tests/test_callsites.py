@@ -43,6 +43,14 @@ def test_an_e8_inside_an_offset_does_not_hide_the_call_after_it() -> None:
     assert call_returns(code, MODULE, REQUEST_MODULE) == [MODULE + 10]
 
 
+def test_a_call_right_after_an_e8_that_is_not_one_is_found() -> None:
+    """mov eax, 0xe8332211 ends in e8: the scan steps one byte, not a call's five,
+    past what only looked like a call, or it would step over the call that follows."""
+    mov = b"\xb8\x11\x22\x33\xe8"
+    code = mov + call(MODULE + 5, REQUEST_MODULE)
+    assert call_returns(code, MODULE, REQUEST_MODULE) == [MODULE + 10]
+
+
 def test_nothing_in_code_without_calls() -> None:
     assert call_returns(b"", MODULE, REQUEST_MODULE) == []
     assert call_returns(b"\xe8\x00\x00", MODULE, REQUEST_MODULE) == []

@@ -87,6 +87,7 @@ def test_module_range_is_where_its_code_was_loaded(tmp_path: Path) -> None:
     kall, mods = tmp_path / "kallsyms", tmp_path / "modules"
     kall.write_text("ffffffff81000000 T _stext\n")
     mods.write_text("veth 40960 0 - Live 0xffffffffc0000000\n"
+                    "kmodstorm_fail 16384 0 - Live 0xffffffffc0200000 (OE)\n"
                     "kmodstorm 16384 0 - Loading 0xffffffffc0100000 (OE)\n"
                     "hidden 16384 0 - Live 0x0000000000000000\n")
     syms = KernelSymbols(str(kall), str(mods))
