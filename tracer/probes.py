@@ -510,18 +510,22 @@ class Tracer:
         died with it): they go. The return addresses watched now."""
         if self.bpf is None:
             return []
-        lib = _import_bcc().libbcc.lib
         for addr in [a for a in self._sites if base <= a < base + size]:
-            fd = self._sites.pop(addr)
-            if fd >= 0:
-                lib.bpf_close_perf_event_fd(fd)
+            self._unwatch(addr)
+        if not self._request_module:  # kallsyms hides addresses: nothing to look for
+            return []
         code = self._read_kernel(base, size)
-        if code is None or not self._request_module:
+        if code is None:
             return []
         found = [a for a in callsites.call_returns(code, base, self._request_module)
                  if self.watch_site(a, quiet=True)]
         self._scanned.update(dict.fromkeys(found))
         return found
+
+    def _unwatch(self, addr: int) -> None:
+        fd = self._sites.pop(addr)
+        if fd >= 0:
+            _import_bcc().libbcc.lib.bpf_close_perf_event_fd(fd)
 
     def _read_kernel(self, addr: int, size: int) -> bytes | None:
         """SIZE bytes of kernel memory at ADDR from /proc/kcore; None where the kernel
@@ -549,11 +553,8 @@ class Tracer:
 
     def close(self) -> None:
         if self.bpf is not None:
-            lib = _import_bcc().libbcc.lib
-            for fd in self._sites.values():
-                if fd >= 0:
-                    lib.bpf_close_perf_event_fd(fd)
-            self._sites.clear()
+            for addr in list(self._sites):
+                self._unwatch(addr)
             if isinstance(self._kcore, callsites.Kcore):
                 self._kcore.close()
             self._kcore = None

@@ -112,31 +112,22 @@ static __always_inline void count_rescue(int i)
         __sync_fetch_and_add(n, 1);
 }
 
-// RET, the return of a request its kretprobe has no instance for, found by another
-// hook; 0 if there was no room. Where COUNT_LOST, one with no room is counted lost and
-// as emitted, so that probes.py missed() does not count it again.
-static __always_inline int emit_rescued_return(int ret, int count_lost)
+// RET, the return of a request its kretprobe has no instance for, found by another hook
+// (at TS if not 0: a saved return, state 4, when modprobe returned); 0 if there was no
+// room. Where COUNT_LOST, one with no room is counted lost and as emitted, so that
+// probes.py missed() does not count it again.
+static __always_inline int emit_rescued_return(int ret, u64 ts, int count_lost)
 {
     struct event *e = reserve_counted(KIND_REQ_EXIT, count_lost);
     if (e || count_lost)
         count_rescue(0);
     if (!e)
         return 0;
+    if (ts)
+        e->ts_ns = ts;
     e->ret = ret;
     events.ringbuf_submit(e, SUBMIT_QUIET);
     return 1;
-}
-
-// The saved return of a request whose kretprobe never came (state 4), at TS.
-static __always_inline void emit_saved_return(struct inreq_t *r)
-{
-    count_rescue(0);
-    struct event *e = reserve(KIND_REQ_EXIT);
-    if (!e)
-        return;
-    e->ts_ns = r->ts_ns;
-    e->ret = r->ret;
-    events.ringbuf_submit(e, SUBMIT_QUIET);
 }
 
 // __request_module(bool wait, const char *fmt, ...): the name is still a format.
@@ -145,7 +136,7 @@ int req_enter(struct pt_regs *ctx)
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct inreq_t *prev = inreq.lookup(&tid);
     if (prev && prev->state == 4)
-        emit_saved_return(prev);
+        emit_rescued_return(prev->ret, prev->ts_ns, 1);
     // The call site. module:module_request's ip, and the return address on the
     // stack, are the kretprobe trampoline once __request_module is kretprobed; the
     // kernel's unwinder recovers the real one (frame 0 is __request_module itself).
@@ -204,7 +195,7 @@ int req_site(struct pt_regs *ctx)
     if (!r || r->site + 1 != PT_REGS_IP(ctx))
         return 0;
     int ret = (int)PT_REGS_RC(ctx);
-    if (r->state == 2 || emit_rescued_return(ret, 0)) {
+    if (r->state == 2 || emit_rescued_return(ret, 0, 0)) {
         inreq.delete(&tid);
         return 0;
     }
@@ -227,7 +218,7 @@ KRETFUNC_PROBE(down_timeout, void *sem, long timeout, int ret)
     if (!r || r->state != 1)
         return 0;
     r->state = 2;
-    emit_rescued_return(-KMOD_ETIME, 1);
+    emit_rescued_return(-KMOD_ETIME, 0, 1);
     return 0;
 }
 #endif
@@ -319,7 +310,7 @@ int helper_exit(struct pt_regs *ctx, long code)
     struct inreq_t *r = inreq.lookup(&tid);
     if (r) {
         if (r->state == 4)  // modprobe returned, the kretprobe never came
-            emit_saved_return(r);
+            emit_rescued_return(r->ret, r->ts_ns, 1);
         inreq.delete(&tid);  // else a request whose return no hook saw
     }
     u32 pid = bpf_get_current_pid_tgid() >> 32;
