@@ -288,12 +288,20 @@ def main() -> int:
         manifest["killed"] = asdict(sc)
         # Returns seen at their call site: 8 kretprobe instances for 20 requests that all
         # get a slot and return modprobe's status 2 s later, long after the site's kprobe.
-        progress("return sites: a storm beyond 8 kretprobe instances")
+        # The same recorder hooks the module syscalls by their tracepoints, as on a
+        # kernel without BPF trampolines: a few finit_module and init_module calls.
+        progress("return sites: a storm beyond 8 kretprobe instances; syscall tracepoints")
         tracer = start_tracer(out, ["record", "-o", str(out / "sites.jsonl")], "sites",
-                              env={"KMODTRACE_MAXACTIVE": str(SITES_MAXACTIVE)})
+                              env={"KMODTRACE_MAXACTIVE": str(SITES_MAXACTIVE),
+                                   "KMODTRACE_TRAMPOLINES": "0"})
         sc = storms.Scenario("sites", "kthread", "kmt-site-none", 20, modprobe_delay=2.0,
                              modprobe_exit=1)
         storms.run(sc, kmodstorm)
+        tracepoints = [storms.Scenario("tp-finit", "finit", "kmodstorm_fail", 3, copies=True),
+                       storms.Scenario("tp-init", "init-efault", "65536", 2)]
+        for tp in tracepoints:
+            storms.run(tp, kmodstorm)
+        manifest["tracepoints"] = [asdict(tp) for tp in tracepoints]
         time.sleep(0.5)
         tracer.send_signal(signal.SIGINT)
         tracer.wait(timeout=120)

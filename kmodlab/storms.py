@@ -323,6 +323,8 @@ def default_scenarios() -> list[Scenario]:
         Scenario("fs", "fs", "minix", 8),
         Scenario("socket", "socket", "5", 8),  # AF_APPLETALK: pulls psnap and llc too
         Scenario("modprobe", "modprobe", "xfs", 8),
+        # init_module() of an unreadable buffer: -EFAULT, the other module syscall
+        Scenario("init-efault", "init-efault", "65536", 2),
         # 50 slots held for 7 s: the other 30 time out in the throttle (-ETIME)
         Scenario("throttle", "kthread", "kmt-throttle-none", 80, modprobe_delay=7.0),
         # more requests at once than the kretprobe has instances (4096): those without

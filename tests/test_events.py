@@ -8,7 +8,7 @@ import re
 import subprocess
 
 from tracer.events import LAYOUT, CEvent, Event, Kind, c_definitions, decode
-from tracer.probes import BPF_SOURCE, RESCUE_HOOK, Tracer, program_text
+from tracer.probes import BPF_SOURCE, HOOKS, RESCUE_HOOK, Tracer, program_text, syscall_twin
 
 
 def test_c_struct_lists_every_field_in_order() -> None:
@@ -102,7 +102,7 @@ def _preprocessed(defines: list[str]) -> str:
 
 def test_the_program_without_the_throttle_fexit_names_none_of_its_flags() -> None:
     # A kernel without BPF trampolines gets the program without the fexit's -D flags
-    # (probes.py _compile_with_rescue): clang rejects any use of them left outside their
+    # (probes.py _compile_trampolines): clang rejects any use of them left outside their
     # #if, even in an unused function, and the tracer would not attach at all.
     plain = _preprocessed([])
     assert not re.findall(r"\bKMOD_[A-Z]+\b", plain)
@@ -117,3 +117,38 @@ def test_the_program_without_the_throttle_fexit_names_none_of_its_flags() -> Non
     assert "KRETFUNC_PROBE(down_timeout," in rescued and "-62" in rescued
     # and no build hooks schedule_timeout (see the program's comment on KMOD_SEM)
     assert "schedule_timeout" not in plain + rescued
+
+
+def test_each_module_syscall_tracepoint_has_a_trampoline_twin_in_the_program() -> None:
+    twins = {h.target: syscall_twin(h) for h in HOOKS}
+    assert {t: (tw[0].probe_type, tw[0].target, tw[1]) for t, tw in twins.items() if tw} == {
+        "syscalls:sys_enter_finit_module": ("kfunc", "__x64_sys_finit_module",
+                                            "-DSYS_FENTRY_FINIT_MODULE"),
+        "syscalls:sys_exit_finit_module": ("kretfunc", "__x64_sys_finit_module",
+                                           "-DSYS_FEXIT_FINIT_MODULE"),
+        "syscalls:sys_enter_init_module": ("kfunc", "__x64_sys_init_module",
+                                           "-DSYS_FENTRY_INIT_MODULE"),
+        "syscalls:sys_exit_init_module": ("kretfunc", "__x64_sys_init_module",
+                                          "-DSYS_FEXIT_INIT_MODULE"),
+        "syscalls:sys_enter_sendmsg": ("kfunc", "__x64_sys_sendmsg", "-DSYS_FENTRY_SENDMSG"),
+    }
+    # the tracepoints of the module tracefs group have none
+    assert twins["module:module_load"] is None
+    # Each flag compiles in the one program bcc attaches by its name, and only it; the
+    # tracepoint build has none of them.
+    plain = _preprocessed([])
+    assert "KFUNC_PROBE" not in plain and "__x64_sys" not in plain
+    for hook, flag in filter(None, twins.values()):
+        macro = "KFUNC_PROBE" if hook.probe_type == "kfunc" else "KRETFUNC_PROBE"
+        text = _preprocessed([flag])
+        assert re.findall(r"\b(KR?E?T?FUNC_PROBE)\((\w+),", text) == [
+            (macro, hook.target)], flag
+        assert hook.fn == f"{hook.probe_type}__{hook.target}"
+    # both builds read the same arguments: fd and flags, len, msg
+    fentry = _preprocessed([f for _h, f in filter(None, twins.values())])
+    tp = _preprocessed([f"-DHAVE_TP_{t.split(':')[1].upper()}" for t, tw in twins.items()
+                        if tw])
+    assert "finit_enter((int)r.di, (u32)r.dx)" in fentry
+    assert "finit_enter(args->fd, args->flags)" in tp
+    assert "init_enter(r.si)" in fentry and "init_enter(args->len)" in tp
+    assert "udev_sendmsg((const void *)r.si)" in fentry and "udev_sendmsg(args->msg)" in tp

@@ -82,6 +82,54 @@ def test_every_load_attempt_matches_the_witness(vm_run: VMRun) -> None:
         assert loaded == witnessed, name
 
 
+SYSCALL_TRAMPOLINES = ["kfunc:__x64_sys_finit_module", "kretfunc:__x64_sys_finit_module",
+                       "kfunc:__x64_sys_init_module", "kretfunc:__x64_sys_init_module",
+                       "kfunc:__x64_sys_sendmsg"]
+
+
+def test_module_syscalls_are_hooked_by_trampoline(vm_run: VMRun) -> None:
+    """Both kernels have BPF trampolines: the module syscalls and sendmsg are hooked by
+    fentry/fexit, and no syscalls:* tracepoint slows every other system call; the
+    init_module() calls of the main session are seen through them too."""
+    hooks = vm_run.trace.header["hooks"]
+    assert [h for h in hooks if "__x64_sys_" in h] == SYSCALL_TRAMPOLINES
+    assert not [h for h in hooks if h.startswith("tracepoint:syscalls:")], hooks
+    loads = _loads(vm_run, _replay(vm_run), "init-efault")
+    assert [(ld.syscall, ld.ret, ld.size) for ld in loads] == [
+        ("init_module", -errno.EFAULT, 65536)] * vm_run.scenario("init-efault").count
+    assert _witness_count(vm_run, "init-efault", "sys_exit_init_module") == len(loads)
+
+
+def test_module_syscalls_by_tracepoint_match_the_witness(vm_run: VMRun) -> None:
+    """KMODTRACE_TRAMPOLINES=0 (the sites recording): the syscalls:* tracepoints, as on a
+    kernel without trampolines, see each finit_module and init_module call the witness
+    saw, with its return value and what its entry read."""
+    tr = read_trace(str(vm_run.out / "sites.jsonl"))
+    hooks = tr.header["hooks"]
+    assert not [h for h in hooks if "func:" in h], hooks
+    assert {"tracepoint:syscalls:sys_enter_finit_module",
+            "tracepoint:syscalls:sys_exit_finit_module",
+            "tracepoint:syscalls:sys_enter_init_module",
+            "tracepoint:syscalls:sys_exit_init_module",
+            "tracepoint:syscalls:sys_enter_sendmsg"} <= set(hooks)
+    finit, init = vm_run.manifest["tracepoints"]
+    for sc, enter, exit_, syscall in (
+            (finit, Kind.FINIT_ENTER, Kind.FINIT_EXIT, "finit_module"),
+            (init, Kind.INIT_ENTER, Kind.INIT_EXIT, "init_module")):
+        inside = [e for e in tr.events if sc["start_ns"] <= e.ts_ns <= sc["end_ns"]]
+        enters = [e for e in inside if e.kind == enter]
+        assert len(enters) == sc["count"], sc["name"]
+        tids = {e.tid for e in enters}
+        exits = Counter((e.tid, e.ret) for e in inside if e.kind == exit_)
+        witnessed = Counter((w.tid, w.ret) for w in vm_run.witness
+                            if w.event == f"sys_exit_{syscall}" and w.tid in tids
+                            and sc["start_ns"] <= w.ts_ns <= sc["end_ns"])
+        assert exits == witnessed and sum(exits.values()) == sc["count"], sc["name"]
+    assert all(e.path == "kmodstorm_fail.ko" and e.ino and e.size and e.flags == 0
+               for e in tr.events if e.kind == Kind.FINIT_ENTER
+               and finit["start_ns"] <= e.ts_ns <= finit["end_ns"])
+
+
 def _check_storm_joins(run: VMRun, scenario: str, module: str, count: int | None) -> list[Request]:
     rep = _replay(run)
     reqs = _requests(run, rep, scenario)

@@ -313,6 +313,19 @@ def has_fexit(syms: dict[str, tuple[str, int]], btf_path: str = "/sys/kernel/btf
             and is_function(syms.get("bpf_trampoline_link_prog")))
 
 
+# x86-64 system calls reach their code through a wrapper that takes the caller's
+# registers, __x64_sys_NAME(const struct pt_regs *) (commit fa697140f9a2 "syscalls/x86:
+# Use 'struct pt_regs' based syscall calling convention for 64-bit syscalls", 4.17).
+# Where the kernel has BPF trampolines (has_fexit) and kallsyms has the wrapper, an
+# fentry/fexit on it sees that one call, in place of a syscalls:* tracepoint that slows
+# every system call of every task (tracer/bpf: SYS_FENTRY_*).
+TRAMPOLINED_SYSCALLS = ("finit_module", "init_module", "sendmsg")
+
+
+def syscall_wrapper(name: str) -> str:
+    return f"__x64_sys_{name}"
+
+
 def throttle_form(syms: dict[str, tuple[str, int]]) -> tuple[ThrottleForm, int] | None:
     """(form, address of kmod_concurrent_max) from a kallsyms_lookup() of
     THROTTLE_SYMBOLS; None where kallsyms hides data symbols (no CONFIG_KALLSYMS_ALL,

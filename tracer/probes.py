@@ -14,7 +14,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,7 @@ class _Background:
 
 @dataclass(frozen=True, slots=True)
 class Hook:
-    probe_type: str  # "kprobe", "kretprobe", "tracepoint" or "kretfunc" (fexit)
+    probe_type: str  # "kprobe", "kretprobe", "tracepoint", "kfunc" (fentry), "kretfunc"
     target: str  # symbol, or "category:event"
     fn: str  # BPF function (kprobes) or HAVE_TP_ macro suffix (tracepoints)
     why: str
@@ -124,6 +124,22 @@ RESCUE_HOOK = Hook("kretfunc", "down_timeout", "kretfunc__down_timeout",
                    "returns of requests that time out in the kmod throttle")
 
 
+
+
+def syscall_twin(hook: Hook) -> tuple[Hook, str] | None:
+    """The BPF trampoline that stands in for a syscalls:sys_{enter,exit}_NAME tracepoint
+    hook of kernel.TRAMPOLINED_SYSCALLS, with the -D flag that compiles it in; bcc
+    attaches it as it compiles (its kfunc__/kretfunc__ name)."""
+    category, _, event = hook.target.partition(":")
+    phase, _, name = event.removeprefix("sys_").partition("_")
+    if category != "syscalls" or name not in kernel.TRAMPOLINED_SYSCALLS:
+        return None
+    kind, flag = ("kfunc", "FENTRY") if phase == "enter" else ("kretfunc", "FEXIT")
+    wrapper = kernel.syscall_wrapper(name)
+    return (Hook(kind, wrapper, f"{kind}__{wrapper}", hook.why),
+            f"-DSYS_{flag}_{name.upper()}")
+
+
 def program_text() -> str:
     """The BPF program as bcc compiles it (before the -D options): what --ebpf prints."""
     return c_definitions() + kernel.offset_definitions() + BPF_SOURCE.read_text()
@@ -142,6 +158,16 @@ def env_maxactive() -> int:
     return int(raw)
 
 
+def env_trampolines() -> bool:
+    """KMODTRACE_TRAMPOLINES=0 hooks as on a kernel without BPF trampolines: the module
+    syscalls by their tracepoints, no throttle fexit (how the tests reach that build)."""
+    raw = os.environ.get("KMODTRACE_TRAMPOLINES", "")
+    if raw not in ("", "0", "1"):
+        raise TracerError(f"KMODTRACE_TRAMPOLINES={raw} is neither 0 nor 1 "
+                          f"(fix: 0 for the tracepoints, or unset it)")
+    return raw != "0"
+
+
 def _import_bcc() -> Any:
     try:
         import bcc
@@ -151,6 +177,17 @@ def _import_bcc() -> Any:
             "/usr/bin/python3 or a venv made with --system-site-packages"
         ) from e
     return bcc
+
+
+@dataclass(slots=True)
+class _Trampolines:
+    """The BPF trampolines begin() compiles in, and what stands in if bcc fails them."""
+
+    hook: Hook | None = None  # the throttle fexit (RESCUE_HOOK)
+    flags: list[str] = field(default_factory=list)
+    hooks: list[Hook] = field(default_factory=list)  # the syscalls' fentry/fexit
+    fallback_flags: list[str] = field(default_factory=list)  # their tracepoints'
+    fallback_hooks: list[Hook] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +241,7 @@ class Tracer:
     def begin(self) -> None:
         """Check the kernel and start compiling the program in the background (errors as
         TracerError at once): a caller imports and sets up the rest meanwhile; attach()
-        finishes. bcc attaches the tracepoints and the fexit as it compiles, so events
+        finishes. bcc attaches the tracepoints and trampolines as it compiles, so events
         can come from here on (the BPF side holds them back until attach() fills in the
         offsets)."""
         self.begin_ns = time.monotonic_ns()
@@ -222,6 +259,7 @@ class Tracer:
 
         syms = kernel.kallsyms_lookup(
             [h.target for h in HOOKS if h.probe_type != "tracepoint"]
+            + [kernel.syscall_wrapper(n) for n in kernel.TRAMPOLINED_SYSCALLS]
             + list(kernel.DETECTED_SYMBOLS) + list(kernel.THROTTLE_SYMBOLS))
 
         def has_symbol(name: str) -> bool:
@@ -242,10 +280,25 @@ class Tracer:
             "-w",  # kernel headers trip clang warnings that bury our own messages
         ]
         self._kprobes = []
+        # BPF trampolines where the kernel has them: the throttle fexit, and the module
+        # syscalls in place of their tracepoints (kept as the fallback if bcc fails them)
+        trampolines = kernel.has_fexit(syms) and env_trampolines()
+        tramp = _Trampolines()
+        if trampolines:
+            tramp.hook, tramp.flags = self._throttle_rescue(syms)
         for hook in HOOKS:
             if hook.probe_type == "tracepoint":
-                if has_tracepoint(hook.target):
-                    cflags.append(f"-DHAVE_TP_{hook.target.split(':')[1].upper()}")
+                tp_flag = f"-DHAVE_TP_{hook.target.split(':')[1].upper()}"
+                tp_ok = has_tracepoint(hook.target)
+                twin = syscall_twin(hook) if trampolines else None
+                if twin is not None and has_symbol(twin[0].target):
+                    tramp.hooks.append(twin[0])
+                    tramp.flags.append(twin[1])
+                    if tp_ok:
+                        tramp.fallback_hooks.append(hook)
+                        tramp.fallback_flags.append(tp_flag)
+                elif tp_ok:
+                    cflags.append(tp_flag)
                     self._hooks.append(hook)
                 else:
                     self._skip(hook, "tracepoint not in this kernel")
@@ -253,12 +306,11 @@ class Tracer:
                 self._kprobes.append(hook)
             else:
                 self._skip(hook, "symbol not in this kernel (inlined or absent)")
-        rescue_hook, rescue = self._throttle_rescue(syms)
         phases["probe-checks"] = time.monotonic() - t0 - sum(phases.values())
         self._build = build
         # clang runs without the GIL: the caller's imports and BTF run while bcc compiles
-        self._compiling = _Background(lambda: self._compile_with_rescue(
-            BPF, build, cflags, rescue, rescue_hook))
+        self._compiling = _Background(lambda: self._compile_trampolines(
+            BPF, build, cflags, tramp))
 
     def attach(self) -> Attached:
         """Finish what begin() started (calling it first if not yet): the offsets, the
@@ -298,20 +350,25 @@ class Tracer:
         return Attached(list(self._hooks), list(self._skipped), self._features,
                         (time.monotonic_ns() - self.begin_ns) / 1e9, self._build, phases)
 
-    def _compile_with_rescue(self, BPF: Any, build: str, cflags: list[str],
-                             rescue: list[str], rescue_hook: Hook | None) -> Any:
+    def _compile_trampolines(self, BPF: Any, build: str, cflags: list[str],
+                             tramp: _Trampolines) -> Any:
+        """The program with its BPF trampolines; bcc attaches them while compiling, and
+        if the kernel refuses one, the program without any: the syscalls by tracepoint,
+        no throttle fexit, every other hook still there."""
         try:
-            bpf = self._compile(BPF, build, cflags + rescue)
+            bpf = self._compile(BPF, build, cflags + tramp.flags)
         except TracerError as e:
-            if not rescue:
+            if not tramp.flags:
                 raise
-            # bcc attaches the fexit while compiling: a kernel that refuses it still
-            # gets every other hook
-            if rescue_hook is not None:
-                self._skip(rescue_hook, f"fexit failed: {e}")
-            return self._compile(BPF, build, cflags)
-        if rescue_hook is not None:
-            self._hooks.append(rescue_hook)
+            if tramp.hook is not None:
+                self._skip(tramp.hook, f"fexit failed: {e}")
+            for hook in tramp.hooks:
+                self._skip(hook, f"BPF trampoline failed, its tracepoint stands in: {e}")
+            self._hooks += tramp.fallback_hooks
+            return self._compile(BPF, build, cflags + tramp.fallback_flags)
+        self._hooks += tramp.hooks
+        if tramp.hook is not None:
+            self._hooks.append(tramp.hook)
         return bpf
 
     def _fill_offsets(self, offsets: dict[str, int]) -> None:

@@ -17,7 +17,7 @@
 // in the BTF builds, slots of kmt_off that tracer/probes.py fills once compiled, so that
 // the compile need not wait for BTF to be parsed; in the headers build, -D offsetof()s.
 // Slot N_OFFSETS is 1 once they are written: until then reserve() emits nothing (bcc
-// attaches the tracepoints and the fexit while compiling, before the slots are filled).
+// attaches the tracepoints and trampolines while compiling, before the slots are filled).
 BPF_ARRAY(kmt_off, u32, N_OFFSETS + 1);
 
 static __always_inline u64 kmt_offset(int i)
@@ -208,7 +208,7 @@ int req_site(struct pt_regs *ctx)
 #ifdef KMOD_SEM
 // The throttle's timeout: emit the -ETIME return of a thread still before the tracepoint.
 // Only with the fexit's flags (KMOD_ETIME among them): a kernel without BPF trampolines
-// compiles the program without it (probes.py _compile_with_rescue).
+// compiles the program without it (probes.py _compile_trampolines).
 KRETFUNC_PROBE(down_timeout, void *sem, long timeout, int ret)
 {
     if (ret == 0 || (u64)sem != KMOD_SEM)
@@ -351,15 +351,14 @@ static __always_inline int loading_end(u32 kind, long ret)
     return 0;
 }
 
-#ifdef HAVE_TP_SYS_ENTER_FINIT_MODULE
-TRACEPOINT_PROBE(syscalls, sys_enter_finit_module)
+// finit_module(fd, uargs, flags) entered: the file's name, inode and size.
+static __always_inline int finit_enter(int fd, u32 flags)
 {
     loading_begin();
     struct event *e = reserve(KIND_FINIT_ENTER);
     if (!e)
         return 0;
-    e->flags = args->flags;
-    int fd = args->fd;
+    e->flags = flags;
     // current->files->fdt->fd[fd]: the struct file, its inode and its name
     u64 task = bpf_get_current_task();
     u64 files = 0, fdt = 0, fds = 0, f = 0, inode = 0, sb = 0, dentry = 0, dname = 0;
@@ -382,18 +381,72 @@ TRACEPOINT_PROBE(syscalls, sys_enter_finit_module)
     events.ringbuf_submit(e, SUBMIT_QUIET);
     return 0;
 }
-#endif
 
-#ifdef HAVE_TP_SYS_ENTER_INIT_MODULE
-TRACEPOINT_PROBE(syscalls, sys_enter_init_module)
+// init_module(umod, len, uargs) entered: the image's length.
+static __always_inline int init_enter(u64 len)
 {
     loading_begin();
     struct event *e = reserve(KIND_INIT_ENTER);
     if (!e)
         return 0;
-    e->size = args->len;
+    e->size = len;
     events.ringbuf_submit(e, SUBMIT_QUIET);
     return 0;
+}
+
+// The module syscalls come from one of two hooks (tracer/probes.py picks, per hook):
+// - SYS_FENTRY_*: a BPF trampoline on the x86-64 wrapper __x64_sys_NAME(const struct
+//   pt_regs *regs), whose argument is the caller's registers (the syscall ABI: di, si,
+//   dx). It costs only the calls it hooks.
+// - HAVE_TP_SYS_*: the syscalls:* tracepoints, where there are no trampolines. Enabling
+//   any of them sets SYSCALL_WORK_SYSCALL_TRACEPOINT on every task, and every system
+//   call of every process then takes the slow path (4.8 % of a modprobe storm under
+//   emulation, bench/RESULTS.md).
+#define SYS_REGS(r, regs) \
+    struct pt_regs r = {}; \
+    bpf_probe_read_kernel(&r, sizeof(r), (void *)(regs))
+
+#ifdef SYS_FENTRY_FINIT_MODULE
+KFUNC_PROBE(__x64_sys_finit_module, const struct pt_regs *regs)
+{
+    SYS_REGS(r, regs);
+    return finit_enter((int)r.di, (u32)r.dx);
+}
+#endif
+
+#ifdef SYS_FEXIT_FINIT_MODULE
+KRETFUNC_PROBE(__x64_sys_finit_module, const struct pt_regs *regs, long ret)
+{
+    return loading_end(KIND_FINIT_EXIT, ret);
+}
+#endif
+
+#ifdef SYS_FENTRY_INIT_MODULE
+KFUNC_PROBE(__x64_sys_init_module, const struct pt_regs *regs)
+{
+    SYS_REGS(r, regs);
+    return init_enter(r.si);
+}
+#endif
+
+#ifdef SYS_FEXIT_INIT_MODULE
+KRETFUNC_PROBE(__x64_sys_init_module, const struct pt_regs *regs, long ret)
+{
+    return loading_end(KIND_INIT_EXIT, ret);
+}
+#endif
+
+#ifdef HAVE_TP_SYS_ENTER_FINIT_MODULE
+TRACEPOINT_PROBE(syscalls, sys_enter_finit_module)
+{
+    return finit_enter(args->fd, args->flags);
+}
+#endif
+
+#ifdef HAVE_TP_SYS_ENTER_INIT_MODULE
+TRACEPOINT_PROBE(syscalls, sys_enter_init_module)
+{
+    return init_enter(args->len);
 }
 #endif
 
@@ -531,7 +584,6 @@ int dup_announce(struct pt_regs *ctx, char *name, int ret)
     return 0;
 }
 
-#ifdef HAVE_TP_SYS_ENTER_SENDMSG
 // udev's worker broadcasts each device it finished (rules run, builtin kmod's
 // modules loaded) to the udev netlink group: iov[0] is a header that starts with
 // "libudev\0", iov[1] the KEY=VALUE\0 properties (systemd's
@@ -543,13 +595,13 @@ struct kt_sockaddr_nl { u16 family; u16 pad; u32 pid; u32 groups; };
 #define LIBUDEV_MAGIC 0x007665647562696cULL /* "libudev\0", little endian */
 #define UDEV_GROUP 2 /* MONITOR_GROUP_UDEV */
 
-TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
+static __always_inline int udev_sendmsg(const void *msg)
 {
     struct kt_msghdr m = {};
     struct kt_sockaddr_nl sa = {};
     struct kt_iovec iov[2] = {};
     u64 magic = 0;
-    if (bpf_probe_read_user(&m, sizeof(m), (void *)args->msg) || m.iovlen != 2 || !m.name)
+    if (bpf_probe_read_user(&m, sizeof(m), (void *)msg) || m.iovlen != 2 || !m.name)
         return 0;
     if (bpf_probe_read_user(&sa, sizeof(sa), m.name) || sa.family != 16 /* AF_NETLINK */ ||
         sa.groups != UDEV_GROUP)
@@ -571,6 +623,20 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
     e->path[PATH_LEN - 1] = 0;
     events.ringbuf_submit(e, SUBMIT_QUIET);
     return 0;
+}
+
+#ifdef SYS_FENTRY_SENDMSG
+KFUNC_PROBE(__x64_sys_sendmsg, const struct pt_regs *regs)
+{
+    SYS_REGS(r, regs);
+    return udev_sendmsg((const void *)r.si);
+}
+#endif
+
+#ifdef HAVE_TP_SYS_ENTER_SENDMSG
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
+{
+    return udev_sendmsg(args->msg);
 }
 #endif
 
