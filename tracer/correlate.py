@@ -89,15 +89,17 @@ class Correlator:
         """feed() each event, with the loop's names bound locally: a replay runs it a
         million times, and the method call and attribute reads per event were a tenth of
         its time."""
-        dispatch, stale, sweep = self._dispatch.get, STALE_NS, self._sweep
+        dispatch, sweep = self._dispatch.get, self._sweep
+        next_sweep = self._last_sweep_ns + STALE_NS
         n = 0
         for ev in events:
             n += 1
             handler = dispatch(ev.kind)
             if handler is not None:
                 handler(ev)
-            if ev.ts_ns - self._last_sweep_ns > stale:
+            if ev.ts_ns > next_sweep:
                 sweep(ev.ts_ns)
+                next_sweep = self._last_sweep_ns + STALE_NS
         self.events += n
 
     @property
