@@ -35,28 +35,48 @@ from tracer.session import replay
 Echo = Callable[[str], None]
 
 
-def replay_speed(n: int, echo: Echo) -> dict[str, float]:
-    """Events/s of correlation + model alone, and of a whole replay from a trace file
-    (read_trace, then session.replay(): sort, correlate, judge, keep every story, what
-    `report` does), in wall and in CPU seconds of this process. A small trace is replayed
-    until 100 000 events have gone through, a large one three times, and the fastest run
-    counts, so that its figure is not one scheduler hiccup or another VM's burst."""
-    echo(f"generating {n} events")
-    events = list(stream(n))
-    count = len(events)
-    rounds = max(3, 100_000 // n)
-    model_s, _ = _best(functools.partial(_replay, events), rounds)
+def replay_speeds(sizes: list[int], echo: Echo, rounds: int = 5) -> list[dict[str, float]]:
+    """Per trace size: events/s of correlation + model alone, and of a whole replay from a
+    trace file (read_trace, then session.replay(): sort, correlate, judge, keep every
+    story, what `report` does), in wall and in CPU seconds of this process.
+
+    Each figure is the fastest of several runs, so that it is not one scheduler hiccup or
+    another VM's burst: a small trace runs until 100 000 events have gone through, a
+    large one once, per round. The file replays of the sizes alternate, round after round,
+    so that the per-event costs compared are measured side by side, not minutes apart on
+    a host whose speed drifts."""
+    out: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "synth.jsonl")
-        _write_trace(path, events)
-        # The file replay is timed as `report` runs it, without the generated events
-        # alive beside the read ones (another million objects to allocate around).
-        del events
-        gc.collect()
-        echo(f"replaying {count} events from a trace file")
-        file_s, cpu_s = _best(lambda: _replay(read_trace(path).events), rounds)
-    return {"events": count, "model_events_per_s": count / model_s,
-            "file_events_per_s": count / file_s, "file_events_per_cpu_s": count / cpu_s}
+        paths = []
+        for n in sizes:
+            echo(f"generating {n} events")
+            events = list(stream(n))
+            model_s, _ = _best(functools.partial(_replay, events), rounds * _repeats(n))
+            paths.append(os.path.join(d, f"synth-{n}.jsonl"))
+            _write_trace(paths[-1], events)
+            out.append({"events": len(events), "model_events_per_s": len(events) / model_s})
+            # The file replay is timed as `report` runs it, without the generated events
+            # alive beside the read ones (another million objects to allocate around).
+            del events
+            gc.collect()
+        wall: list[list[float]] = [[] for _ in sizes]
+        cpu: list[list[float]] = [[] for _ in sizes]
+        for r in range(rounds):
+            echo(f"replaying from trace files, round {r + 1} of {rounds}")
+            for i, (n, path) in enumerate(zip(sizes, paths, strict=True)):
+                w, c = _best(functools.partial(_replay_file, path), _repeats(n))
+                wall[i].append(w)
+                cpu[i].append(c)
+                gc.collect()
+    for fig, w_s, c_s in zip(out, wall, cpu, strict=True):
+        fig["file_events_per_s"] = fig["events"] / min(w_s)
+        fig["file_events_per_cpu_s"] = fig["events"] / min(c_s)
+    return out
+
+
+def _repeats(n: int) -> int:
+    """Runs of an N-event trace per round: 100 000 events' worth, at least one."""
+    return max(1, 100_000 // n)
 
 
 def _write_trace(path: str, events: list[Event]) -> None:
@@ -78,6 +98,10 @@ def _best(fn: Callable[[], object], rounds: int) -> tuple[float, float]:
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     return min(wall), min(cpu)
+
+
+def _replay_file(path: str) -> None:
+    _replay(read_trace(path).events)
 
 
 def _replay(events: list[Event]) -> None:

@@ -81,7 +81,7 @@ def bench(kernel_spec: str, no_vm: bool, events: int, sizes: str, modprobes: int
     from kmodlab import bench as benchmod
     from kmodlab import vm as vmmod
 
-    replay_fig = [benchmod.replay_speed(n, _progress) for n in (min(10_000, events), events)]
+    replay_fig = benchmod.replay_speeds([min(10_000, events), events], _progress)
     boot_fig = None
     vm_fig = None
     if not no_vm:
