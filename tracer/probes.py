@@ -124,8 +124,6 @@ RESCUE_HOOK = Hook("kretfunc", "down_timeout", "kretfunc__down_timeout",
                    "returns of requests that time out in the kmod throttle")
 
 
-
-
 def syscall_twin(hook: Hook) -> tuple[Hook, str] | None:
     """The BPF trampoline that stands in for a syscalls:sys_{enter,exit}_NAME tracepoint
     hook of kernel.TRAMPOLINED_SYSCALLS, with the -D flag that compiles it in; bcc
