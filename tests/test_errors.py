@@ -304,3 +304,24 @@ def test_kretprobe_instances_from_the_environment(monkeypatch: pytest.MonkeyPatc
     assert env_maxactive() == DEFAULT_MAXACTIVE == 4096
     monkeypatch.setenv("KMODTRACE_MAXACTIVE", "8")
     assert env_maxactive() == 8
+
+
+@pytest.mark.parametrize("raw", ["no", "2", "true", " 0"])
+def test_a_bad_trampoline_switch_says_what_is_allowed(
+        raw: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tracer.probes import TracerError, env_trampolines
+
+    monkeypatch.setenv("KMODTRACE_TRAMPOLINES", raw)
+    with pytest.raises(TracerError, match=r"KMODTRACE_TRAMPOLINES=.* \(fix: 0 for the "):
+        env_trampolines()
+
+
+def test_trampolines_unless_the_environment_says_0(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tracer.probes import env_trampolines
+
+    monkeypatch.delenv("KMODTRACE_TRAMPOLINES", raising=False)
+    assert env_trampolines() is True
+    monkeypatch.setenv("KMODTRACE_TRAMPOLINES", "1")
+    assert env_trampolines() is True
+    monkeypatch.setenv("KMODTRACE_TRAMPOLINES", "0")
+    assert env_trampolines() is False

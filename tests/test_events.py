@@ -8,7 +8,15 @@ import re
 import subprocess
 
 from tracer.events import LAYOUT, CEvent, Event, Kind, c_definitions, decode
-from tracer.probes import BPF_SOURCE, HOOKS, RESCUE_HOOK, Tracer, program_text, syscall_twin
+from tracer.probes import (
+    BPF_SOURCE,
+    HOOKS,
+    RESCUE_HOOK,
+    Hook,
+    Tracer,
+    program_text,
+    syscall_twin,
+)
 
 
 def test_c_struct_lists_every_field_in_order() -> None:
@@ -132,8 +140,9 @@ def test_each_module_syscall_tracepoint_has_a_trampoline_twin_in_the_program() -
                                           "-DSYS_FEXIT_INIT_MODULE"),
         "syscalls:sys_enter_sendmsg": ("kfunc", "__x64_sys_sendmsg", "-DSYS_FENTRY_SENDMSG"),
     }
-    # the tracepoints of the module tracefs group have none
+    # the tracepoints of other groups have none, whatever their event's name
     assert twins["module:module_load"] is None
+    assert syscall_twin(Hook("tracepoint", "raw:sys_enter_finit_module", "", "")) is None
     # Each flag compiles in the one program bcc attaches by its name, and only it; the
     # tracepoint build has none of them.
     plain = _preprocessed([])
