@@ -280,7 +280,7 @@ class Tracer:
         self._kprobes = []
         # BPF trampolines where the kernel has them: the throttle fexit, and the module
         # syscalls in place of their tracepoints (kept as the fallback if bcc fails them)
-        trampolines = kernel.has_fexit(syms) and env_trampolines()
+        trampolines = env_trampolines() and kernel.has_fexit(syms)
         tramp = _Trampolines()
         if trampolines:
             tramp.hook, tramp.flags = self._throttle_rescue(syms)
