@@ -177,7 +177,7 @@ class Run:
         if writer is not None:
             writer.write(make_header(
                 self.features.to_dict(), attached.hook_names(),
-                [f"{h.probe_type}:{h.target}: {why}" for h, why in attached.skipped]))
+                [f"{h.name}: {why}" for h, why in attached.skipped]))
             writer.flush()
         self._stop = False
         self.t0_ns = time.monotonic_ns()

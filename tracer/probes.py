@@ -88,6 +88,16 @@ class Hook:
     # Debug-only hooks (dups.c) are absent from every distribution kernel: no notice.
     quiet: bool = False
 
+    @property
+    def name(self) -> str:
+        """How a trace's header lists it: "kprobe:__request_module"."""
+        return f"{self.probe_type}:{self.target}"
+
+
+# Where dups.c is built in, requests reach kmod_dup_mutex in the order of this kprobe;
+# session.py orders the model's arrivals by it wherever it was attached.
+DUP_ENTER_HOOK = Hook("kprobe", "kmod_dup_request_exists_wait", "dup_check_enter",
+                      "kernel dup verdicts", quiet=True)
 
 HOOKS: tuple[Hook, ...] = (
     Hook("kprobe", "__request_module", "req_enter", "every request, even rejected ones"),
@@ -109,8 +119,7 @@ HOOKS: tuple[Hook, ...] = (
     Hook("tracepoint", "syscalls:sys_enter_sendmsg", "", "the device of each udev load"),
     Hook("kprobe", "module_sig_check", "sig_check_enter", "module length without signature"),
     Hook("kretprobe", "module_sig_check", "sig_check_exit", "module length without signature"),
-    Hook("kprobe", "kmod_dup_request_exists_wait", "dup_check_enter", "kernel dup verdicts",
-         quiet=True),
+    DUP_ENTER_HOOK,
     Hook("kretprobe", "kmod_dup_request_exists_wait", "dup_check_exit", "kernel dup verdicts",
          quiet=True),
     Hook("kprobe", "kmod_dup_request_announce", "dup_announce", "kernel dup announces",
@@ -200,7 +209,7 @@ class Attached:
     phases: dict[str, float]  # seconds per step of attach(), for kmodtrace bench
 
     def hook_names(self) -> list[str]:
-        return [f"{h.probe_type}:{h.target}" for h in self.hooks]
+        return [h.name for h in self.hooks]
 
 
 class Tracer:
