@@ -200,7 +200,7 @@ def render(par: Parity) -> list[str]:
 def run(outdir: Path) -> Parity:
     """Parity of one oracle run's results directory (trace.jsonl, stats-*.txt)."""
     from tracer.record import read_trace
-    from tracer.session import replay
+    from tracer.session import listed_hooks, replay
 
     trace = read_trace(str(outdir / "trace.jsonl"))
     features = trace.features
@@ -212,10 +212,11 @@ def run(outdir: Path) -> Parity:
     # A first pass collects the kernel's verdicts so that the model can consult them
     # where the trace cannot order two events (see Model.oracle); it decides alone
     # everywhere else.
-    first = replay(trace.events, features.profile)
+    hooks = listed_hooks(trace.header)  # arrivals ordered as `live` ordered them
+    first = replay(trace.events, features.profile, hooks=hooks)
     kernel = {(r.tid, r.tp_ns): r.kernel_dup for r, _ in first.requests}
     rep = replay(trace.events, features.profile,
-                 oracle=lambda req: kernel.get((req.tid, req.tp_ns)))
+                 oracle=lambda req: kernel.get((req.tid, req.tp_ns)), hooks=hooks)
     check_requests(rep, trace.events, par)
     check_throttle([r for r, _ in rep.requests], trace.events, par)
     before, after = outdir / "stats-before.txt", outdir / "stats-after.txt"

@@ -16,7 +16,6 @@ from typing import IO, Any
 
 from tracer import btf, bymodule, early, kernel, report, requester, udev
 from tracer.boot import start_timeout_extender
-from tracer.correlate import Correlator
 from tracer.events import Event, Kind
 from tracer.kernel import announce_form
 from tracer.ksyms import KernelSymbols
@@ -24,7 +23,7 @@ from tracer.model import LoadVerdict, RequestVerdict
 from tracer.options import Options, check_options
 from tracer.probes import Attached, Tracer, TracerError
 from tracer.record import Procs, TraceWriter, make_header
-from tracer.session import Judge
+from tracer.session import Judge, judge_correlator
 from tracer.stories import Load, Request, kmod_name
 
 # Events from different CPUs reach the ring buffer slightly out of order; hold
@@ -173,7 +172,8 @@ class Run:
         self.judge = Judge(self.features.profile, self._show_request, self._show_load)
         self.by_module = bymodule.ByModule()  # the exit summary's rows
         self.modaliases: dict[str, str] = {}  # devpath -> MODALIAS, from sysfs
-        self.correlator = Correlator(self.judge, self.modaliases)
+        # built as replay builds it: a replay of this trace gives the same verdicts
+        self.correlator = judge_correlator(self.judge, attached.hook_names(), self.modaliases)
         if writer is not None:
             writer.write(make_header(
                 self.features.to_dict(), attached.hook_names(),

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from operator import attrgetter
+from typing import Any
 
 from tracer import udev
 from tracer.correlate import Correlator
 from tracer.events import Event, Kind
 from tracer.model import LoadVerdict, Model, Profile, RequestVerdict
+from tracer.probes import DUP_ENTER_HOOK
 from tracer.stories import Load, Request
 from tracer.udev import Device
 
@@ -79,6 +81,23 @@ class Judge:
             self.freed.append((ev.ts_ns, ev.name))
 
 
+def judge_correlator(judge: Judge, hooks: Collection[str],
+                     modaliases: Mapping[str, str] | None = None) -> Correlator:
+    """The Correlator that feeds JUDGE the events of a trace made with HOOKS (names as
+    Attached.hook_names() and a trace's header give them). `live` and replay both build
+    it here so that one trace gets one order of arrivals, hence one set of verdicts: at
+    the kprobe just before kmod_dup_mutex where it was attached, else at the tracepoint."""
+    return Correlator(judge, modaliases, arrive_at_dup_enter=DUP_ENTER_HOOK.name in hooks)
+
+
+def listed_hooks(header: Mapping[str, Any]) -> list[str] | None:
+    """The hooks a trace's header says were attached; None if it lists none readably."""
+    hooks = header.get("hooks")
+    if isinstance(hooks, list) and all(isinstance(h, str) for h in hooks):
+        return hooks
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Replay:
     """Every story of a finished trace, with its verdict, in completion order.
@@ -95,7 +114,11 @@ class Replay:
 
 def replay(events: Iterable[Event], profile: Profile,
            oracle: Callable[[Request], bool | None] | None = None,
-           modaliases: Mapping[str, str] | None = None) -> Replay:
+           modaliases: Mapping[str, str] | None = None,
+           hooks: Collection[str] | None = None) -> Replay:
+    """EVENTS through a Judge, as `live` would have judged them. HOOKS: those the trace's
+    header lists (listed_hooks()); None, for events with no header, takes the hooks the
+    events show."""
     requests: list[tuple[Request, RequestVerdict | None]] = []
     loads: list[tuple[Load, LoadVerdict | None]] = []
     judge = Judge(
@@ -107,8 +130,10 @@ def replay(events: Iterable[Event], profile: Profile,
     # attrgetter and `in` over a map: C loops, where a lambda and a generator cost a Python
     # call per event (a tenth of a large replay)
     ordered = sorted(events, key=attrgetter("ts_ns"))
-    corr = Correlator(judge, modaliases,
-                      arrive_at_dup_enter=Kind.DUP_ENTER in map(attrgetter("kind"), ordered))
+    if hooks is None:
+        shown = Kind.DUP_ENTER in map(attrgetter("kind"), ordered)
+        hooks = (DUP_ENTER_HOOK.name,) if shown else ()
+    corr = judge_correlator(judge, hooks, modaliases)
     # Every story is kept for the report, a few objects per request or load: the cyclic
     # GC would rescan them all each time they grew by a quarter, which made a 1M-event
     # replay 45 % slower and its cost per event grow with the trace. The stories hold no
