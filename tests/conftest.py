@@ -55,3 +55,52 @@ def _boot(spec: str, tmp_path_factory: pytest.TempPathFactory) -> VMRun:
 @pytest.fixture(scope="session", params=["stable", "backports"])
 def vm_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> VMRun:
     return _boot(request.param, tmp_path_factory)
+
+
+# ---- what the run stands on, and what each phase took --------------------------------------
+
+# Debian's packages cannot be pinned (the archive drops old versions): their versions head
+# the output, so that a change between two runs is visible.
+DEBIAN_PACKAGES = ("python3-bpfcc", "qemu-system-x86", "linux-image-amd64")
+
+
+def _debian_versions() -> list[str]:
+    import subprocess
+
+    try:
+        p = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${Version}\\n",
+                            *DEBIAN_PACKAGES], capture_output=True, text=True, check=False)
+    except OSError as e:
+        return [f"dpkg-query: {e}"]
+    return p.stdout.split("\n")[:-1] or [p.stderr.strip()]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    import hashlib
+    from importlib import metadata
+
+    lock = Path(__file__).resolve().parent.parent / "requirements.lock"
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()[:12] if lock.exists() else "none"
+    tools = ", ".join(f"{d} {metadata.version(d)}" for d in
+                      ("virtme-ng", "mypy", "ruff", "pytest", "hypothesis"))
+    return [f"debian: {'; '.join(_debian_versions())}; kernel {os.uname().release}",
+            f"pypi (requirements.lock {digest}): {tools}"]
+
+
+_FILE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    path = report.nodeid.split("::", 1)[0]
+    _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Each test file's time (setup, VM boots and teardown included): the README's budgets
+    are per group of these files."""
+    if not _FILE_SECONDS:
+        return
+    terminalreporter.section("phase times")
+    for path, s in sorted(_FILE_SECONDS.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"[phase] {path}: {s:.0f}s")
+    terminalreporter.write_line(f"[phase] pytest total: {sum(_FILE_SECONDS.values()):.0f}s")

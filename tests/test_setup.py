@@ -505,3 +505,60 @@ def test_bootstrap_fails_when_apt_installs_nothing(tmp_path: Path) -> None:
     rc, err, _ = _bootstrap(tmp_path, [p for p in pkgs if p != "busybox-static"], apt_fails=True)
     assert rc != 0
     assert "did not install: busybox-static" in err
+
+
+# --- every PyPI package from one lock ------------------------------------------------------
+
+LOCK = ROOT / "requirements.lock"
+
+
+def _locked() -> dict[str, str]:
+    """requirements.lock's name -> version; each entry pinned with == and sha256 hashes."""
+    pins: dict[str, str] = {}
+    for entry in re.split(r"\n(?=\S)", LOCK.read_text()):
+        if not entry.strip() or entry.startswith("#"):
+            continue
+        m = re.match(r"([A-Za-z0-9._-]+)==(\S+)", entry)
+        assert m, f"not pinned with ==: {entry.splitlines()[0]}"
+        assert re.search(r"--hash=sha256:[0-9a-f]{64}", entry), f"no hash: {m[0]}"
+        pins[m[1].lower().replace("_", "-")] = m[2]
+    return pins
+
+
+def test_the_lock_pins_everything_pyproject_names() -> None:
+    import tomllib
+
+    pins = _locked()
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    reqs = [*meta["project"]["dependencies"], *meta["build-system"]["requires"],
+            *(r for extra in meta["project"]["optional-dependencies"].values() for r in extra)]
+    names = {re.split(r"[^A-Za-z0-9._-]", r, maxsplit=1)[0].lower().replace("_", "-")
+             for r in reqs}
+    assert names - pins.keys() == set(), "make lock"
+
+
+def test_the_venv_holds_what_the_lock_says() -> None:
+    """What this run judges the code with is what the lock pins, to the version."""
+    from importlib import metadata
+
+    pins = _locked()
+    differ = {}
+    for name, version in pins.items():
+        try:
+            have = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            have = None
+        if have != version:
+            differ[name] = (version, have)
+    assert not differ, f"(locked, installed): {differ}; run vm/bootstrap.sh"
+
+
+def test_bootstrap_installs_only_from_the_lock() -> None:
+    script = (ROOT / "vm" / "bootstrap.sh").read_text()
+    installs = [line for line in script.splitlines() if re.search(r"\bpip install\b|"
+                                                                 r"venv_pip install", line)]
+    assert installs, "bootstrap installs no Python package"
+    for line in installs:
+        assert ("--require-hashes" in line and "-r requirements.lock" in line) or (
+            "--no-deps" in line or "--dry-run" in line), line
+        assert "--no-build-isolation" in line or "--require-hashes" in line, line

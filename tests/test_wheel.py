@@ -3,7 +3,7 @@ a fresh venv (made with --system-site-packages, so Debian's bcc is seen), works 
 anywhere without the checkout: the BPF source and the lab's data are package data, the
 lab's commands come through its entry points.
 
-One build and one venv for the module (about a minute: pip fetches the dependencies).
+One build and one venv for the module (about a minute: pip installs requirements.lock).
 """
 
 from __future__ import annotations
@@ -69,8 +69,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     shutil.rmtree(src)
     venv = tmp / "venv"
     _pip(SYSTEM_PYTHON, "-m", "venv", "--system-site-packages", str(venv), cwd=tmp)
+    # Its dependencies come from the lock, as everything the project installs does; the
+    # wheel itself goes in offline, so a dependency the lock lacks fails here.
     _pip(str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-         str(wheels[0]), cwd=tmp)
+         "--require-hashes", "--no-deps", "-r", str(ROOT / "requirements.lock"), cwd=tmp)
+    _pip(str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+         "--no-index", "--find-links", str(dist), str(wheels[0]), cwd=tmp)
     work = tmp / "work"
     work.mkdir()
     shutil.copy(TRACE, work / "trace.jsonl")

@@ -33,7 +33,17 @@ if [ ! -x .venv/bin/python ]; then
   step "creating .venv from /usr/bin/python3 (with Debian's bcc)"
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-step "installing kmodtrace and its Python dependencies into .venv"
-.venv/bin/pip install -q --disable-pip-version-check -e '.[vm,test]'
+# Every PyPI package comes from requirements.lock, pinned with hashes (`make lock` writes
+# it): a new release of a tool cannot turn main red. --no-deps: the lock is complete, and
+# pip check below proves it. kmodtrace itself goes in without build isolation, so that
+# the locked setuptools builds it and nothing unlocked is fetched.
+step "installing the locked Python packages (requirements.lock) into .venv"
+venv_pip() { .venv/bin/pip --disable-pip-version-check -q "$@"; }
+venv_pip install --require-hashes --no-deps -r requirements.lock
+venv_pip install --no-deps --no-build-isolation -e .
+# The lock is complete when pip, offline, finds every requirement of every extra installed
+# (pip check would also judge Debian's own packages, which the venv sees).
+PIP_FIND_LINKS='' venv_pip install --dry-run --no-index --no-build-isolation -e '.[vm,test,dev]' \
+  >/dev/null || { echo "bootstrap: requirements.lock misses a package (fix: make lock)" >&2; exit 1; }
 .venv/bin/python -c 'import bcc' || { echo "bootstrap: bcc is not importable" >&2; exit 1; }
 step "ready"
