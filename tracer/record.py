@@ -311,11 +311,12 @@ def _read_records(trace: Trace, lines: Iterator[tuple[int, str]]) -> None:
             trace.bad(n)
             continue
         if isinstance(obj, dict) and obj.get("type") == "event":
-            ev = event(obj)
-            if ev is None:
+            # the slow path's own name: `ev` above is the fast decoder's Event | _Other
+            checked = event(obj)
+            if checked is None:
                 trace.bad(n)
             else:
-                append(ev)
+                append(checked)
                 if "early" in obj:
                     trace.early_events += 1
         else:
