@@ -155,6 +155,7 @@ class Correlator:
     def _dup_verdict(self, ev: Event) -> None:
         req = self._requests_by_tid.get(ev.tid)
         if req is not None:
+            req.dup_verdict_ns = ev.ts_ns
             req.kernel_dup = bool(ev.wait)
             req.kernel_dup_ret = ev.ret if ev.wait else None
 

@@ -113,6 +113,9 @@ class Request:
     # when kmod_dup_request_exists_wait() was entered (dups.c only): the order in which
     # requests reached kmod_dup_mutex
     dup_enter_ns: int | None = None
+    # when it returned (DUP_VERDICT): after kmod_dup_mutex was released, so no request
+    # entering later can have taken the mutex before this one
+    dup_verdict_ns: int | None = None
     end_ns: int | None = None
     ret: int | None = None
     umh_path: str = ""
