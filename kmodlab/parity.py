@@ -55,7 +55,8 @@ class Mismatch:
 class Parity:
     requests_checked: int = 0
     requests_agree: int = 0
-    ties: int = 0  # of requests_agree: anchors swapped by the kernel's order (< TIE_NS)
+    # of requests_agree: anchors swapped by the kernel's order (model.dups.unordered())
+    ties: int = 0
     tail_boundary: int = 0  # of requests_agree: entry still alive in the timer's slack
     stats_checked: int = 0
     stats_agree: int = 0
@@ -184,8 +185,8 @@ def render(par: Parity) -> list[str]:
     lines = [f"requests: {par.requests_agree} of {par.requests_checked} verdicts and return "
              f"values agree with the kernel's dups.c",
              f"  of which decided by the kernel where the trace cannot order events: "
-             f"{par.ties} arrival ties (< 200 us apart), {par.tail_boundary} inside the "
-             f"delete timer's slack after the 60 s tail",
+             f"{par.ties} arrival ties (inside an earlier one's dups.c window), "
+             f"{par.tail_boundary} inside the delete timer's slack after the 60 s tail",
              f"MODULE_STATS: {par.stats_agree} of {par.stats_checked} figures agree",
              f"throttle: {par.throttle_agree} of {par.throttle_checked} requests passed or "
              f"timed out as the model's kmod_concurrent_max says ({par.throttle_queued} "

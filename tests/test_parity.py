@@ -123,6 +123,64 @@ def test_no_tie_beyond_tie_ns() -> None:
     assert (vb.verdict, vb.indeterminate) == ("duplicate", None)
 
 
+def _win(rid: int, enter: int, verdict: int, end: int, ret: int,
+         wait: bool = True) -> Request:
+    """A request whose kmod_dup_request_exists_wait() ran over [ENTER, VERDICT]."""
+    req = _req(rid, enter - 5_000, end, ret, wait)
+    req.dup_enter_ns, req.dup_verdict_ns = enter, verdict
+    return req
+
+
+def test_overlapping_windows_are_a_tie_the_kernel_decides() -> None:
+    """#1 entered dups.c first but was preempted before kmod_dup_mutex; #2 entered 400 us
+    later (no tie by TIE_NS), took the mutex and anchored the entry, and #1 slept on it
+    until #2's announce. Only the kernel can say so: #2 entered inside #1's window."""
+    a = _win(1, 1_000_000, 9_600_000, 9_700_000, 0)
+    b = _win(2, 1_400_000, 1_420_000, 9_500_000, 0)
+    assert b.dup_enter_ns is not None and b.dup_enter_ns - 1_000_000 > TIE_NS
+    m = Model(PROFILE_6_5, oracle=lambda r: {1: True, 2: False}[r.id])
+    va, vb = m.request_arrive(a), m.request_arrive(b)
+    assert (vb.verdict, vb.indeterminate, vb.decided_by_kernel) == ("first", "tie", True)
+    assert (va.verdict, va.anchor_id, va.indeterminate) == ("duplicate", 2, "tie")
+    m.request_done(b)
+    assert va.predicted_ret == 0
+    # without the oracle: the DUP_ENTER order stands, marked as the kernel's to decide
+    m = Model(PROFILE_6_5)
+    va, vb = m.request_arrive(_win(1, 1_000_000, 9_600_000, 9_700_000, 0)), m.request_arrive(
+        _win(2, 1_400_000, 1_420_000, 9_500_000, 0))
+    assert (va.verdict, vb.verdict, vb.indeterminate, vb.decided_by_kernel) == (
+        "first", "duplicate", "tie", False)
+
+
+def test_windows_that_do_not_overlap_are_ordered_however_close() -> None:
+    """#1 returned from dups.c before #2 entered it: #1 took the mutex first, whether #2
+    came 400 us or 30 us (closer than TIE_NS) later. The kernel is not asked."""
+    for later in (400_000, 30_000):
+        m = Model(PROFILE_6_5, oracle=_never)
+        va = m.request_arrive(_win(1, 1_000_000, 1_020_000, 9_000_000, 0))
+        vb = m.request_arrive(_win(2, 1_000_000 + later, 9_100_000, 9_200_000, 0))
+        assert (va.verdict, vb.verdict, vb.anchor_id, vb.indeterminate) == (
+            "first", "duplicate", 1, None), later
+
+
+def test_a_wait_request_inside_an_untracked_nowaits_window_is_a_tie() -> None:
+    """A nowait request found no entry by the trace's order, but the wait request that
+    anchors one entered dups.c 500 us later, before the nowait one returned from it: the
+    kernel says the nowait came second, a duplicate returning 0 without modprobe."""
+    nw = _win(1, 1_000_000, 1_600_000, 1_700_000, 0, wait=False)
+    w = _win(2, 1_500_000, 1_520_000, 9_000_000, 0)
+    m = Model(PROFILE_6_5, oracle=lambda r: {1: True, 2: False}[r.id])
+    vn, vw = m.request_arrive(nw), m.request_arrive(w)
+    assert vw.verdict == "first"
+    assert (vn.verdict, vn.anchor_id, vn.indeterminate, vn.decided_by_kernel) == (
+        "duplicate", 2, "tie", True)
+    # the nowait one had returned before: no tie, the kernel is not asked
+    m = Model(PROFILE_6_5, oracle=_never)
+    vn = m.request_arrive(_win(1, 1_000_000, 1_020_000, 1_100_000, 0, wait=False))
+    m.request_arrive(_win(2, 1_500_000, 1_520_000, 9_000_000, 0))
+    assert (vn.verdict, vn.indeterminate) == ("untracked", None)
+
+
 def test_tail_boundary_is_the_kernels_call() -> None:
     a = _req(1, 1_000, 2_000_000, 0)
     late = DUP_TAIL_NS + 2_000_000 + 500_000_000  # 0.5 s into the delete timer's slack
@@ -197,27 +255,53 @@ def test_announces_follow_the_verdicts() -> None:
         "model does not announce, kernel announced"]
 
 
+def _dups_call(i: int, tp: int, enter: int, verdict: int, dup: bool,
+               end: int | None = None) -> list[Event]:
+    """Wait request #I for "x" whose kmod_dup_request_exists_wait() ran [ENTER, VERDICT],
+    returning 0 at END (10 ms after ENTER if not given)."""
+    return [Event(ts_ns=tp - 5, kind=Kind.REQ_ENTER, pid=i, tid=i, wait=1),
+            Event(ts_ns=tp, kind=Kind.REQ_TP, pid=i, tid=i, wait=1, name="x"),
+            Event(ts_ns=enter, kind=Kind.DUP_ENTER, pid=i, tid=i),
+            Event(ts_ns=verdict, kind=Kind.DUP_VERDICT, pid=i, tid=i, wait=int(dup)),
+            Event(ts_ns=end or enter + 10_000_000, kind=Kind.REQ_EXIT, pid=i, tid=i)]
+
+
 def test_arrivals_are_ordered_at_the_dups_mutex_not_the_tracepoint() -> None:
     """Two requests whose tracepoints were 515 us apart reached kmod_dup_mutex in the
     other order (the first was preempted in between): the kprobe at
     kmod_dup_request_exists_wait() entry orders them as the kernel did (dups.c)."""
-    def req(i: int, tp: int, enter: int, dup: bool, ret: int) -> list[Event]:
-        return [Event(ts_ns=tp - 5, kind=Kind.REQ_ENTER, pid=i, tid=i, wait=1),
-                Event(ts_ns=tp, kind=Kind.REQ_TP, pid=i, tid=i, wait=1, name="x"),
-                Event(ts_ns=enter, kind=Kind.DUP_ENTER, pid=i, tid=i),
-                Event(ts_ns=enter + 9_000_000, kind=Kind.DUP_VERDICT, pid=i, tid=i,
-                      wait=int(dup), ret=ret if dup else 0),
-                Event(ts_ns=enter + 10_000_000, kind=Kind.REQ_EXIT, pid=i, tid=i, ret=ret)]
     t = 1_000_000_000
-    evs = req(1, t, t + 1_200_000, True, 0) + req(2, t + 515_000, t + 600_000, False, 0)
+    # the anchor returns from dups.c at once (20 us), the duplicate after the announce
+    evs = _dups_call(1, t, t + 1_200_000, t + 9_000_000, True) + _dups_call(
+        2, t + 515_000, t + 600_000, t + 620_000, False)
     par = Parity()
-    check_requests(replay(evs, profile_with_dups(PROFILE_6_5)), evs, par)
+    rep = replay(evs, profile_with_dups(PROFILE_6_5))
+    check_requests(rep, evs, par)
     assert (par.requests_checked, par.requests_agree, par.ties) == (2, 2, 0), par.mismatches
+    assert [v.indeterminate for _, v in rep.requests if v is not None] == [None, None]
     # by the tracepoints alone the model would get both wrong
     no_enter = [e for e in evs if e.kind != Kind.DUP_ENTER]
     par = Parity()
     check_requests(replay(no_enter, profile_with_dups(PROFILE_6_5)), no_enter, par)
     assert par.requests_agree == 0
+
+
+def test_a_window_still_open_at_a_later_arrival_is_a_tie_in_a_replay() -> None:
+    """As `live` meets it: #1's DUP_VERDICT is still to come when #2 enters dups.c 700 us
+    after it, so the window is open and the arrival a tie. parity.run's second pass,
+    given the kernel's verdicts, follows the kernel (#2 first) and counts the tie."""
+    t = 1_000_000_000
+    # #1 sleeps in dups.c until #2 returns (its announce) at 10.8 ms
+    evs = _dups_call(1, t, t + 100_000, t + 10_810_000, True, t + 10_820_000) + _dups_call(
+        2, t + 790_000, t + 800_000, t + 820_000, False)
+    kernel = {r.tid: r.kernel_dup for r, _ in replay(evs, profile_with_dups(PROFILE_6_5))
+              .requests}
+    rep = replay(evs, profile_with_dups(PROFILE_6_5), oracle=lambda r: kernel[r.tid])
+    par = Parity()
+    check_requests(rep, evs, par)
+    assert (par.requests_checked, par.requests_agree, par.ties) == (2, 2, 1), par.mismatches
+    assert {r.tid: (v.verdict, v.indeterminate) for r, v in rep.requests if v} == {
+        1: ("duplicate", "tie"), 2: ("first", "tie")}
 
 
 def test_throttle_parity_counts_queued_and_timed_out_requests() -> None:

@@ -14,9 +14,11 @@ Timing the trace cannot see, and what the model does about it:
   duplicate arriving in the tail after a later announce depends on the form: "deferred"
   gives it the latest announce's ret, "first" the first one's. Where the form was assumed
   such a verdict is marked indeterminate "announce-assumed".
-* Two arrivals closer than TIE_NS: which took kmod_dup_mutex first is not observable
-  ("tie"); a request inside the delete timer's slack after the tail ("tail-boundary").
-  With the kernel's own verdict (the oracle) it decides; without, the model's guess stands.
+* Two arrivals the trace cannot order at kmod_dup_mutex ("tie", see unordered()): where
+  dups.c was traced, a later request entering kmod_dup_request_exists_wait() before the
+  earlier one returned from it; elsewhere, two tracepoints closer than TIE_NS. A request
+  inside the delete timer's slack after the tail ("tail-boundary"). With the kernel's own
+  verdict (the oracle) it decides; without, the model's guess (the arrival order) stands.
 
 The throttle slot a sleeping wait duplicate keeps is counted in throttle.py.
 """
@@ -39,6 +41,28 @@ DUP_TAIL_NS: Final = 60 * NS_PER_S
 # Two arrivals for one name this close: their order at kmod_dup_mutex is not observable.
 TIE_NS: Final = 200_000
 _INF: Final = float("inf")
+
+
+def unordered(earlier: Request, earlier_ns: int, t: int) -> bool:
+    """Whether a request arriving at T, after EARLIER (which arrived at EARLIER_NS), may
+    have taken kmod_dup_mutex before it.
+
+    Where dups.c was traced, EARLIER's window [DUP_ENTER, DUP_VERDICT] decides: the kprobe
+    fires before the entry's allocation and the mutex, the kretprobe after the unlock, so
+    an arrival after the window came later at the mutex, and one inside it may have come
+    first however late in it. Events reach the model in time order, so a window with no
+    DUP_VERDICT yet is still open (one whose verdict was lost closes at the return). This
+    subsumes TIE_NS there: arrivals 200 us apart in one window are a tie, and two a few
+    microseconds apart across a closed window are ordered. Without dups.c (or where its
+    events were lost) only the tracepoints are known: closer than TIE_NS is a tie."""
+    end = earlier.dup_verdict_ns
+    if end is None and earlier.dup_enter_ns is not None:
+        end = earlier.end_ns
+        if end is None:
+            return True
+    if end is not None:
+        return t < end
+    return t - earlier_ns < TIE_NS
 
 
 @dataclass(slots=True)
@@ -88,13 +112,14 @@ def kernel_disagrees(req: Request, v: RequestVerdict | None) -> bool:
 class _Entry:
     """struct kmod_dup_req (dups.c): one tracked request string."""
 
-    __slots__ = ("anchor_id", "anchor_v", "created_ns", "done_ns", "dup_ret", "first_ret",
-                 "name", "tally", "waiters")
+    __slots__ = ("anchor_id", "anchor_req", "anchor_v", "created_ns", "done_ns", "dup_ret",
+                 "first_ret", "name", "tally", "waiters")
 
-    def __init__(self, name: str, anchor_v: RequestVerdict, created_ns: int,
+    def __init__(self, name: str, anchor: Request, anchor_v: RequestVerdict, created_ns: int,
                  tally: Tally) -> None:  # fmt: skip
         self.name = name
         self.anchor_id = anchor_v.req_id
+        self.anchor_req = anchor  # its dups.c window, for ties with later arrivals
         self.anchor_v = anchor_v
         self.created_ns = created_ns
         self.done_ns: int | None = None  # first_req_done completed at
@@ -120,7 +145,7 @@ class Dups:
         # (expiry, name, entry) in completion order; completion times arrive in order
         self.expiry: deque[tuple[int, str, _Entry]] = deque()
         self.next_expiry: float = _INF
-        # nowait requests of the last TIE_NS, for ties with a wait request after them
+        # untracked nowait requests a later wait request may still tie with (unordered())
         self._recent_untracked: deque[tuple[int, str, Request, RequestVerdict]] = deque()
 
     # ---- arrival: kmod_dup_request_exists_wait() -----------------------------------------
@@ -135,7 +160,7 @@ class Dups:
             indeterminate = "tail-boundary" if in_slack else None
             ent, kernel_kept_entry = self._past_tail(req, ent, in_slack)
         elif ent is not None and ent.anchor_v.arrive_ns is not None \
-                and t - ent.anchor_v.arrive_ns < TIE_NS:
+                and unordered(ent.anchor_req, ent.anchor_v.arrive_ns, t):
             indeterminate = "tie"
             swapped = self._tie(req, ent, t, tally)
             if swapped is not None:
@@ -158,8 +183,9 @@ class Dups:
         return None, False
 
     def _tie(self, req: Request, ent: _Entry, t: int, tally: Tally) -> RequestVerdict | None:
-        """Two tracepoints microseconds apart on two CPUs: the oracle may say this one took
-        kmod_dup_mutex first. Returns the verdict when it did."""
+        """REQ arrived while the anchor's window was open (or microseconds after its
+        tracepoint): the oracle may say REQ took kmod_dup_mutex first. Returns the verdict
+        when it did."""
         if self._oracle_says(req) is not False:
             return None
         if not req.wait:  # the nowait went first: no entry yet, so it was not tracked
@@ -171,14 +197,14 @@ class Dups:
             ent.waiters.append(old)
             tally.c.duplicates += 1
             v = RequestVerdict(req.id, req.name, True, "first", t)
-            ent.anchor_id, ent.anchor_v = req.id, v
+            ent.anchor_id, ent.anchor_req, ent.anchor_v = req.id, req, v
         v.indeterminate, v.decided_by_kernel = "tie", True
         return v
 
     def _no_entry(self, req: Request, t: int, tally: Tally) -> RequestVerdict:
         if req.wait:  # the first request_module(): add an entry, run modprobe
             v = RequestVerdict(req.id, req.name, True, "first", t)
-            self.entries[req.name] = _Entry(req.name, v, t, tally)
+            self.entries[req.name] = _Entry(req.name, req, v, t, tally)
             tally.c.firsts += 1
             self._retro_ties(req.name, req.id, t, tally)
         else:  # request_module_nowait() with no entry: "cannot track duplicates"
@@ -203,13 +229,14 @@ class Dups:
         return v
 
     def _retro_ties(self, name: str, anchor: int, t: int, tally: Tally) -> None:
-        """A wait request anchors NAME: nowait ones just before it may have come after it
-        at kmod_dup_mutex, making them duplicates (returning 0) instead of untracked."""
+        """A wait request anchors NAME: nowait ones before it whose window it entered may
+        have come after it at kmod_dup_mutex, making them duplicates (returning 0) instead
+        of untracked."""
         recent = self._recent_untracked
-        while recent and t - recent[0][0] >= TIE_NS:
+        while recent and not unordered(recent[0][2], recent[0][0], t):
             recent.popleft()
-        for _, nw_name, nw_req, nw_v in recent:
-            if nw_name != name or nw_v.verdict != "untracked":
+        for nw_t, nw_name, nw_req, nw_v in recent:
+            if nw_name != name or nw_v.verdict != "untracked" or not unordered(nw_req, nw_t, t):
                 continue
             nw_v.indeterminate = "tie"
             if self._oracle_says(nw_req) is True:
@@ -269,7 +296,11 @@ class Dups:
         self.next_expiry = q[0][0] if q else _INF
 
     def sweep(self, before: int) -> None:
-        """Forget entries whose anchor never returned (a lost event)."""
+        """Forget entries whose anchor never returned, and nowait requests whose window
+        never closed (lost events)."""
         for name, ent in list(self.entries.items()):
             if ent.done_ns is None and ent.created_ns < before:
                 del self.entries[name]
+        recent = self._recent_untracked
+        while recent and recent[0][0] < before:
+            recent.popleft()
