@@ -45,10 +45,11 @@ class Call:
 def _storm(seed: int, n: int = 120) -> list[Event]:
     """N requests for four names, each from its own kernel thread; one in five preempted
     for up to 900 us between the tracepoint and dups.c, so that later tracepoints often
-    reach kmod_dup_mutex first. The kernel's verdicts and return times follow dups.c in
-    the DUP_ENTER order: the first wait request per name anchors an entry and returns
-    after its modprobe (8 ms), whose announce wakes the waiters; a nowait request with no
-    entry is untracked."""
+    reach kmod_dup_mutex first, and some enter inside an earlier one's dups.c window (a
+    tie, judged before that window's end is seen). The kernel's verdicts and return times
+    follow dups.c in the DUP_ENTER order: the first wait request per name anchors an entry
+    and returns after its modprobe (8 ms), whose announce wakes the waiters; a nowait
+    request with no entry is untracked."""
     rng = random.Random(seed)
     t0 = 1_000 * MS
     calls = []
@@ -60,6 +61,12 @@ def _storm(seed: int, n: int = 120) -> list[Event]:
     # two calls of the brief's shape first: tracepoints 515 us apart, mutex the other way
     calls += [Call(10, "x", True, t0, t0 + 1_200 * US),
               Call(11, "x", True, t0 + 515 * US, t0 + 600 * US)]
+    def window() -> int:
+        """How long a request that finds no entry stays in dups.c: 15 us, or up to 700
+        where kzalloc or the mutex made it sleep. Later requests entering meanwhile are
+        ties: the trace cannot order them."""
+        return 15 * US if rng.random() < 0.6 else rng.randrange(100 * US, 700 * US)
+
     evs: list[Event] = []
     anchors: dict[str, int] = {}  # name -> when its first request announced
     for c in sorted(calls, key=lambda c: c.enter):
@@ -75,12 +82,12 @@ def _storm(seed: int, n: int = 120) -> list[Event]:
         if done is None and c.wait:  # the anchor: verdict at once, modprobe, announce
             end = c.enter + 8 * MS
             anchors[c.name] = end - 10 * US
-            evs += [ev(c.enter + 15 * US, Kind.DUP_VERDICT, wait=0),
+            evs += [ev(c.enter + window(), Kind.DUP_VERDICT, wait=0),
                     ev(end - 10 * US, Kind.DUP_ANNOUNCE, name=c.name),
                     ev(end, Kind.REQ_EXIT)]
         elif done is None:  # nowait, no entry: untracked, runs modprobe, announces
             end = c.enter + 3 * MS
-            evs += [ev(c.enter + 12 * US, Kind.DUP_VERDICT, wait=0),
+            evs += [ev(c.enter + window(), Kind.DUP_VERDICT, wait=0),
                     ev(end - 10 * US, Kind.DUP_ANNOUNCE, name=c.name),
                     ev(end, Kind.REQ_EXIT)]
         else:  # duplicate: nowait back at once, wait asleep until the announce
@@ -126,7 +133,7 @@ def _verdicts(stories: Stories) -> dict[tuple[int, int | None], tuple[object, ..
             (v.verdict, v.predicted_ret, v.indeterminate, v.anchor_id) for r, v in stories}
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [2, 3, 4])
 def test_live_and_replay_of_its_trace_agree(tmp_path: Path, seed: int) -> None:
     evs = _storm(seed)
     run, live = _live(evs, tmp_path / "t.jsonl", seed)
@@ -136,6 +143,7 @@ def test_live_and_replay_of_its_trace_agree(tmp_path: Path, seed: int) -> None:
     assert len(live) == len(rep.requests) == 122
     assert _verdicts(live) == _verdicts(rep.requests)
     assert run.judge.model.modules() == rep.judge.model.modules()
+    assert sum(v.indeterminate == "tie" for _, v in live if v is not None) >= 2
     # and both are right: the kernel's order at kmod_dup_mutex, not the tracepoints'
     got = {r.tid: v.verdict for r, v in live if v is not None}
     assert (got[10], got[11]) == ("duplicate", "first")
@@ -147,8 +155,8 @@ def test_a_header_that_lists_the_hook_orders_the_replay_as_live_did(tmp_path: Pa
     live waited for arrivals that never came and judged each request at its return. The
     replay takes the order from the header's hooks, not from the events it happens to
     hold."""
-    evs = [e for e in _storm(4) if e.kind != Kind.DUP_ENTER]
-    run, live = _live(evs, tmp_path / "t.jsonl", 4)
+    evs = [e for e in _storm(5) if e.kind != Kind.DUP_ENTER]
+    run, live = _live(evs, tmp_path / "t.jsonl", 5)
     trace = read_trace(str(tmp_path / "t.jsonl"))
     rep = replay(trace.events, trace.features.profile, hooks=listed_hooks(trace.header))
     assert _verdicts(live) == _verdicts(rep.requests)
