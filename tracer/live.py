@@ -390,11 +390,14 @@ class Run:
         self.tracer.drain()
         self._release(None)
         self.judge.flush()  # udev loads whose device broadcast never came
-        lost, missed = self.tracer.lost(), self.tracer.missed()
+        misses = self.tracer.misses()
+        lost, missed = self.tracer.lost(), self.tracer.missed(misses)
         for ip, name in self.ksyms.items():
             if not name:
                 self.ksyms[ip] = self.kallsyms.core(ip)
-        trailer = {"lost": lost, "missed": missed, "events": self.correlator.events,
+        # "misses": which hook skipped how many runs (those in "missed", rescues aside)
+        trailer = {"lost": lost, "missed": missed, "misses": misses,
+                   "events": self.correlator.events,
                    "end_mono_ns": time.monotonic_ns(),
                    "ksyms": {hex(k): v for k, v in self.ksyms.items()},
                    "rescue": dict(zip(("emitted", "seen_too", "wrong"),
@@ -405,9 +408,10 @@ class Run:
         if self.writer is not None:
             self.writer.close(trailer)
         self.tracer.close()
-        self.print_summary(lost, missed)
+        self.print_summary(lost, missed, misses)
 
-    def print_summary(self, lost: int, missed: int) -> None:
+    def print_summary(self, lost: int, missed: int,
+                      misses: dict[str, int] | None = None) -> None:
         mods = self.judge.model.modules()
         rows = self.by_module.rows()
         if self.filter.module is not None:
@@ -416,6 +420,9 @@ class Run:
         err = self.err
         print(f"\n{self.correlator.events} events, {lost} lost, {missed} missed probes.",
               file=err)
+        if misses:
+            print("missed by hook: " + ", ".join(f"{h} {n}" for h, n in sorted(misses.items())),
+                  file=err)
         if rows:
             for line in report.module_summary(rows, mods, self.opts.wide):
                 print(line, file=err)

@@ -1,8 +1,9 @@
 """Compile tracer/bpf/kmodtrace.bpf.c with bcc, attach what this kernel has, stream events.
 
 The only module that imports bcc. A hook the kernel lacks is skipped with a
-notice; counters for lost events (failed ring-buffer reservations) and missed
-kretprobes are read back so that nothing is dropped silently.
+notice; counters for lost events (failed ring-buffer reservations) and each hook's
+misses (kretprobe instances, programs the kernel skipped) are read back so that nothing
+is dropped silently.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tracer import btf as btfmod
-from tracer import callsites, kernel
+from tracer import callsites, kernel, misses
 from tracer.events import Event, c_definitions, decode
 
 # Package data, found the way bcc finds its helpers.h: it ships inside the wheel.
@@ -131,6 +132,14 @@ HOOKS: tuple[Hook, ...] = (
 # Only the throttle semaphore has one (tracer/bpf: KMOD_SEM).
 RESCUE_HOOK = Hook("kretfunc", "down_timeout", "kretfunc__down_timeout",
                    "returns of requests that time out in the kmod throttle")
+
+
+def _bpf_function(hook: Hook) -> str:
+    """The name bcc gives HOOK's BPF function: TRACEPOINT_PROBE(cat, ev) defines
+    tracepoint__cat__ev; the others are named in the hook."""
+    if hook.probe_type == "tracepoint":
+        return "tracepoint__" + hook.target.replace(":", "__")
+    return hook.fn
 
 
 def syscall_twin(hook: Hook) -> tuple[Hook, str] | None:
@@ -501,27 +510,60 @@ class Tracer:
             return 0
         return int(self.bpf["lost"].sum(ctypes.c_int(0)).value)
 
-    def missed(self) -> int:
-        """Returns no hook saw: kretprobe instances missed (maxactive exhausted), from
-        kprobe_profile, less the __request_module returns a rescue emitted for threads
-        the kretprobe missed (emitted - those the kretprobe saw too - wrong)."""
-        root = kernel.tracefs()
-        if root is None:
-            return 0
-        tag = f"_bcc_{os.getpid()}"
-        total = req = 0
-        try:
-            with open(os.path.join(root, "kprobe_profile")) as f:
-                for line in f:
-                    parts = line.split()
-                    if len(parts) >= 3 and tag in parts[0]:
-                        total += int(parts[2])
-                        if parts[0] == f"r___request_module{tag}":
-                            req = int(parts[2])
-        except OSError:
-            return 0
+    def missed(self, found: dict[str, int] | None = None) -> int:
+        """Hook runs the kernel skipped (FOUND, else misses() now), less the
+        __request_module returns a rescue emitted for threads the kretprobe missed
+        (emitted - those the kretprobe saw too - wrong)."""
+        if found is None:
+            found = self.misses()
         emitted, seen_too, wrong = self.rescued()
-        return total - min(req, emitted - seen_too - wrong)
+        req = found.get("kretprobe:__request_module", 0)
+        return sum(found.values()) - min(req, emitted - seen_too - wrong)
+
+    def misses(self) -> dict[str, int]:
+        """Each hook's skipped runs, by hook name (kretprobe:do_init_module), those with
+        none left out: kprobe nmissed (kprobe_profile: kretprobe instances exhausted) and
+        every program's recursion_misses (tracer/misses.py: a preempted trampoline
+        program, or one that trace_call_bpf() skipped)."""
+        found: dict[str, int] = {}
+        tag = f"_bcc_{os.getpid()}"
+        root = kernel.tracefs()
+        if root is not None:
+            try:
+                with open(os.path.join(root, "kprobe_profile")) as f:
+                    profile = f.read()
+            except OSError:
+                profile = ""
+            for event, n in misses.kprobe_profile(profile, tag).items():
+                if n:
+                    hook = misses.kprobe_hook(event, tag)
+                    found[hook] = found.get(hook, 0) + n
+        for name, n in self._prog_misses().items():
+            if n:
+                found[name] = found.get(name, 0) + n
+        return found
+
+    def _prog_misses(self) -> dict[str, int]:
+        """recursion_misses of each loaded program, by the hook it serves (its BPF
+        function's name where none does): BPF_OBJ_GET_INFO_BY_FD through libbcc."""
+        if self.bpf is None:
+            return {}
+        by_fn = {_bpf_function(h): f"{h.probe_type}:{h.target}" for h in self._hooks}
+        get_info = _import_bcc().libbcc.lib.bpf_obj_get_info
+        get_info.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+        get_info.restype = ctypes.c_int
+        found: dict[str, int] = {}
+        for raw, fn in list(self.bpf.funcs.items()):
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+            buf = ctypes.create_string_buffer(misses.PROG_INFO_SIZE)
+            size = ctypes.c_uint32(misses.PROG_INFO_SIZE)
+            if get_info(fn.fd, buf, ctypes.byref(size)) != 0:
+                continue
+            n = misses.prog_misses(buf.raw, size.value)
+            if n is not None:
+                key = by_fn.get(name, name)
+                found[key] = found.get(key, 0) + n
+        return found
 
     def rescued(self) -> tuple[int, int, int]:
         """(__request_module returns a rescue emitted, of which the kretprobe saw

@@ -290,6 +290,7 @@ def document(trace: Trace, rep: Replay) -> dict[str, Any]:
         "version": REPORT_VERSION,
         "kernel": trace.header.get("kernel"), "profile": trace.features.profile.name,
         "lost_events": trailer.get("lost"), "missed_probes": trailer.get("missed"),
+        "missed_by_hook": trailer.get("misses"),
         "complete": trace.trailer is not None, "first_bad_line": trace.first_bad_line,
         "bad_lines": trace.bad_lines, **profile_json(trace.features.profile),
         "requests": [request_json(r, v, ksyms) | proc_json(trace.procs, r.pid, r.comm)
@@ -316,9 +317,12 @@ def render_text(trace: Trace, rep: Replay, wide: bool = False) -> list[str]:
     stories = [(r.start_ns, request_line(r, v, t0, wide)) for r, v in rep.requests]
     stories += [(ld.start_ns, load_line(ld, v, t0, wide)) for ld, v in rep.loads]
     out = [header(wide), *(line for _, line in sorted(stories)), ""]
-    lost = (trace.trailer or {}).get("lost")
+    trailer = trace.trailer or {}
+    lost, missed, misses = trailer.get("lost"), trailer.get("missed"), trailer.get("misses")
     out.append(f"kernel {trace.header.get('kernel')} profile {trace.features.profile.name}: "
-               f"{len(trace.events)} events, lost {lost}")
+               f"{len(trace.events)} events, lost {lost}, missed {missed}")
+    if isinstance(misses, dict) and misses:  # which hooks the kernel skipped, by name
+        out.append("missed by hook: " + ", ".join(f"{h} {n}" for h, n in sorted(misses.items())))
     note = profile_note(trace.features.profile)
     out += [note] if wide else textwrap.wrap(note, LINE_WIDTH)
     line = early.summary(trace.early, trace.early_events)
