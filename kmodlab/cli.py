@@ -16,7 +16,9 @@ from tracer.record import TraceFormatError
 
 @click.command()
 @click.option("-k", "--kernel", "kernel_spec", default="stable", show_default=True,
-              help="stable (linux-image-amd64), backports, or a path to vmlinuz-RELEASE")
+              help="stable (linux-image-amd64), backports (bookworm-backports' 6.12), "
+              "trixie-backports (its 7.x, in Debian's linux-binary/linux-modules layout, "
+              "no headers: the tracer uses BTF), or a path to vmlinuz-RELEASE")
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="results directory")
 @click.option("--cpus", default=2, show_default=True)
 @click.option("--memory", default="2G", show_default=True)

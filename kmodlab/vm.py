@@ -1,9 +1,9 @@
 """Host side of the test VM: pick and fetch a kernel, decide on KVM, boot virtme-ng.
 
 Kernels are stock Debian ones. "stable" is the one linux-image-amd64 names on this
-system (installed with apt if missing); "backports" is fetched with apt from
-bookworm-backports into a cache, using a private sources list and state
-directory, so the system's apt configuration is never changed.
+system (installed with apt if missing); "backports" (bookworm-backports) and
+"trixie-backports" are fetched with apt into a cache, using a private sources list and
+state directory per suite, so the system's apt configuration is never changed.
 """
 
 from __future__ import annotations
@@ -151,8 +151,23 @@ def _system_debian_uri() -> str:
     raise VMError("no Debian mirror found in /etc/apt: cannot fetch a backports kernel")
 
 
+# -k names of the suites fetched through a private apt state, and the suite each means.
+SUITES = {"backports": "bookworm-backports", "trixie-backports": "trixie-backports"}
+
+
+def _split_layout(image_info: str, release: str) -> bool:
+    """Whether linux-image-RELEASE is the metapackage of Debian's 7.x layout (it depends
+    on linux-binary-RELEASE: vmlinuz in /usr/lib/modules/RELEASE, the xz modules in
+    linux-modules-RELEASE) rather than the package holding /boot/vmlinuz-RELEASE."""
+    return f"linux-binary-{release}" in image_info.split("Depends:", 1)[-1].split("\n", 1)[0]
+
+
 def backports_kernel(progress: Progress, suite: str = "bookworm-backports") -> KernelImage:
-    """The newest linux-image-amd64 of SUITE, extracted into the cache."""
+    """The newest linux-image-amd64 of SUITE, extracted into the cache: with its headers
+    in the old layout (one linux-image package, /boot/vmlinuz-RELEASE); without them in
+    the 7.x layout (linux-binary + linux-modules, the kernel in
+    usr/lib/modules/RELEASE/vmlinuz, where virtme-ng finds its modules beside it): that
+    kernel has BTF, so the tracer needs no headers."""
     base = private_apt_dir(suite)
     lists = base / "lists"
     (lists / "partial").mkdir(parents=True, exist_ok=True)
@@ -169,13 +184,23 @@ def backports_kernel(progress: Progress, suite: str = "bookworm-backports") -> K
     if release is None:
         raise VMError(f"no linux-image-amd64 in {suite}")
     root = cache_dir() / "kernels" / release
-    vmlinuz = root / "boot" / f"vmlinuz-{release}"
-    if vmlinuz.exists() and (root / "lib" / "modules" / release / "modules.dep").exists():
-        return KernelImage(release, vmlinuz, root)
-    hdr = run_step(["apt-cache", *opts, "depends", f"linux-headers-{release}"], progress,
-                   "resolving header packages", fix=APT_FIX)
-    pkgs = {f"linux-image-{release}", f"linux-headers-{release}"}
-    pkgs |= set(re.findall(r"Depends: (linux-(?:headers|kbuild)-\S+)", hdr))
+    for vmlinuz, moddir in ((root / "boot" / f"vmlinuz-{release}", root / "lib" / "modules"),
+                            (root / "usr" / "lib" / "modules" / release / "vmlinuz",
+                             root / "usr" / "lib" / "modules")):
+        if vmlinuz.exists() and (moddir / release / "modules.dep").exists():
+            return KernelImage(release, vmlinuz, root)
+    image = run_step(["apt-cache", *opts, "show", f"linux-image-{release}/{suite}"], progress,
+                     f"reading linux-image-{release}", fix=APT_FIX)
+    split = _split_layout(image.split("\n\n")[0], release)
+    if split:
+        pkgs = {f"linux-binary-{release}", f"linux-modules-{release}"}
+        vmlinuz, modbase = root / "usr" / "lib" / "modules" / release / "vmlinuz", "usr"
+    else:
+        hdr = run_step(["apt-cache", *opts, "depends", f"linux-headers-{release}"], progress,
+                       "resolving header packages", fix=APT_FIX)
+        pkgs = {f"linux-image-{release}", f"linux-headers-{release}"}
+        pkgs |= set(re.findall(r"Depends: (linux-(?:headers|kbuild)-\S+)", hdr))
+        vmlinuz, modbase = root / "boot" / f"vmlinuz-{release}", ""
     dl = base / "debs"
     dl.mkdir(exist_ok=True)
     run_step(["apt-get", *opts, "download", *sorted(pkgs)], progress,
@@ -183,9 +208,13 @@ def backports_kernel(progress: Progress, suite: str = "bookworm-backports") -> K
     tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for deb in sorted(dl.glob(f"*{release.split('-')[0]}*.deb")):
+    version = release.split("-")[0]
+    for deb in sorted(dl.glob(f"*{version}*.deb")):
+        if split and not deb.name.startswith(tuple(pkgs)):
+            continue  # an old-layout download of the same version in the same cache
         run_step(["dpkg-deb", "-x", str(deb), str(tmp)], progress, f"unpacking {deb.name}")
-    run_step(["depmod", "-b", str(tmp), release], progress, "depmod")
+    run_step(["depmod", "-b", str(tmp / modbase) if modbase else str(tmp), release], progress,
+             "depmod")
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
     return KernelImage(release, vmlinuz, root)
@@ -194,8 +223,8 @@ def backports_kernel(progress: Progress, suite: str = "bookworm-backports") -> K
 def resolve_kernel(spec: str, progress: Progress) -> KernelImage:
     if spec == "stable":
         return stable_kernel(progress)
-    if spec == "backports":
-        return backports_kernel(progress)
+    if spec in SUITES:
+        return backports_kernel(progress, SUITES[spec])
     path = Path(spec)
     if "/" in spec and not path.exists():
         raise VMError(f"kernel {spec}: no such file (give an existing vmlinuz-RELEASE, or "
@@ -208,7 +237,8 @@ def resolve_kernel(spec: str, progress: Progress) -> KernelImage:
             raise VMError(f"{spec}: expected a file named vmlinuz-RELEASE")
         root = path.parent.parent if (path.parent.parent / "lib" / "modules").is_dir() else None
         return KernelImage(m[1], path, root)
-    raise VMError(f"unknown kernel {spec!r}: use stable, backports or a path to vmlinuz-RELEASE")
+    raise VMError(f"unknown kernel {spec!r}: use stable, backports, trixie-backports or a "
+                  "path to vmlinuz-RELEASE")
 
 
 def kvm_usable(vmlinuz: Path, timeout: float = 20.0) -> bool:
