@@ -19,7 +19,7 @@ from tracer.model import (
     summary_fields,
 )
 from tracer.record import Procs, Trace, read_trace
-from tracer.session import Replay, replay
+from tracer.session import Replay, listed_hooks, replay
 from tracer.stories import Load, Request, decode_wait_status
 
 # `report --json` document version (README: "report --json schema (version 1)").
@@ -278,7 +278,8 @@ def load(path: str, announce: str | None = None) -> tuple[Trace, Replay]:
     if announce is not None:
         trace.header["features"] = trace.features.with_announce(
             announce_form(announce)).to_dict()
-    return trace, replay(trace.events, trace.features.profile, modaliases=trace.modaliases)
+    return trace, replay(trace.events, trace.features.profile, modaliases=trace.modaliases,
+                         hooks=listed_hooks(trace.header))
 
 
 def document(trace: Trace, rep: Replay) -> dict[str, Any]:
