@@ -6,6 +6,7 @@ import ctypes
 import random
 import re
 import subprocess
+from collections.abc import Callable
 
 from tracer.events import LAYOUT, CEvent, Event, Kind, c_definitions, decode
 from tracer.probes import (
@@ -161,3 +162,58 @@ def test_each_module_syscall_tracepoint_has_a_trampoline_twin_in_the_program() -
     assert "finit_enter(args->fd, args->flags)" in tp
     assert "init_enter(r.si)" in fentry and "init_enter(args->len)" in tp
     assert "udev_sendmsg((const void *)r.si)" in fentry and "udev_sendmsg(args->msg)" in tp
+
+
+def test_where_trampolines_can_be_preempted_the_module_syscalls_get_kprobes() -> None:
+    """kernel.preemption() true: finit_module and init_module by kprobe/kretprobe on the
+    wrapper (a kprobe runs with preemption disabled, a trampoline does not); sendmsg
+    keeps its fentry. Each flag compiles in the two functions attach() attaches."""
+    twins = {h.target: syscall_twin(h, kprobes=True) for h in HOOKS}
+    assert {t: (tw[0].probe_type, tw[0].target, tw[0].fn, tw[1])
+            for t, tw in twins.items() if tw} == {
+        "syscalls:sys_enter_finit_module": ("kprobe", "__x64_sys_finit_module",
+                                            "sys_finit_module_enter",
+                                            "-DSYS_KPROBE_FINIT_MODULE"),
+        "syscalls:sys_exit_finit_module": ("kretprobe", "__x64_sys_finit_module",
+                                           "sys_finit_module_exit",
+                                           "-DSYS_KPROBE_FINIT_MODULE"),
+        "syscalls:sys_enter_init_module": ("kprobe", "__x64_sys_init_module",
+                                           "sys_init_module_enter",
+                                           "-DSYS_KPROBE_INIT_MODULE"),
+        "syscalls:sys_exit_init_module": ("kretprobe", "__x64_sys_init_module",
+                                          "sys_init_module_exit",
+                                          "-DSYS_KPROBE_INIT_MODULE"),
+        "syscalls:sys_enter_sendmsg": ("kfunc", "__x64_sys_sendmsg", "kfunc____x64_sys_sendmsg",
+                                       "-DSYS_FENTRY_SENDMSG"),
+    }
+    assert "sys_finit_module_enter" not in _preprocessed([])
+    text = _preprocessed(["-DSYS_KPROBE_FINIT_MODULE", "-DSYS_KPROBE_INIT_MODULE"])
+    fns = re.findall(r"^int (sys_\w+)\(", text, re.M)
+    assert fns == ["sys_finit_module_enter", "sys_finit_module_exit",
+                   "sys_init_module_enter", "sys_init_module_exit"]
+    assert "finit_enter((int)r.di, (u32)r.dx)" in text and "init_enter(r.si)" in text
+    assert "KFUNC_PROBE" not in text
+
+
+def test_preemption_is_read_from_the_kernel() -> None:
+    from tracer.kernel import preemption
+
+    def mode(value: int) -> Callable[[int, int], bytes | None]:
+        return lambda addr, size: value.to_bytes(4, "little", signed=True) \
+            if (addr, size) == (0x1000, 4) else None
+
+    none = lambda _a, _s: None  # noqa: E731
+    dynamic = {"preempt_schedule": ("T", 1), "preempt_dynamic_mode": ("D", 0x1000)}
+    # CONFIG_PREEMPTION=n: no preempt_schedule, whatever can be read
+    assert preemption({}, mode(3)) == (False, "none/voluntary build")
+    # PREEMPT_DYNAMIC: the mode chosen at boot (Debian's 6.x voluntary, 7.3 lazy)
+    assert preemption(dynamic, mode(1)) == (False, "voluntary")
+    assert preemption(dynamic, mode(0)) == (False, "none")
+    assert preemption(dynamic, mode(2)) == (True, "full")
+    assert preemption(dynamic, mode(3)) == (True, "lazy")
+    # unreadable (no /proc/kcore, kallsyms hides the address): the safe guess
+    assert preemption(dynamic, none) == (True, "unknown")
+    assert preemption({**dynamic, "preempt_dynamic_mode": ("D", 0)}, mode(1)) == \
+        (True, "unknown")
+    # a preemptible build without PREEMPT_DYNAMIC (PREEMPT, PREEMPT_RT)
+    assert preemption({"preempt_schedule": ("T", 1)}, none) == (True, "preemptible build")

@@ -142,16 +142,22 @@ def _bpf_function(hook: Hook) -> str:
     return hook.fn
 
 
-def syscall_twin(hook: Hook) -> tuple[Hook, str] | None:
+def syscall_twin(hook: Hook, kprobes: bool = False) -> tuple[Hook, str] | None:
     """The BPF trampoline that stands in for a syscalls:sys_{enter,exit}_NAME tracepoint
     hook of kernel.TRAMPOLINED_SYSCALLS, with the -D flag that compiles it in; bcc
-    attaches it as it compiles (its kfunc__/kretfunc__ name)."""
+    attaches it as it compiles (its kfunc__/kretfunc__ name). KPROBES (trampolines can
+    be preempted here): a kprobe/kretprobe on the same wrapper instead, for
+    kernel.KPROBED_SYSCALLS, attached by attach()."""
     category, _, event = hook.target.partition(":")
     phase, _, name = event.removeprefix("sys_").partition("_")
     if category != "syscalls" or name not in kernel.TRAMPOLINED_SYSCALLS:
         return None
-    kind, flag = ("kfunc", "FENTRY") if phase == "enter" else ("kretfunc", "FEXIT")
     wrapper = kernel.syscall_wrapper(name)
+    if kprobes and name in kernel.KPROBED_SYSCALLS:
+        probe = "kprobe" if phase == "enter" else "kretprobe"
+        fn = f"sys_{name}_{'enter' if phase == 'enter' else 'exit'}"
+        return Hook(probe, wrapper, fn, hook.why), f"-DSYS_KPROBE_{name.upper()}"
+    kind, flag = ("kfunc", "FENTRY") if phase == "enter" else ("kretfunc", "FEXIT")
     return (Hook(kind, wrapper, f"{kind}__{wrapper}", hook.why),
             f"-DSYS_{flag}_{name.upper()}")
 
@@ -172,6 +178,12 @@ def env_maxactive() -> int:
         raise TracerError(f"KMODTRACE_MAXACTIVE={raw} is not a number of kretprobe "
                           f"instances (fix: 1 to {DEFAULT_MAXACTIVE}, or unset it)")
     return int(raw)
+
+
+def env_force_trampolines() -> bool:
+    """KMODTRACE_TRAMPOLINES=1 keeps the module syscalls' fentry/fexit even where they
+    can be preempted and miss (kernel.preemption): how the tests show those misses."""
+    return os.environ.get("KMODTRACE_TRAMPOLINES", "") == "1"
 
 
 def env_trampolines() -> bool:
@@ -276,7 +288,8 @@ class Tracer:
         syms = kernel.kallsyms_lookup(
             [h.target for h in HOOKS if h.probe_type != "tracepoint"]
             + [kernel.syscall_wrapper(n) for n in kernel.TRAMPOLINED_SYSCALLS]
-            + list(kernel.DETECTED_SYMBOLS) + list(kernel.THROTTLE_SYMBOLS))
+            + list(kernel.DETECTED_SYMBOLS) + list(kernel.THROTTLE_SYMBOLS)
+            + list(kernel.PREEMPT_SYMBOLS))
 
         def has_symbol(name: str) -> bool:
             return kernel.is_function(syms.get(name))
@@ -302,11 +315,24 @@ class Tracer:
         tramp = _Trampolines()
         if trampolines:
             tramp.hook, tramp.flags = self._throttle_rescue(syms)
+        # where a trampoline can be preempted, the module syscalls by kprobe (kernel.py)
+        preempted = False
+        if trampolines and not env_force_trampolines():
+            preempted, model = kernel.preemption(syms, self._read_kernel)
+            if preempted:
+                self.notice(f"BPF trampolines can be preempted and skip here (preemption: "
+                            f"{model}): module syscalls hooked by kprobe/kretprobe")
         for hook in HOOKS:
             if hook.probe_type == "tracepoint":
                 tp_flag = f"-DHAVE_TP_{hook.target.split(':')[1].upper()}"
                 tp_ok = has_tracepoint(hook.target)
-                twin = syscall_twin(hook) if trampolines else None
+                twin = syscall_twin(hook, preempted) if trampolines else None
+                if twin is not None and twin[0].probe_type.endswith("probe"):
+                    if has_symbol(twin[0].target):
+                        self._kprobes.append(twin[0])
+                        cflags += [twin[1]] if twin[1] not in cflags else []
+                        continue
+                    twin = None
                 if twin is not None and has_symbol(twin[0].target):
                     tramp.hooks.append(twin[0])
                     tramp.flags.append(twin[1])

@@ -436,6 +436,37 @@ KRETFUNC_PROBE(__x64_sys_init_module, const struct pt_regs *regs, long ret)
 }
 #endif
 
+// - SYS_KPROBE_*: a kprobe and a kretprobe on that wrapper, where a trampoline can be
+//   preempted (tracer/kernel.py preemption): the kernel then skips the fentry/fexit of
+//   every other task on that CPU; a kprobe runs with preemption disabled. As cheap as
+//   the trampolines for every other call; a return beyond the kretprobe's instances is
+//   counted in its nmissed.
+#ifdef SYS_KPROBE_FINIT_MODULE
+int sys_finit_module_enter(struct pt_regs *ctx, const struct pt_regs *regs)
+{
+    SYS_REGS(r, regs);
+    return finit_enter((int)r.di, (u32)r.dx);
+}
+
+int sys_finit_module_exit(struct pt_regs *ctx)
+{
+    return loading_end(KIND_FINIT_EXIT, (long)PT_REGS_RC(ctx));
+}
+#endif
+
+#ifdef SYS_KPROBE_INIT_MODULE
+int sys_init_module_enter(struct pt_regs *ctx, const struct pt_regs *regs)
+{
+    SYS_REGS(r, regs);
+    return init_enter(r.si);
+}
+
+int sys_init_module_exit(struct pt_regs *ctx)
+{
+    return loading_end(KIND_INIT_EXIT, (long)PT_REGS_RC(ctx));
+}
+#endif
+
 #ifdef HAVE_TP_SYS_ENTER_FINIT_MODULE
 TRACEPOINT_PROBE(syscalls, sys_enter_finit_module)
 {
