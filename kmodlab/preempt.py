@@ -88,12 +88,16 @@ def main() -> int:
         if not args.rounds and rounds >= MIN_ROUNDS and any(short):
             break
     end_ns = time.monotonic_ns()
+    # the probes made through tracefs, whose nmissed kprobe_profile shows (both recorders')
+    events = Path("/sys/kernel/tracing/kprobe_events")
+    kprobes = events.read_text().splitlines() if events.exists() else []
     time.sleep(0.5)
     tracer.send_signal(signal.SIGINT)
     tracer.wait(timeout=120)
     (out / "preempt.json").write_text(json.dumps({
         "rounds": rounds, "concurrency": args.concurrency, "calls": calls,
         "start_ns": start_ns, "end_ns": end_ns, "tramp_rc": tracer.returncode,
+        "kprobe_events": kprobes,
         "preempt": Path("/sys/kernel/debug/sched/preempt").read_text().strip()
         if os.path.exists("/sys/kernel/debug/sched/preempt") else None}, indent=1))
     return 0

@@ -97,6 +97,9 @@ def test_default_hooks_see_every_call_and_return(run: PreemptRun) -> None:
     assert ours == Counter(w.ret for w in _witnessed(run, tr, "sys_exit_finit_module"))
     assert tr.trailer is not None and tr.trailer["lost"] == 0
     assert not [h for h in tr.trailer["misses"] if "finit_module" in h], tr.trailer["misses"]
+    # both made through tracefs, where kprobe_profile counts their nmissed
+    probes = " ".join(run.storm["kprobe_events"])
+    assert f"kprobes/p_{FINIT}_bcc_" in probes and f"kprobes/r_{FINIT}_bcc_" in probes, probes
 
 
 def test_trampoline_misses_equal_the_witness_deficit(run: PreemptRun) -> None:

@@ -9,9 +9,11 @@ Two counters, both kept by the kernel and read nowhere else:
   counts the kprobe and tracepoint programs that trace_call_bpf() skips while another
   BPF program runs on the CPU. Counted since 5.12 (9ed9e9ba2337 "bpf: Count the number
   of times recursion was prevented"); an older kernel's shorter bpf_prog_info has none.
-- `nmissed` of a kprobe made through tracefs (bcc's kretprobes with maxactive), the
-  third column of kprobe_profile: returns without a kretprobe instance, and kprobe
-  hits while another kprobe handler ran on the CPU.
+- `nmissed` of a kprobe made through tracefs, the third column of kprobe_profile:
+  returns without a kretprobe instance, and kprobe hits while another kprobe handler
+  ran on the CPU. Every kprobe and kretprobe attached by name is made there
+  (probes.py _attach_kprobe); the return sites' kprobes (by address, the perf kprobe
+  PMU) are not, and only their program's recursion_misses is read.
 
 The decoding is pure Python (tested); probes.py passes in the bytes and the text.
 """

@@ -377,7 +377,7 @@ class Tracer:
                         event=hook.target, fn_name=hook.fn, maxactive=self.maxactive
                     )
                 else:
-                    self.bpf.attach_kprobe(event=hook.target, fn_name=hook.fn)
+                    self._attach_kprobe(hook)
                 self._hooks.append(hook)
             except Exception as e:  # noqa: BLE001 - one failed hook must not stop the rest
                 self._skip(hook, f"attach failed: {e}")
@@ -391,6 +391,22 @@ class Tracer:
         assert self._features is not None
         return Attached(list(self._hooks), list(self._skipped), self._features,
                         (time.monotonic_ns() - self.begin_ns) / 1e9, self._build, phases)
+
+    def _attach_kprobe(self, hook: Hook) -> None:
+        """HOOK's entry kprobe, made through tracefs's kprobe_events, so that
+        kprobe_profile shows its nmissed (misses()): bcc's attach_kprobe() makes it with
+        the perf kprobe PMU, whose misses nothing shows. libbcc takes that path for a
+        probe given instances (maxactive), which an entry probe does not use. Where
+        tracefs refuses, bcc's own way."""
+        bcc = _import_bcc()
+        fn = self.bpf.load_func(hook.fn.encode(), bcc.BPF.KPROBE)
+        event = hook.target.encode()
+        ev_name = b"p_" + event.replace(b"+", b"_").replace(b".", b"_")
+        fd = bcc.libbcc.lib.bpf_attach_kprobe(fn.fd, 0, ev_name, event, 0, 1)
+        if fd < 0:
+            self.bpf.attach_kprobe(event=hook.target, fn_name=hook.fn)
+            return
+        self.bpf._add_kprobe_fd(ev_name, hook.fn.encode(), fd)  # bcc's cleanup() detaches it
 
     def _compile_trampolines(self, BPF: Any, build: str, cflags: list[str],
                              tramp: _Trampolines) -> Any:
