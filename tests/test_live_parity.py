@@ -96,6 +96,10 @@ def _storm(seed: int, n: int = 120) -> list[Event]:
     return evs
 
 
+# request id -> (verdict, predicted_ret) as the last _live() run printed them
+printed: dict[int, tuple[object, ...] | None] = {}
+
+
 def _live(evs: list[Event], trace: Path, seed: int) -> tuple[Run, Stories]:
     """Run as start() builds it (its Judge and Correlator), recording to TRACE, handed EVS
     as the ring buffer would (CPUs up to 2 ms out of order) and released as its pump
@@ -108,11 +112,14 @@ def _live(evs: list[Event], trace: Path, seed: int) -> tuple[Run, Stories]:
               TraceWriter(str(trace)), StringIO(), StringIO())
     run.kallsyms = KernelSymbols(str(trace) + ".none", str(trace) + ".none")  # not the host's
     shown: Stories = []
+    printed.clear()
     show = run.judge.on_request
     assert show is not None
 
     def on_request(req: Request, v: RequestVerdict | None) -> None:
         shown.append((req, v))
+        # what live printed then (the model may fill the verdict in later)
+        printed[req.id] = None if v is None else (v.verdict, v.predicted_ret)
         show(req, v)
 
     run.judge.on_request = on_request
@@ -142,6 +149,8 @@ def test_live_and_replay_of_its_trace_agree(tmp_path: Path, seed: int) -> None:
     rep = replay(trace.events, trace.features.profile, hooks=listed_hooks(trace.header))
     assert len(live) == len(rep.requests) == 122
     assert _verdicts(live) == _verdicts(rep.requests)
+    assert {r.id: printed[r.id] for r, _ in live} == {
+        r.id: None if v is None else (v.verdict, v.predicted_ret) for r, v in rep.requests}
     assert run.judge.model.modules() == rep.judge.model.modules()
     assert sum(v.indeterminate == "tie" for _, v in live if v is not None) >= 2
     # and both are right: the kernel's order at kmod_dup_mutex, not the tracepoints'
@@ -161,3 +170,30 @@ def test_a_header_that_lists_the_hook_orders_the_replay_as_live_did(tmp_path: Pa
     rep = replay(trace.events, trace.features.profile, hooks=listed_hooks(trace.header))
     assert _verdicts(live) == _verdicts(rep.requests)
     assert run.judge.model.modules() == rep.judge.model.modules()
+
+
+def test_a_duplicate_back_before_its_anchor_is_shown_with_its_prediction(
+        tmp_path: Path) -> None:
+    """The oracle's kmod.sh storm, inside a cached entry's 60 s tail that the model had
+    let expire: the kernel answered both requests at once from the cache, and the one the
+    model calls a duplicate returned 200 ns before the one it anchored on. Live holds its
+    story until that announce, so it shows the prediction the replay shows."""
+    def ev(ts: int, kind: Kind, tid: int, **kw: Any) -> Event:
+        return Event(ts_ns=ts, kind=kind, pid=tid, tid=tid, ppid=2, comm="test_kmod-0", **kw)
+
+    t = 1_000 * MS
+    evs = [ev(t, Kind.REQ_ENTER, 1, wait=1, ip=0xff01),
+           ev(t + 77 * US, Kind.REQ_TP, 1, wait=1, name="test_module"),
+           ev(t + 96 * US, Kind.DUP_ENTER, 1),
+           ev(t + 106 * US, Kind.REQ_ENTER, 2, wait=1, ip=0xff01),
+           ev(t + 135 * US, Kind.REQ_TP, 2, wait=1, name="test_module"),
+           ev(t + 145 * US, Kind.DUP_ENTER, 2),
+           ev(t + 172 * US, Kind.DUP_VERDICT, 1, wait=1),
+           ev(t + 177 * US, Kind.DUP_VERDICT, 2, wait=1),
+           ev(t + 202_300, Kind.REQ_EXIT, 2),
+           ev(t + 202_500, Kind.REQ_EXIT, 1)]
+    _, live = _live(evs, tmp_path / "t.jsonl", 1)
+    trace = read_trace(str(tmp_path / "t.jsonl"))
+    rep = replay(trace.events, trace.features.profile, hooks=listed_hooks(trace.header))
+    assert {r.tid: printed[r.id] for r, _ in live} == {1: ("first", 0), 2: ("duplicate", 0)}
+    assert _verdicts(live) == _verdicts(rep.requests)

@@ -20,6 +20,11 @@ RequestCallback = Callable[[Request, RequestVerdict | None], None]
 LoadCallback = Callable[[Load, LoadVerdict | None], None]
 
 
+# Wait duplicates held for their announce at most (each a few objects): past it, an
+# announce was lost and the oldest name's are shown without their prediction.
+MAX_AWAITING = 4096
+
+
 class Judge:
     """A Sink that runs the model at each moment and hands finished stories on."""
 
@@ -37,6 +42,11 @@ class Judge:
         self.freed: list[tuple[int, str]] = []
         # udev worker pid -> its finished loads, shown once the worker names the device
         self._held: dict[int, list[tuple[Load, LoadVerdict]]] = {}
+        # request name -> wait duplicates that ended before the announce that gives their
+        # prediction (a cached entry's waiters can return before the request the model
+        # anchored them on): shown once it comes, so that live shows what replay does
+        self._awaiting: dict[str, list[tuple[Request, RequestVerdict]]] = {}
+        self._awaiting_n = 0
 
     def request_arrive(self, req: Request) -> None:
         self.model.request_arrive(req)
@@ -44,11 +54,31 @@ class Judge:
     def request_return(self, req: Request) -> None:
         if req.tp_ns is not None:
             self._verdicts[req.id] = self.model.request_done(req)
+            if req.name in self._awaiting:
+                self._release(req.name, announced_only=True)
 
     def request_complete(self, req: Request) -> None:
         verdict = self._verdicts.pop(req.id, None)
+        if verdict is not None and verdict.verdict == "duplicate" \
+                and verdict.predicted_ret is None:
+            self._awaiting.setdefault(req.name, []).append((req, verdict))
+            self._awaiting_n += 1
+            if self._awaiting_n > MAX_AWAITING:  # an announce lost: show the oldest as is
+                self._release(next(iter(self._awaiting)), announced_only=False)
+            return
         if self.on_request is not None:
             self.on_request(req, verdict)
+
+    def _release(self, name: str, announced_only: bool) -> None:
+        waiting = self._awaiting.pop(name)
+        keep = [(r, v) for r, v in waiting if announced_only and v.predicted_ret is None]
+        if keep:
+            self._awaiting[name] = keep
+        self._awaiting_n -= len(waiting) - len(keep)
+        if self.on_request is not None:
+            for r, v in waiting:
+                if not (announced_only and v.predicted_ret is None):
+                    self.on_request(r, v)
 
     def load_start(self, load: Load) -> None:
         self.model.load_start(load)
@@ -69,7 +99,10 @@ class Judge:
                 self.on_load(load, verdict)
 
     def flush(self) -> None:
-        """The trace ended: show held loads whose device never came."""
+        """The trace ended: show held loads whose device never came, and duplicates whose
+        announce never came."""
+        for name in list(self._awaiting):
+            self._release(name, announced_only=False)
         held, self._held = self._held, {}
         for stories in held.values():
             for load, verdict in stories:
