@@ -75,16 +75,17 @@ def test_udev_properties_as_the_bpf_side_sends_them() -> None:
 
 
 def test_boot_view_fits_100_columns_and_answers_at_a_glance() -> None:
-    from tracer import report
+    from tracer import report, reportdata
 
     trace, rep = report.load(str(DATA / "vm-6.1" / "trace.jsonl"))
-    lines = report.render_boot(trace, rep)
+    judged = reportdata.build(trace, rep)
+    lines = report.render_boot(judged)
     assert all(len(line) <= 100 for line in lines), [ln for ln in lines if len(ln) > 100]
     text = "\n".join(lines)
     rows = bymodule.join(rep.requests, rep.loads)
     repeated = sum(1 for r in rows.values() if r.repeated)
     assert f"{repeated} modules tried more than once" in text
-    doc = report.document(trace, rep)
+    doc = report.document(judged)
     assert doc["loading"]["attempts"] == sum(r.attempts for r in rows.values())
     assert doc["by_module"]["minix"]["aliases"] == {"fs-minix": 8}
     assert 0 < doc["loading"]["busy_ns"] < doc["loading"]["traced_to_ns"]

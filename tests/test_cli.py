@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer import report
+from tracer import report, reportdata
 
 TRACE = Path(__file__).parent / "data" / "vm-6.1" / "trace.jsonl"
 TRACE_6_12 = Path(__file__).parent / "data" / "vm-6.12" / "trace.jsonl"
@@ -135,9 +135,10 @@ def test_default_lines_fit_100_columns_and_wide_keeps_the_detail(trace_path: Pat
         assert f"size={ld.size}" in wide
         if lv is not None and lv.wasted_bytes:
             assert f"wasted={lv.wasted_bytes}B" in wide
-    for line in report.render_text(trace, rep):
+    judged = reportdata.build(trace, rep)
+    for line in report.render_text(judged):
         assert len(line) <= report.LINE_WIDTH, line
-    assert max(len(line) for line in report.render_text(trace, rep, wide=True)) > 100
+    assert max(len(line) for line in report.render_text(judged, wide=True)) > 100
     assert len(report.header()) <= report.LINE_WIDTH
 
 

@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import os
 import textwrap
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracer import bymodule, report
+from tracer import report, reportdata
 from tracer.boot import find_boot_trace
 from tracer.bymodule import ModuleRow
+from tracer.reportdata import Report
 
 DIFF_VERSION = 1
 # Regressions first, then improvements: the order of the table and of the status choice.
@@ -118,29 +120,23 @@ def _row_json(row: ModuleRow | None) -> dict[str, Any] | None:
     return None if row is None else row.to_json() | {"dup_attempts": dup_attempts(row)}
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Boot:
-    """One side of the diff: a trace reduced to its rows and headline figures."""
+    """One side of the diff: a trace file and its Report."""
 
     path: str
-    header: dict[str, Any]
-    profile: str
-    rows: dict[str, ModuleRow]
-    loading: dict[str, Any]  # report.loading_json(): attempts, busy_ns, traced span...
+    report: Report
 
     @property
-    def traced_ns(self) -> int | None:
-        start, end = self.loading["traced_from_ns"], self.loading["traced_to_ns"]
-        return None if start is None or end is None else end - start
+    def rows(self) -> Mapping[str, ModuleRow]:
+        return self.report.by_module
 
     def headline(self) -> dict[str, Any]:
-        h = self.header
-        cpus = h.get("cpus")  # the header is the recorder's word: a damaged one is no number
+        r = self.report
         return {
-            "path": self.path, "boot_id": h.get("boot_id"), "kernel": h.get("kernel"),
-            "cpus": cpus if type(cpus) is int else None, "profile": self.profile,
-            "modules": len(self.rows),
-            **self.loading, "traced_ns": self.traced_ns,
+            "path": self.path, "boot_id": r.boot_id, "kernel": r.kernel, "cpus": r.cpus,
+            "profile": r.profile.name, "modules": r.loading.modules,
+            **report.loading_json(r.loading), "traced_ns": r.loading.traced_ns,
         }
 
 
@@ -157,10 +153,7 @@ def resolve(which: str, log_dir: str | os.PathLike[str]) -> Path:
 
 def load_boot(path: str | os.PathLike[str]) -> Boot:
     """Replay the trace in PATH; TraceFormatError (a ValueError) if it is not one."""
-    trace, rep = report.load(str(path))
-    rows = bymodule.join(rep.requests, rep.loads)
-    return Boot(str(path), trace.header, trace.features.profile.name, rows,
-                report.loading_json(trace, rep, rows))
+    return Boot(str(path), reportdata.read(str(path)))
 
 
 def _order(d: ModuleDiff) -> tuple[int, int, int, str]:

@@ -11,7 +11,7 @@ same string that did load something. udev's loads carry their device (tracer/ude
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -196,7 +196,7 @@ COLUMNS = ("MODULE", "TRIES", "OK", "FAILED", "WASTED", "DEVICES", "SPAN(s)", "L
            "REQS", "DUPS", "ALIASES")
 
 
-def table_rows(rows: dict[str, ModuleRow], alias_width: int = 18) -> list[tuple[str, ...]]:
+def table_rows(rows: Mapping[str, ModuleRow], alias_width: int = 18) -> list[tuple[str, ...]]:
     """Modules tried more than once first, most wasted first: the boot debugger's order."""
     from tracer.report import human_bytes  # the one byte formatter
 
@@ -212,22 +212,3 @@ def table_rows(rows: dict[str, ModuleRow], alias_width: int = 18) -> list[tuple[
                     f"{r.load_ns / 1e9:.3f}", str(r.requests), str(r.duplicates),
                     _aliases(r, alias_width)))
     return out
-
-
-def headline(rows: dict[str, ModuleRow], busy: int, traced_ns: int) -> list[str]:
-    """The answers at a glance: what repeated, what it cost, how much of the boot it took."""
-    from tracer.report import human_bytes
-
-    tries = sum(r.attempts for r in rows.values())
-    repeated = [r for r in rows.values() if r.repeated]
-    extra = sum(r.attempts - 1 for r in repeated)
-    wasted = sum(r.wasted_bytes for r in rows.values())
-    load_ns = sum(r.load_ns for r in rows.values())
-    share = f" ({100 * busy / traced_ns:.1f} % of the {traced_ns / 1e9:.2f} s traced)" \
-        if traced_ns > 0 else ""
-    return [
-        f"{tries} load attempts for {len(rows)} modules; {len(repeated)} modules tried more "
-        f"than once ({extra} extra attempts); {human_bytes(wasted)} of vmalloc wasted",
-        f"module loading in flight {busy / 1e9:.2f} s{share}; {load_ns / 1e9:.2f} s in "
-        f"(f)init_module calls in all",
-    ]

@@ -212,12 +212,13 @@ def show_report(trace_file: str, as_json: bool = False, perfetto: str | None = N
                 plot: str | None = None, wide: bool = False,
                 announce: str | None = None) -> None:
     """What `report` prints; `boot show` and the lab's `vm` print the same."""
-    from tracer import report
+    from tracer import report, reportdata
 
     try:
-        trace, rep = report.load(trace_file, announce)
+        trace, rep = reportdata.replay_file(trace_file, announce)
     except TraceFormatError as e:
         fail(str(e))
+    judged = reportdata.build(trace, rep)
     if perfetto:
         from tracer.perfetto import write_chrome_trace
 
@@ -237,9 +238,9 @@ def show_report(trace_file: str, as_json: bool = False, perfetto: str | None = N
             fail(f"cannot write {plot}: {e.strerror}")
         click.echo(f"wrote {plot}", err=True)
     if as_json:
-        click.echo(json.dumps(report.document(trace, rep), indent=1))
+        click.echo(json.dumps(report.document(judged), indent=1))
         return
-    for line in report.render_text(trace, rep, wide):
+    for line in report.render_text(judged, wide):
         click.echo(line)
 
 
@@ -357,7 +358,7 @@ def boot_status(root: str) -> None:
 def boot_show(which: str | None, as_json: bool, wide: bool) -> None:
     """Report the last boot's trace, or WHICH: a boot id (prefix), 0, -1, ..."""
     from tracer import boot as bootmod
-    from tracer import report
+    from tracer import report, reportdata
 
     try:
         path = bootmod.find_boot_trace(bootmod.LOG_DIR, which)
@@ -368,10 +369,10 @@ def boot_show(which: str | None, as_json: bool, wide: bool) -> None:
         show_report(str(path), as_json=True)
         return
     try:
-        trace, rep = report.load(str(path))
+        judged = reportdata.read(str(path))
     except TraceFormatError as e:
         fail(str(e))
-    for line in report.render_boot(trace, rep, wide):
+    for line in report.render_boot(judged, wide):
         click.echo(line)
     click.echo(f"every request and load:\n  kmodtrace report {path}")
 

@@ -14,7 +14,7 @@ import time
 from operator import attrgetter
 from typing import IO, Any
 
-from tracer import btf, bymodule, early, kernel, report, requester, udev
+from tracer import btf, bymodule, early, kernel, report, reportdata, requester, udev
 from tracer.boot import start_timeout_extender
 from tracer.events import Event, Kind
 from tracer.kernel import announce_form
@@ -396,9 +396,10 @@ class Run:
             if not name:
                 self.ksyms[ip] = self.kallsyms.core(ip)
         # "misses": which hook skipped how many runs (those in "missed", rescues aside)
+        end_ns = time.monotonic_ns()
         trailer = {"lost": lost, "missed": missed, "misses": misses,
                    "events": self.correlator.events,
-                   "end_mono_ns": time.monotonic_ns(),
+                   "end_mono_ns": end_ns,
                    "ksyms": {hex(k): v for k, v in self.ksyms.items()},
                    "rescue": dict(zip(("emitted", "seen_too", "wrong"),
                                       self.tracer.rescued(), strict=True)),
@@ -408,23 +409,22 @@ class Run:
         if self.writer is not None:
             self.writer.close(trailer)
         self.tracer.close()
-        self.print_summary(lost, missed, misses)
+        self.print_summary(reportdata.from_live(
+            self.features, self.judge.model.modules(), self.by_module.rows(),
+            reportdata.Loss(self.correlator.events, lost, missed, misses, True, 0, None),
+            self.window, end_ns))
 
-    def print_summary(self, lost: int, missed: int,
-                      misses: dict[str, int] | None = None) -> None:
-        mods = self.judge.model.modules()
-        rows = self.by_module.rows()
+    def print_summary(self, r: reportdata.Report) -> None:
+        """Live's exit summary: a rendering of its Report, to stderr."""
         if self.filter.module is not None:
-            mods = {k: v for k, v in mods.items() if kmod_name(k) == self.filter.module}
-            rows = {k: v for k, v in rows.items() if k == self.filter.module}
-        err = self.err
-        print(f"\n{self.correlator.events} events, {lost} lost, {missed} missed probes.",
+            r = reportdata.only_module(r, self.filter.module)
+        loss, err = r.loss, self.err
+        print(f"\n{loss.events} events, {loss.lost} lost, {loss.missed} missed probes.",
               file=err)
-        if misses:
-            print("missed by hook: " + ", ".join(f"{h} {n}" for h, n in sorted(misses.items())),
-                  file=err)
-        if rows:
-            for line in report.module_summary(rows, mods, self.opts.wide):
+        for line in report.hook_lines(loss):
+            print(line, file=err)
+        if r.by_module:
+            for line in report.module_summary(r, self.opts.wide):
                 print(line, file=err)
-        if lost or missed:
+        if loss.dropped:
             print("WARNING: events were dropped; counts above are lower bounds.", file=err)

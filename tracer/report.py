@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import errno
 import textwrap
+from collections.abc import Mapping
 from typing import Any
 
-from tracer import bymodule, early
-from tracer.kernel import announce_form
+from tracer import bymodule, early, reportdata
 from tracer.model import (
     LoadVerdict,
     ModuleStats,
@@ -18,8 +18,9 @@ from tracer.model import (
     profile_note,
     summary_fields,
 )
-from tracer.record import Procs, Trace, read_trace
-from tracer.session import Replay, listed_hooks, replay
+from tracer.record import Procs, Trace
+from tracer.reportdata import Loading, Loss, Report
+from tracer.session import Replay
 from tracer.stories import Load, Request, decode_wait_status
 
 # `report --json` document version (README: "report --json schema (version 1)").
@@ -172,7 +173,7 @@ def proc_json(procs: Procs, pid: int, comm: str) -> dict[str, Any]:
 
 
 def request_json(req: Request, v: RequestVerdict | None,
-                 ksyms: dict[int, str] | None = None) -> dict[str, Any]:
+                 ksyms: Mapping[int, str] | None = None) -> dict[str, Any]:
     return {
         "type": "request", "id": req.id, "name": req.display_name, "wait": req.wait,
         "pid": req.pid, "tid": req.tid, "comm": req.comm, "ppid": req.ppid, "ip": req.ip,
@@ -212,7 +213,7 @@ def load_alias(load: Load) -> str:
 SUMMARY_COLUMNS = tuple(f.metadata["column"] for f in summary_fields())
 
 
-def summary_rows(mods: dict[str, ModuleStats]) -> list[tuple[str, ...]]:
+def summary_rows(mods: Mapping[str, ModuleStats]) -> list[tuple[str, ...]]:
     """One row per name; each ModuleStats column rendered by its unit."""
     def cell(m: ModuleStats, name: str, unit: str, of: str | None) -> str:
         v = getattr(m, name)
@@ -268,128 +269,137 @@ def module_json(m: ModuleStats) -> dict[str, Any]:
     return out
 
 
-# --- the report document: what `report`, `boot show` and the lab's `vm` show ---------------
+# --- the views of a Report: `report`, `report --json`, `boot show` ------------------------
 
 
 def load(path: str, announce: str | None = None) -> tuple[Trace, Replay]:
-    """Read the trace in PATH and replay it through the model (with the dups.c announce
-    form ANNOUNCE over the recorded one, if given); TraceFormatError if it is not a trace."""
-    trace = read_trace(path)
-    if announce is not None:
-        trace.header["features"] = trace.features.with_announce(
-            announce_form(announce)).to_dict()
-    return trace, replay(trace.events, trace.features.profile, modaliases=trace.modaliases,
-                         hooks=listed_hooks(trace.header))
+    """Read and replay a trace (reportdata.replay_file), for callers that want the stories
+    with their judge; the views take reportdata.read()'s Report."""
+    return reportdata.replay_file(path, announce)
 
 
-def document(trace: Trace, rep: Replay) -> dict[str, Any]:
+def document(r: Report) -> dict[str, Any]:
     """The `report --json` document (see the README for the schema)."""
-    trailer = trace.trailer or {}
-    ksyms = trace.ksyms
-    rows = bymodule.join(rep.requests, rep.loads)
+    loss = r.loss
     return {
         "version": REPORT_VERSION,
-        "kernel": trace.header.get("kernel"), "profile": trace.features.profile.name,
-        "lost_events": trailer.get("lost"), "missed_probes": trailer.get("missed"),
-        "missed_by_hook": trailer.get("misses"),
-        "complete": trace.trailer is not None, "first_bad_line": trace.first_bad_line,
-        "bad_lines": trace.bad_lines, **profile_json(trace.features.profile),
-        "requests": [request_json(r, v, ksyms) | proc_json(trace.procs, r.pid, r.comm)
-                     for r, v in rep.requests],
-        "loads": [load_json(ld, v) | proc_json(trace.procs, ld.pid, ld.comm)
-                  for ld, v in rep.loads],
-        "modules": {k: module_json(m) for k, m in rep.judge.model.modules().items()},
-        "by_module": {k: row.to_json() for k, row in rows.items()},
-        "loading": loading_json(trace, rep, rows),
-        "early": None if trace.early is None else {
-            k: v for k, v in trace.early.items() if k != "type"} | {
-            "events_in_trace": trace.early_events},
+        "kernel": r.kernel, "profile": r.profile.name,
+        "lost_events": loss.lost, "missed_probes": loss.missed,
+        "missed_by_hook": None if loss.by_hook is None else dict(loss.by_hook),
+        "complete": loss.complete, "first_bad_line": loss.first_bad_line,
+        "bad_lines": loss.bad_lines, **profile_json(r.profile),
+        "requests": [request_json(q, v, r.ksyms) | proc_json(r.procs, q.pid, q.comm)
+                     for q, v in r.requests],
+        "loads": [load_json(ld, v) | proc_json(r.procs, ld.pid, ld.comm)
+                  for ld, v in r.loads],
+        "modules": {k: module_json(m) for k, m in r.modules.items()},
+        "by_module": {k: row.to_json() for k, row in r.by_module.items()},
+        "loading": loading_json(r.loading),
+        "early": None if r.early is None else {
+            k: v for k, v in r.early.items() if k != "type"} | {
+            "events_in_trace": r.early_events},
     }
 
 
-def render_text(trace: Trace, rep: Replay, wide: bool = False) -> list[str]:
+def _wrap(line: str, wide: bool) -> list[str]:
+    return [line] if wide else textwrap.wrap(line, LINE_WIDTH)
+
+
+def hook_lines(loss: Loss) -> list[str]:
+    """Which hooks the kernel skipped, by name (none: no line)."""
+    if not loss.by_hook:
+        return []
+    return ["missed by hook: " + ", ".join(f"{h} {n}" for h, n in sorted(loss.by_hook.items()))]
+
+
+def damage_lines(loss: Loss) -> list[str]:
+    """What a killed recorder or a damaged file cost the trace."""
+    out = []
+    if not loss.complete:
+        out.append("trace has no trailer: the recorder was killed; all written events used")
+    if loss.first_bad_line is not None:
+        out.append(f"{loss.bad_lines} unreadable line(s), first at line {loss.first_bad_line}")
+    return out
+
+
+def counts_line(loss: Loss) -> str:
+    return f"{loss.events} events, lost {loss.lost}, missed {loss.missed}"
+
+
+def render_text(r: Report, wide: bool = False) -> list[str]:
     """The text report: one line per story in time order, the trace's state, the summary.
 
     Every line fits LINE_WIDTH columns unless wide.
     """
-    t0 = trace.header.get("start_mono_ns", 0)
-    if type(t0) is not int:
-        t0 = 0
-    stories = [(r.start_ns, request_line(r, v, t0, wide)) for r, v in rep.requests]
-    stories += [(ld.start_ns, load_line(ld, v, t0, wide)) for ld, v in rep.loads]
+    t0 = r.t0_ns
+    stories = [(q.start_ns, request_line(q, v, t0, wide)) for q, v in r.requests]
+    stories += [(ld.start_ns, load_line(ld, v, t0, wide)) for ld, v in r.loads]
     out = [header(wide), *(line for _, line in sorted(stories)), ""]
-    trailer = trace.trailer or {}
-    lost, missed, misses = trailer.get("lost"), trailer.get("missed"), trailer.get("misses")
-    out.append(f"kernel {trace.header.get('kernel')} profile {trace.features.profile.name}: "
-               f"{len(trace.events)} events, lost {lost}, missed {missed}")
-    if isinstance(misses, dict) and misses:  # which hooks the kernel skipped, by name
-        out.append("missed by hook: " + ", ".join(f"{h} {n}" for h, n in sorted(misses.items())))
-    note = profile_note(trace.features.profile)
-    out += [note] if wide else textwrap.wrap(note, LINE_WIDTH)
-    line = early.summary(trace.early, trace.early_events)
-    out += [line] if wide else textwrap.wrap(line, LINE_WIDTH)
-    if trace.trailer is None:
-        out.append("trace has no trailer: the recorder was killed; all written events used")
-    if trace.first_bad_line is not None:
-        out.append(f"{trace.bad_lines} unreadable line(s), first at line "
-                   f"{trace.first_bad_line}")
-    out += module_summary(bymodule.join(rep.requests, rep.loads), rep.judge.model.modules(),
-                          wide)
+    out.append(f"kernel {r.kernel} profile {r.profile.name}: {counts_line(r.loss)}")
+    out += hook_lines(r.loss)
+    out += _wrap(profile_note(r.profile), wide)
+    out += _wrap(early.summary(r.early, r.early_events), wide)
+    out += damage_lines(r.loss)
+    out += module_summary(r, wide)
     return out
 
 
-def module_summary(rows: dict[str, bymodule.ModuleRow], stats: dict[str, ModuleStats],
-                   wide: bool) -> list[str]:
-    """The exit summary: one row per module, requests joined to the modules they led to;
-    with wide, also the model's table per request string (dups.c's own keys)."""
-    out = ["", "per module:"]
-    out += table_lines(bymodule.COLUMNS, bymodule.table_rows(rows, 60 if wide else 18),
+def module_summary(r: Report, wide: bool) -> list[str]:
+    """The exit summary: the attempts and their cost, one row per module, requests joined
+    to the modules they led to; with wide, also the model's table per request string
+    (dups.c's own keys)."""
+    out = ["", "per module:", *_wrap(headline(r.loading)[0], wide)]
+    out += table_lines(bymodule.COLUMNS, bymodule.table_rows(r.by_module, 60 if wide else 18),
                        None if wide else LINE_WIDTH)
     if wide:
         out += ["", "per request string and module name (the model's keys, as dups.c's):"]
-        out += table_lines(SUMMARY_COLUMNS, summary_rows(stats), None)
+        out += table_lines(SUMMARY_COLUMNS, summary_rows(r.modules), None)
     return out
 
 
 # --- `boot show`: the boot debugger's questions at a glance ----------------------------------
 
 
-def loading_json(trace: Trace, rep: Replay,
-                 rows: dict[str, bymodule.ModuleRow]) -> dict[str, Any]:
-    """How much of the traced time went to module loading, and what the repeats cost
-    (ROWS: bymodule.join of the same replay)."""
-    start, end = trace.header.get("start_mono_ns"), (trace.trailer or {}).get("end_mono_ns")
+def loading_json(lo: Loading) -> dict[str, Any]:
+    """`loading` of `report --json`."""
     return {
-        "traced_from_ns": early.traced_from_ns(trace.early, start if type(start) is int else None),
-        "tracer_attached_ns": start if type(start) is int else None,
-        "traced_to_ns": end if type(end) is int else None,
-        "busy_ns": bymodule.busy_ns(ld for ld, _ in rep.loads),
-        "attempts": sum(r.attempts for r in rows.values()),
-        "repeated_modules": sorted(k for k, r in rows.items() if r.repeated),
-        "wasted_bytes": sum(r.wasted_bytes for r in rows.values()),
+        "traced_from_ns": lo.traced_from_ns, "tracer_attached_ns": lo.tracer_attached_ns,
+        "traced_to_ns": lo.traced_to_ns, "busy_ns": lo.busy_ns, "attempts": lo.attempts,
+        "repeated_modules": list(lo.repeated_modules), "wasted_bytes": lo.wasted_bytes,
     }
 
 
-def render_boot(trace: Trace, rep: Replay, wide: bool = False) -> list[str]:
+def headline(lo: Loading) -> list[str]:
+    """The answers at a glance: what repeated, what it cost, how much of the boot it took."""
+    out = [f"{lo.attempts} load attempts for {lo.modules} modules; "
+           f"{len(lo.repeated_modules)} modules tried more than once ({lo.extra_attempts} "
+           f"extra attempts); {human_bytes(lo.wasted_bytes)} of vmalloc wasted"]
+    if lo.busy_ns is not None:
+        traced = lo.traced_ns or 0
+        share = f" ({100 * lo.busy_ns / traced:.1f} % of the {traced / 1e9:.2f} s traced)" \
+            if traced > 0 else ""
+        out.append(f"module loading in flight {lo.busy_ns / 1e9:.2f} s{share}; "
+                   f"{lo.load_ns / 1e9:.2f} s in (f)init_module calls in all")
+    return out
+
+
+def render_boot(r: Report, wide: bool = False) -> list[str]:
     """Which modules were tried more than once and by which devices, the vmalloc they
     wasted, their first-to-last span and the boot's share spent loading modules."""
-    rows = bymodule.join(rep.requests, rep.loads)
-    load = loading_json(trace, rep, rows)
-    start, end = load["traced_from_ns"], load["traced_to_ns"]
-    traced = end - start if start is not None and end is not None else 0
-    h = trace.header
-    out = [f"boot {str(h.get('boot_id', '?'))[:8]}  kernel {h.get('kernel')}  "
-           f"{h.get('cpus')} CPUs  profile {trace.features.profile.name}"]
+    lo = r.loading
+    start, end = lo.traced_from_ns, lo.traced_to_ns
+    out = [f"boot {(r.boot_id or '?')[:8]}  kernel {r.kernel}  "
+           f"{r.cpus} CPUs  profile {r.profile.name}"]
     if start is not None:
         out.append(f"traced from {start / 1e9:.2f} s after boot"
                    + (f" to {end / 1e9:.2f} s" if end is not None else " (no trailer)"))
-    line = early.summary(trace.early, trace.early_events)
-    out += [line] if wide else textwrap.wrap(line, LINE_WIDTH)
-    for line in bymodule.headline(rows, load["busy_ns"], traced):
-        out += [line] if wide else textwrap.wrap(line, LINE_WIDTH)
+    out += [counts_line(r.loss), *hook_lines(r.loss), *damage_lines(r.loss)]
+    out += _wrap(early.summary(r.early, r.early_events), wide)
+    for line in headline(lo):
+        out += _wrap(line, wide)
     out.append("")
     width = None if wide else LINE_WIDTH
-    out += table_lines(bymodule.COLUMNS, bymodule.table_rows(rows, 60 if wide else 18), width)
-    note = profile_note(trace.features.profile)
-    out += [note] if wide else textwrap.wrap(note, LINE_WIDTH)
+    out += table_lines(bymodule.COLUMNS, bymodule.table_rows(r.by_module, 60 if wide else 18),
+                       width)
+    out += _wrap(profile_note(r.profile), wide)
     return out
