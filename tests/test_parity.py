@@ -331,3 +331,41 @@ def test_throttle_parity_counts_queued_and_timed_out_requests() -> None:
     par = Parity()
     check_throttle([r for r, _ in replay(evs, PROFILE_6_5).requests], evs, par)
     assert [m.what.split(":")[0] for m in par.mismatches] == ["throttle"]
+
+
+def _one_slot_race(a_returns_ns: int) -> Parity:
+    """49 holders until 20 s, so one slot is free: A's kprobe fires first, B's 100 ns later
+    and B reaches the tracepoint at once; the kernel gave the slot to B, and A returned
+    -ETIME at A_RETURNS_NS."""
+    from kmodlab.parity import check_throttle
+
+    evs: list[Event] = []
+    for i in range(1, 50):
+        evs += [Event(ts_ns=i, kind=Kind.REQ_ENTER, pid=i, tid=i, wait=1),
+                Event(ts_ns=i + 1, kind=Kind.REQ_TP, pid=i, tid=i, wait=1, name="x"),
+                Event(ts_ns=20 * 10**9, kind=Kind.REQ_EXIT, pid=i, tid=i)]
+    evs += [Event(ts_ns=100, kind=Kind.REQ_ENTER, pid=51, tid=51, wait=1),
+            Event(ts_ns=200, kind=Kind.REQ_ENTER, pid=52, tid=52, wait=1),
+            Event(ts_ns=210, kind=Kind.REQ_TP, pid=52, tid=52, wait=1, name="x"),
+            Event(ts_ns=a_returns_ns, kind=Kind.REQ_EXIT, pid=51, tid=51, ret=-62),
+            Event(ts_ns=21 * 10**9, kind=Kind.REQ_EXIT, pid=52, tid=52)]
+    par = Parity()
+    check_throttle([r for r, _ in replay(evs, PROFILE_6_5).requests], evs, par)
+    return par
+
+
+def test_a_swap_at_the_semaphore_inside_both_windows_is_a_throttle_tie() -> None:
+    """A returned 5.3 s after its kprobe: it reached down_timeout() up to 300 ms after it,
+    maybe after B. The model gave A the free slot; the kernel gave it to B: a tie."""
+    par = _one_slot_race(5_300_000_100)
+    assert (par.throttle_checked, par.throttle_agree, par.throttle_ties,
+            par.mismatches) == (51, 51, 2, [])
+
+
+def test_a_swap_the_windows_rule_out_stays_a_mismatch() -> None:
+    """A returned -ETIME exactly 5 s after its kprobe: it slept from then, before B came,
+    so the free slot was A's. The model's A holds it until A returns, in time for B to
+    get it as it sleeps: only A disagrees, and with no partner it is no tie."""
+    par = _one_slot_race(5_000_000_100)
+    assert (par.throttle_checked, par.throttle_agree, par.throttle_ties) == (51, 50, 0)
+    assert [m.what.split(" ")[2] for m in par.mismatches] == ["#50"]
