@@ -30,7 +30,7 @@ from typing import Any
 
 from tracer import bymodule
 from tracer.model import LoadVerdict, RequestVerdict
-from tracer.report import errno_name, load_alias, module_json, request_ret
+from tracer.report import load_fields, module_json, request_fields
 from tracer.session import Replay
 from tracer.stories import Load, Request, decode_wait_status
 
@@ -109,19 +109,24 @@ def _last_ns(rep: Replay) -> int:
     return max([time_span(rep)[1]] + [ts for ts, _ in rep.judge.freed])
 
 
+# The story fields each slice carries, by name: defined once in tracer.report, where
+# `report --json` takes its own.
+_REQUEST_ARGS = ("id", "pid", "tid", "comm", "ppid", "wait", "ret", "status", "verdict",
+                 "queue_ns", "rejected", "modprobe_pid", "load_ids")
+_DUPLICATE_ARGS = ("anchor_id", "predicted_ret", "would_wait_ns", "modprobe_saved")
+_INSTANT_ARGS = ("verdict", "anchor_id", "predicted_ret", "actual_ret", "would_wait_ns",
+                 "modprobe_saved")
+_LOAD_ARGS = ("id", "module", "pid", "tid", "comm", "ppid", "file", "ino", "size", "flags",
+              "ret", "errno", "loaded", "request_id", "verdict", "rule", "wasted_bytes",
+              "winner_id", "would_converge", "bytes_saved", "alias", "devpath", "subsystem")
+
+
 def _request_story(req: Request, v: RequestVerdict | None, last: int,
                    group: str | None = None) -> _Story:
     end = req.end_ns if req.end_ns is not None else max(last, req.start_ns)
-    args: dict[str, Any] = {
-        "id": req.id, "pid": req.pid, "tid": req.tid, "comm": req.comm, "ppid": req.ppid,
-        "wait": req.wait, "ret": req.ret, "status": request_ret(req),
-        "verdict": None if v is None else v.verdict, "queue_ns": req.queue_ns,
-        "rejected": req.rejected, "modprobe_pid": req.modprobe_pid,
-        "load_ids": list(req.load_ids),
-    }
+    args = request_fields(req, v, _REQUEST_ARGS)
     if v is not None and v.verdict == "duplicate":
-        args |= {"anchor_id": v.anchor_id, "predicted_ret": v.predicted_ret,
-                 "would_wait_ns": v.would_wait_ns, "modprobe_saved": v.modprobe_saved}
+        args |= request_fields(req, v, _DUPLICATE_ARGS)
     if req.end_ns is None:
         args["unfinished"] = True
     top = _Slice(f"request {request_group(req)}", "request", req.start_ns, end, args)
@@ -141,31 +146,14 @@ def _request_story(req: Request, v: RequestVerdict | None, last: int,
         top.children.append(mp)
     if v is not None and v.verdict == "duplicate":
         at = req.tp_ns if req.tp_ns is not None else req.start_ns
-        top.instants.append((f"duplicate {v.name}", min(max(at, top.start), top.end), {
-            "req_id": req.id, "verdict": v.verdict, "anchor_id": v.anchor_id,
-            "predicted_ret": v.predicted_ret, "actual_ret": v.actual_ret,
-            "would_wait_ns": v.would_wait_ns, "modprobe_saved": v.modprobe_saved,
-        }))
+        top.instants.append((f"duplicate {v.name}", min(max(at, top.start), top.end),
+                             {"req_id": req.id} | request_fields(req, v, _INSTANT_ARGS)))
     return _Story(group, req.tid, req.comm, top)
 
 
 def _load_story(ld: Load, v: LoadVerdict | None, last: int) -> _Story:
     end = ld.end_ns if ld.end_ns is not None else max(last, ld.start_ns)
-    args: dict[str, Any] = {
-        "id": ld.id, "module": ld.module, "pid": ld.pid, "tid": ld.tid, "comm": ld.comm,
-        "ppid": ld.ppid, "file": ld.file, "ino": ld.ino, "size": ld.size, "flags": ld.flags,
-        "ret": ld.ret, "errno": errno_name(ld.ret), "loaded": ld.loaded,
-        "request_id": ld.request_id,
-        "verdict": None if v is None else v.outcome,
-        "rule": None if v is None else v.rule,
-        "wasted_bytes": None if v is None else v.wasted_bytes,
-        "winner_id": None if v is None else v.winner_id,
-        "would_converge": None if v is None else v.would_converge,
-        "bytes_saved": None if v is None else v.bytes_saved,
-        "alias": load_alias(ld) or None,
-        "devpath": None if ld.device is None else ld.device.devpath,
-        "subsystem": None if ld.device is None else ld.device.subsystem,
-    }
+    args = load_fields(ld, v, _LOAD_ARGS)
     if ld.end_ns is None:
         args["unfinished"] = True
     # udev's loads are named by their device: a per-CPU storm reads cpu0, cpu1, ...

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from tracer import bymodule, early, reportdata
@@ -172,36 +172,84 @@ def proc_json(procs: Procs, pid: int, comm: str) -> dict[str, Any]:
     return {"cmdline": cmdline, "parents": list(parents)}
 
 
+# --- story fields: each defined once, here; `report --json`, `live --json` and the Perfetto
+# trace's args pick theirs by name, in their own order.
+
+RequestField = Callable[[Request, RequestVerdict | None], Any]
+LoadField = Callable[[Load, LoadVerdict | None], Any]
+
+
+def _verdict(attr: str) -> Callable[[Any, Any], Any]:
+    """A field of the verdict, None where the story has none."""
+    return lambda _s, v: None if v is None else getattr(v, attr)
+
+
+REQUEST_FIELDS: dict[str, RequestField] = {
+    "type": lambda r, v: "request", "id": lambda r, v: r.id,
+    "name": lambda r, v: r.display_name, "wait": lambda r, v: r.wait,
+    "pid": lambda r, v: r.pid, "tid": lambda r, v: r.tid, "comm": lambda r, v: r.comm,
+    "ppid": lambda r, v: r.ppid, "ip": lambda r, v: r.ip, "ret": lambda r, v: r.ret,
+    "status": lambda r, v: request_ret(r),  # the return as the text shows it
+    "start_ns": lambda r, v: r.start_ns, "queue_ns": lambda r, v: r.queue_ns,
+    "duration_ns": lambda r, v: r.duration_ns, "rejected": lambda r, v: r.rejected,
+    "verdict": _verdict("verdict"), "predicted_ret": _verdict("predicted_ret"),
+    "anchor_id": _verdict("anchor_id"), "actual_ret": _verdict("actual_ret"),
+    "would_wait_ns": _verdict("would_wait_ns"), "modprobe_saved": _verdict("modprobe_saved"),
+    "kernel_verdict": lambda r, v: r.kernel_verdict, "kernel_ret": lambda r, v: r.kernel_ret,
+    "modprobe_pid": lambda r, v: r.modprobe_pid,
+    "modprobe_status": lambda r, v: r.modprobe_exit,  # the raw wait status
+    "modprobe_name": lambda r, v: r.umh_name, "load_ids": lambda r, v: list(r.load_ids),
+}
+
+LOAD_FIELDS: dict[str, LoadField] = {
+    "type": lambda ld, v: "load", "id": lambda ld, v: ld.id,
+    "module": lambda ld, v: ld.module, "syscall": lambda ld, v: ld.syscall,
+    "pid": lambda ld, v: ld.pid, "tid": lambda ld, v: ld.tid, "comm": lambda ld, v: ld.comm,
+    "ppid": lambda ld, v: ld.ppid, "file": lambda ld, v: ld.file,
+    "inode": lambda ld, v: None if ld.inode is None else list(ld.inode),
+    "ino": lambda ld, v: ld.ino, "size": lambda ld, v: ld.size,
+    "flags": lambda ld, v: ld.flags, "ret": lambda ld, v: ld.ret,
+    "errno": lambda ld, v: errno_name(ld.ret), "start_ns": lambda ld, v: ld.start_ns,
+    "duration_ns": lambda ld, v: ld.duration_ns, "loaded": lambda ld, v: ld.loaded,
+    "init_ns": lambda ld, v: ld.init_ns, "init_ret": lambda ld, v: ld.init_ret,
+    "request_id": lambda ld, v: ld.request_id, "verdict": _verdict("outcome"),
+    "rule": _verdict("rule"), "wasted_bytes": _verdict("wasted_bytes"),
+    "winner_id": _verdict("winner_id"), "would_converge": _verdict("would_converge"),
+    "bytes_saved": _verdict("bytes_saved"), "alias": lambda ld, v: load_alias(ld) or None,
+    "devpath": lambda ld, v: None if ld.device is None else ld.device.devpath,
+    "subsystem": lambda ld, v: None if ld.device is None else ld.device.subsystem,
+}
+
+# What `report --json` and `live --json` write per story (README's schema), in order.
+REQUEST_JSON = ("type", "id", "name", "wait", "pid", "tid", "comm", "ppid", "ip", "caller",
+                "ret", "start_ns", "queue_ns", "duration_ns", "rejected", "verdict",
+                "predicted_ret", "kernel_verdict", "kernel_ret", "modprobe_pid",
+                "modprobe_status", "modprobe_name", "load_ids")
+LOAD_JSON = ("type", "id", "module", "syscall", "pid", "tid", "comm", "ppid", "file", "inode",
+             "size", "flags", "ret", "start_ns", "duration_ns", "loaded", "init_ns",
+             "init_ret", "request_id", "verdict", "wasted_bytes", "alias", "devpath",
+             "subsystem")
+
+
+def request_fields(req: Request, v: RequestVerdict | None,
+                   names: Iterable[str]) -> dict[str, Any]:
+    return {n: REQUEST_FIELDS[n](req, v) for n in names}
+
+
+def load_fields(load: Load, v: LoadVerdict | None, names: Iterable[str]) -> dict[str, Any]:
+    return {n: LOAD_FIELDS[n](load, v) for n in names}
+
+
 def request_json(req: Request, v: RequestVerdict | None,
                  ksyms: Mapping[int, str] | None = None) -> dict[str, Any]:
-    return {
-        "type": "request", "id": req.id, "name": req.display_name, "wait": req.wait,
-        "pid": req.pid, "tid": req.tid, "comm": req.comm, "ppid": req.ppid, "ip": req.ip,
-        "caller": (ksyms or {}).get(req.ip, hex(req.ip)),
-        "ret": req.ret, "start_ns": req.start_ns, "queue_ns": req.queue_ns,
-        "duration_ns": req.duration_ns, "rejected": req.rejected,
-        "verdict": None if v is None else v.verdict,
-        "predicted_ret": None if v is None else v.predicted_ret,
-        "kernel_verdict": req.kernel_verdict, "kernel_ret": req.kernel_ret,
-        "modprobe_pid": req.modprobe_pid, "modprobe_status": req.modprobe_exit,
-        "modprobe_name": req.umh_name, "load_ids": list(req.load_ids),
-    }
+    # "caller" needs the trace's symbols: the one field that is not the story's own
+    out = request_fields(req, v, (n for n in REQUEST_JSON if n != "caller"))
+    out["caller"] = (ksyms or {}).get(req.ip, hex(req.ip))
+    return {n: out[n] for n in REQUEST_JSON}
 
 
 def load_json(load: Load, v: LoadVerdict | None) -> dict[str, Any]:
-    return {
-        "type": "load", "id": load.id, "module": load.module, "syscall": load.syscall,
-        "pid": load.pid, "tid": load.tid, "comm": load.comm, "ppid": load.ppid,
-        "file": load.file, "inode": None if load.inode is None else list(load.inode),
-        "size": load.size, "flags": load.flags, "ret": load.ret, "start_ns": load.start_ns,
-        "duration_ns": load.duration_ns, "loaded": load.loaded, "init_ns": load.init_ns,
-        "init_ret": load.init_ret, "request_id": load.request_id,
-        "verdict": None if v is None else v.outcome,
-        "wasted_bytes": None if v is None else v.wasted_bytes,
-        "alias": load_alias(load) or None,
-        "devpath": None if load.device is None else load.device.devpath,
-        "subsystem": None if load.device is None else load.device.subsystem,
-    }
+    return load_fields(load, v, LOAD_JSON)
 
 
 def load_alias(load: Load) -> str:
