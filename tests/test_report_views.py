@@ -1,0 +1,92 @@
+"""Every view renders one Report: the JSON document, the text report, boot show and
+live's exit summary give the same counts (attempts, wasted bytes, lost, missed).
+
+The expectations come from the stories and the trace file, not from the Report's own
+sums, so that a view or the Report counting its own way fails here."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tracer import report, reportdata
+from tracer.live import Run
+
+DATA = Path(__file__).parent / "data"
+TRACES = [DATA / n / "trace.jsonl" for n in ("vm-6.1", "vm-6.12", "vm-6.1-udev")]
+
+
+def _with_losses(src: Path, dst: Path) -> Path:
+    """SRC with a trailer that counts losses: the recorded traces lost nothing."""
+    lines = src.read_text().splitlines()
+    trailer = json.loads(lines[-1]) | {"lost": 3, "missed": 5, "misses": {"finit_entry": 5}}
+    dst.write_text("\n".join([*lines[:-1], json.dumps(trailer)]) + "\n")
+    return dst
+
+
+@pytest.fixture(params=[*TRACES, "lossy"], ids=["6.1", "6.12", "6.1-udev", "lossy"])
+def trace_path(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    if request.param == "lossy":
+        return _with_losses(TRACES[0], tmp_path / "lossy.jsonl")
+    return Path(request.param)
+
+
+def _expected(path: Path, r: reportdata.Report) -> tuple[int, int, int, int]:
+    """(attempts, wasted bytes, lost, missed) from the stories and the trailer."""
+    trailer = json.loads(path.read_text().splitlines()[-1])
+    attempts = sum(1 for ld, _ in r.loads if ld.ret is not None)
+    wasted = sum(v.wasted_bytes for _, v in r.loads if v is not None)
+    return attempts, wasted, trailer["lost"], trailer["missed"]
+
+
+def _text_counts(lines: list[str]) -> tuple[int, str, int, int]:
+    """(attempts, wasted as printed, lost, missed) as a text view prints them."""
+    words = " ".join(" ".join(lines).split())  # headlines wrap at 100 columns
+    head = re.search(r"(\d+) load attempts for \d+ modules; .*?; (\S+) of vmalloc wasted", words)
+    loss = re.search(r"(\d+) events, (?:lost )?(\d+)(?: lost)?, (?:missed )?(\d+)", words)
+    assert head and loss, words
+    return int(head[1]), head[2], int(loss[2]), int(loss[3])
+
+
+def test_json_text_and_boot_show_give_the_same_counts(trace_path: Path) -> None:
+    r = reportdata.read(str(trace_path))
+    attempts, wasted, lost, missed = _expected(trace_path, r)
+    assert attempts > 0 and wasted > 0
+    doc = report.document(r)
+    assert (doc["loading"]["attempts"], doc["loading"]["wasted_bytes"], doc["lost_events"],
+            doc["missed_probes"]) == (attempts, wasted, lost, missed)
+    shown = (attempts, report.human_bytes(wasted), lost, missed)
+    for wide in (False, True):
+        assert _text_counts(report.render_text(r, wide)) == shown
+        assert _text_counts(report.render_boot(r, wide)) == shown
+
+
+def test_live_summary_gives_the_same_counts(trace_path: Path) -> None:
+    """Live's exit summary renders a Report built from what live keeps: its rows and
+    counters, no stories."""
+    r = reportdata.read(str(trace_path))
+    attempts, wasted, lost, missed = _expected(trace_path, r)
+    at_exit = reportdata.from_live(
+        r.features, r.modules, r.by_module,
+        reportdata.Loss(r.loss.events, lost, missed, r.loss.by_hook, True, 0, None),
+        (0, 0), 1)
+    err = io.StringIO()
+    run = SimpleNamespace(filter=SimpleNamespace(module=None), err=err,
+                          opts=SimpleNamespace(wide=False))
+    Run.print_summary(run, at_exit)  # type: ignore[arg-type]
+    lines = err.getvalue().splitlines()
+    assert _text_counts(lines) == (attempts, report.human_bytes(wasted), lost, missed)
+    assert ("WARNING: events were dropped; counts above are lower bounds." in lines) == \
+        bool(lost or missed)
+
+
+def test_every_view_names_the_hooks_that_missed(tmp_path: Path) -> None:
+    r = reportdata.read(str(_with_losses(TRACES[0], tmp_path / "lossy.jsonl")))
+    assert report.document(r)["missed_by_hook"] == {"finit_entry": 5}
+    for lines in (report.render_text(r), report.render_boot(r)):
+        assert "missed by hook: finit_entry 5" in lines
