@@ -160,7 +160,7 @@ def _untied(wrong: list[tuple[Request, bool]], par: Parity) -> list[tuple[Reques
     """WRONG less the swapped pairs whose down_timeout() windows overlap (each pair
     counted in par.throttle_ties and as agreeing)."""
     left = list(wrong)
-    for req, passed in _untied(wrong, par):
+    for req, passed in wrong:
         if (req, passed) not in left or not passed:
             continue
         lo, hi = down_window(req)
