@@ -107,11 +107,15 @@ def bench(kernel_spec: str, no_vm: bool, events: int, sizes: str, modprobes: int
 @click.option("--build-only", is_flag=True, help="build (or find) the oracle kernel and stop")
 @click.option("--trace-dir", type=click.Path(file_okay=False, exists=True),
               help="check an earlier oracle run's results instead of booting")
-def parity(out: str | None, build_only: bool, trace_dir: str | None) -> None:
+@click.option("--save-golden", type=click.Path(file_okay=False),
+              help="after a run with parity OK, keep its results as a golden recording in "
+                   "this directory (tests/data/oracle-RELEASE), replayed by `make test`")
+def parity(out: str | None, build_only: bool, trace_dir: str | None,
+           save_golden: str | None) -> None:
     """Prove the model against the oracle kernel's own dups.c and MODULE_STATS.
 
     Builds Debian's linux-source-6.12 with MODULE_DEBUG_AUTOLOAD_DUPS and MODULE_STATS
-    once (cached; about 20 minutes on 2 cores), boots it, runs the oracle storms and
+    once (cached; 14 to 88 minutes on 2 cores), boots it, runs the oracle storms and
     prints per-request and per-run parity. Exit status 1 on any mismatch.
     """
     from kmodlab import oracle
@@ -139,4 +143,9 @@ def parity(out: str | None, build_only: bool, trace_dir: str | None) -> None:
         _fail(f"{e}; is {outdir} the results directory of an oracle run?")
     for line in paritymod.render(par):
         click.echo(line)
+    if save_golden is not None and par.ok:
+        try:
+            click.echo(f"golden recording: {oracle.save_golden(outdir, Path(save_golden))}")
+        except (OSError, vmmod.VMError) as e:
+            _fail(f"cannot save the golden recording: {e}")
     sys.exit(0 if par.ok else 1)

@@ -218,3 +218,49 @@ def _make(targets: list[str], src: Path, build_dir: Path, progress: vm.Progress)
         why = " | ".join(errors) or "see the log"
         raise vm.VMError(f"make {' '.join(targets)} failed (exit {proc.returncode}): {why}; "
                          f"full log in {log} (fix: {MAKE_FIX})")
+
+
+# ---- golden recordings ---------------------------------------------------------------------
+
+# What parity and the oracle tests read of a run's results directory, kept in the checkout
+# (tests/data/oracle-RELEASE) so that every `make test` replays the model against the
+# kernel's own verdicts without building the oracle (14-88 min on 2 cores). The large
+# files are zstd-compressed (zstandard is a runtime dependency already).
+GOLDEN_FILES = ("trace.jsonl", "live.out", "dmesg.txt", "stats-before.txt",
+                "stats-after.txt", "manifest.json")
+_COMPRESSED = ("trace.jsonl", "live.out", "dmesg.txt")
+
+
+def save_golden(outdir: Path, dest: Path) -> Path:
+    """Copy an oracle run's results into DEST (made anew), the large files compressed."""
+    import zstandard
+
+    missing = [n for n in GOLDEN_FILES if not (outdir / n).is_file()]
+    if missing:
+        raise vm.VMError(f"{outdir} lacks {', '.join(missing)}: not a finished oracle run")
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in GOLDEN_FILES:
+        data = (outdir / name).read_bytes()
+        if name in _COMPRESSED:
+            (tmp / f"{name}.zst").write_bytes(zstandard.ZstdCompressor(level=19).compress(data))
+        else:
+            (tmp / name).write_bytes(data)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+def open_golden(golden: Path, outdir: Path) -> Path:
+    """Unpack a golden recording into OUTDIR: a results directory as the run left it."""
+    import zstandard
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    for name in GOLDEN_FILES:
+        src = golden / (f"{name}.zst" if name in _COMPRESSED else name)
+        data = src.read_bytes()
+        if name in _COMPRESSED:
+            data = zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 30)
+        (outdir / name).write_bytes(data)
+    return outdir

@@ -349,6 +349,27 @@ def run_guest(
             end_session(proc)
 
 
+# The first line of a guest kernel's fatal report: what follows it up to the end of the
+# console is what a failing test prints (the cause is never guessed from it).
+_FAULT = re.compile(rb"^.*(?:Oops: |Kernel panic - |BUG: |general protection fault|"
+                    rb"kernel BUG at ).*$", re.M)
+FAULT_LINES = 60
+
+
+def console_fault(console: Path) -> list[str]:
+    """The guest console's first fatal report and up to FAULT_LINES lines after it, or []
+    (no console, or no report)."""
+    try:
+        data = console.read_bytes()
+    except OSError:
+        return []
+    m = _FAULT.search(data)
+    if m is None:
+        return []
+    lines = data[m.start():].decode(errors="replace").splitlines()
+    return lines[:FAULT_LINES]
+
+
 # The guest kernel's soft-lockup report. Under emulation on a loaded host a CPU can be
 # stuck for some tens of seconds and recover; one stuck this long never did.
 _LOCKUP = re.compile(rb"BUG: soft lockup - CPU#\d+ stuck for (\d+)s!.*")

@@ -2,8 +2,12 @@
 MODULE_DEBUG_AUTOLOAD_DUPS and MODULE_STATS, its modules signed, xz decompression in the
 kernel) judges every request and counts every failed load; the model must agree.
 
-The first run builds the oracle kernel (cached in ~/.cache/kmodtrace/oracle; about
-20 minutes on 2 cores): `kmodtrace parity --build-only` does the same by hand.
+Every check runs on each golden recording of an oracle run (tests/data/oracle-RELEASE:
+the trace, live's stories, dmesg and the MODULE_STATS files, replayed in seconds by
+`make test`), and on a live oracle run with `make oracle` (pytest -m oracle), which
+builds the oracle kernel the first time (cached in ~/.cache/kmodtrace/oracle; 14 to 88
+minutes on 2 cores) and boots it. `kmodtrace parity --save-golden DIR` records a new
+golden from a passing live run.
 """
 
 from __future__ import annotations
@@ -14,40 +18,59 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import orjson
 import pytest
 
 from kmodlab import oracle, parity, vm
+from tracer import report
 from tracer.record import read_trace
-from tracer.session import replay
+from tracer.session import listed_hooks, replay
 
-pytestmark = pytest.mark.vm
+GOLDEN = sorted((Path(__file__).resolve().parent / "data").glob("oracle-*"))
 
 
-@pytest.fixture(scope="module")
-def oracle_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def test_a_golden_oracle_recording_is_replayed() -> None:
+    """Without one, `make test` would prove nothing against the kernel's dups.c."""
+    assert GOLDEN, "no tests/data/oracle-* golden recording"
+    for g in GOLDEN:
+        assert {p.name.removesuffix(".zst") for p in g.iterdir()} == set(oracle.GOLDEN_FILES)
+
+
+def _live_oracle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if os.geteuid() != 0:
         pytest.fail("the oracle needs root (apt, kernel build, QEMU)")
     progress = lambda m: print(f"[oracle] {m}", flush=True)  # noqa: E731
     kern = oracle.build(progress)
     out = tmp_path_factory.mktemp("oracle")
     console = tmp_path_factory.mktemp("oracle-console") / "console.log"
-
-    def boot() -> int:
-        return vm.run_guest(kern, out, ["--scenarios", "oracle"], progress, timeout=2400,
-                            append=oracle.BOOT_ARGS, console=console)
-
-    rc = boot()
-    if rc != 0 and not any(out.iterdir()):
-        # Seen once (a CI-style run, software emulation): vng exited 255 with nothing of
-        # the guest's written, so nothing of ours ran. Boot once more; a failure once the
-        # guest has started still fails the tests.
-        print(f"[oracle] the guest exited {rc} before it wrote anything: booting again",
-              flush=True)
-        rc = boot()
+    rc = vm.run_guest(kern, out, ["--scenarios", "oracle"], progress, timeout=2400,
+                      append=oracle.BOOT_ARGS, console=console)
+    fault = vm.console_fault(console)
+    if fault:
+        # Printed whether or not the guest finished, and never retried away while its
+        # cause is unproven. The one seen (an int3 oops at ttwu_do_activate+0x88, after
+        # every result was written) trapped at the sched:sched_wakeup tracepoint's
+        # static-key NOP, which nothing of kmodtrace attaches: ftrace switches it
+        # whenever tracefs events go on or off (trace_sched_switch.c's cmdline
+        # recording), as the witness does. An int3 left after text_poke_bp()'s syncs
+        # points at the emulator, but that is not shown.
+        print("[oracle] the guest kernel reported a fault:", *fault, sep="\n    ", flush=True)
     logs = "".join(p.read_text()[-2000:] for p in out.glob("*.log"))
-    tail = console.read_text(errors="replace")[-2000:] if console.exists() else ""
-    assert rc == 0, f"oracle guest failed with {rc}: {logs}\nconsole: {tail}"
+    tail = "\n".join(fault) if fault else (
+        console.read_text(errors="replace")[-2000:] if console.exists() else "")
+    assert rc == 0 and not fault, f"oracle guest failed with {rc}: {logs}\nconsole: {tail}"
     return out
+
+
+@pytest.fixture(scope="module", params=[
+    *[pytest.param(g, id=g.name) for g in GOLDEN],
+    pytest.param(None, id="live", marks=[pytest.mark.vm, pytest.mark.oracle]),
+])
+def oracle_out(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    golden: Path | None = request.param
+    if golden is None:
+        return _live_oracle(tmp_path_factory)
+    return oracle.open_golden(golden, tmp_path_factory.mktemp(golden.name))
 
 
 def test_parity_is_n_of_n(oracle_out: Path) -> None:
@@ -64,7 +87,7 @@ def test_parity_is_n_of_n(oracle_out: Path) -> None:
 def test_the_storms_hit_every_failure_class(oracle_out: Path) -> None:
     """Each MODULE_STATS class the parity figures cover was exercised for real."""
     trace = read_trace(str(oracle_out / "trace.jsonl"))
-    rep = replay(trace.events, trace.features.profile)
+    rep = replay(trace.events, trace.features.profile, hooks=listed_hooks(trace.header))
     assert trace.features.module_sig and trace.features.module_stats
     by = {(ld.module or ld.syscall, ld.ret) for ld, _ in rep.loads}
     assert ("efivarfs", -errno.EPERM) in by  # blacklisted()
@@ -82,7 +105,7 @@ def test_the_storms_hit_every_failure_class(oracle_out: Path) -> None:
 def test_every_kernel_duplicate_is_logged_once(oracle_out: Path) -> None:
     """The kernel's dmesg line per duplicate equals the duplicates its kretprobe returned."""
     trace = read_trace(str(oracle_out / "trace.jsonl"))
-    rep = replay(trace.events, trace.features.profile)
+    rep = replay(trace.events, trace.features.profile, hooks=listed_hooks(trace.header))
     kernel_dups = Counter(r.name for r, _ in rep.requests if r.kernel_dup)
     # Only what the kernel logged while the tracer ran (boot-time requests came before);
     # dmesg stamps are seconds since boot, the trace's CLOCK_MONOTONIC ns: the same clock
@@ -99,9 +122,25 @@ def test_every_kernel_duplicate_is_logged_once(oracle_out: Path) -> None:
 
 def test_duplicates_run_no_modprobe_on_the_oracle(oracle_out: Path) -> None:
     trace = read_trace(str(oracle_out / "trace.jsonl"))
-    rep = replay(trace.events, trace.features.profile)
+    rep = replay(trace.events, trace.features.profile, hooks=listed_hooks(trace.header))
     for req, _ in rep.requests:
         if req.kernel_dup:
             assert req.modprobe_pid is None and req.umh_start_ns is None
         elif req.kernel_dup is False:
             assert req.modprobe_pid is not None
+
+
+def test_live_verdicts_equal_the_replay(oracle_out: Path) -> None:
+    """What `live` judged in the guest as events came is what a replay of its recording
+    judges: on a kernel with dups.c, where arrival order decides verdicts, both order
+    arrivals the same way."""
+    _, rep = report.load(str(oracle_out / "trace.jsonl"))  # what `kmodtrace report` does
+    offline = {(r.tid, r.start_ns): (v.verdict if v else None, v.predicted_ret if v else None,
+                                     r.ret) for r, v in rep.requests}
+    stories = [orjson.loads(line) for line in (oracle_out / "live.out").read_bytes().splitlines()]
+    live = {(d["tid"], d["start_ns"]): (d["verdict"], d["predicted_ret"], d["ret"])
+            for d in stories if d["type"] == "request"}
+    assert len(live) >= 150 and sum(v[0] == "duplicate" for v in live.values()) >= 50
+    differ = {k: (live.get(k), offline.get(k)) for k in live.keys() | offline.keys()
+              if live.get(k) != offline.get(k)}
+    assert not differ, f"{len(differ)} requests (tid, start): (live, replay): {differ}"
