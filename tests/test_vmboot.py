@@ -1,11 +1,11 @@
 """`kmodtrace vm --boot`: systemd boots 16 vCPUs with the installed unit; the per-CPU storm.
 
-One boot (session fixture, about 15-25 minutes under software emulation): systemd as PID 1,
-kmodtrace-boot.service exactly as `kmodtrace boot install` writes it, Debian's stable
-kernel, QEMU's `-cpu max` (its features match the cpu: aliases of crc32c_intel,
-ghash_clmulni_intel, sha*_ssse3...). udev gets one event per CPU device and loads every
-matching module for each: the per-CPU storm. Every count is checked against the kernel's
-own boot-time trace of the same boot (the witness).
+Two boots (module fixtures, 16 and 2 vCPUs: 7 minutes together under software emulation,
+quiet host): systemd as PID 1, kmodtrace-boot.service exactly as `kmodtrace boot install`
+writes it, Debian's stable kernel, QEMU's `-cpu max` (its features match the cpu: aliases
+of crc32c_intel, ghash_clmulni_intel, sha*_ssse3...). udev gets one event per CPU device
+and loads every matching module for each: the per-CPU storm. Every count is checked
+against the kernel's own boot-time trace of the same boot (the witness).
 """
 
 from __future__ import annotations
