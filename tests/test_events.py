@@ -86,7 +86,7 @@ def test_dict_round_trip_ignores_unknown_keys() -> None:
 def _ctypes_decode(raw: bytes) -> Event:
     """The field-by-field reading decode() replaced: ctypes' own view of the C struct."""
     c = CEvent.from_buffer_copy(raw)
-    return Event(*(getattr(c, n).decode("utf-8", "replace") if t == "char"
+    return Event(*(getattr(c, n).decode("utf-8", "surrogateescape") if t == "char"
                    else getattr(c, n) for n, t, _ in LAYOUT))
 
 

@@ -375,7 +375,7 @@ def clock_offset(root: str, clock: str) -> int | None:
         with open(os.path.join(root, "trace_marker"), "w") as f:
             f.write(tag)
         t1 = time.monotonic_ns()
-        with open(os.path.join(root, "trace")) as f:
+        with open(os.path.join(root, "trace"), errors="surrogateescape") as f:
             for raw in f:
                 if tag in raw:
                     line = tracefs.parse_line(raw)
@@ -434,7 +434,8 @@ def drain(root: str, begin_ns: int, end_ns: int, bpf: Iterable[Event],
                      reading_module=btf.enum_value("READING_MODULE") if btf else None,
                      resolve=resolve)
     try:
-        with open(os.path.join(root, "trace")) as f:
+        # names are bytes a process chose: kept exact, as tracer/text.py says
+        with open(os.path.join(root, "trace"), errors="surrogateescape") as f:
             conv.feed(f.read())
     except OSError as e:
         info["gap"] = f"cannot read the kernel's trace buffer: {e.strerror}"

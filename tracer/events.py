@@ -244,14 +244,15 @@ RECORD = _record_struct()
 
 def _decoder() -> Callable[[Any], Event]:
     """decode(), generated from LAYOUT: one unpack into locals, each string cut at its NUL
-    (as C reads it), bad UTF-8 replaced, then Event positionally (no list, no loop: it
+    (as C reads it), a byte that is not UTF-8 kept as a lone surrogate (tracer/text.py),
+    then Event positionally (no list, no loop: it
     runs for every record the recorder takes)."""
     names = [f"v{i}" for i in range(len(LAYOUT))]
     # Most kinds leave most strings empty (the first byte is the NUL). The rest are
     # interned: a storm repeats a few comms, formats and names thousands of
     # times, and the requests it holds open each kept their own copies (issue #14: the
     # 10 000-request storm's open stories pinned the allocator's arenas).
-    args = ", ".join(f'(_intern({v}.split(b"\\0", 1)[0].decode("utf-8", "replace")) '
+    args = ", ".join(f'(_intern({v}.split(b"\\0", 1)[0].decode("utf-8", "surrogateescape")) '
                      f'if {v}[0] else "")'
                      if ctype == "char" else v for v, (_, ctype, _) in zip(names, LAYOUT,
                                                                          strict=True))

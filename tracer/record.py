@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from tracer import __version__
+from tracer import __version__, text
 from tracer.events import Event, RecordDecoder
 from tracer.kernel import Features
 
@@ -131,7 +131,7 @@ class TraceWriter:
         self._buf = bytearray()
 
     def write(self, obj: dict[str, Any]) -> None:
-        self._buf += orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
+        self._buf += text.dumps(obj)
 
     def flush(self) -> None:
         if not self._buf:
@@ -145,9 +145,13 @@ class TraceWriter:
         if ev.kind and not early:
             # one C call, into the buffer: "type": "event" and the fields not at their
             # default (the recorder's own cost per event, issue #14)
-            _encode_into(ev, self._buf, -1)
-            self._buf += b"\n"
-            return
+            end = len(self._buf)
+            try:
+                _encode_into(ev, self._buf, -1)
+                self._buf += b"\n"
+                return
+            except UnicodeEncodeError:  # a byte that is not UTF-8: text.dumps carries it
+                del self._buf[end:]
         # a line with more than the Event holds, or a kind the encoder would omit
         d = {k: v for k, v in ev.to_dict().items() if v != _DEFAULTS[k] or k == "kind"}
         d["type"] = "event"
@@ -296,7 +300,7 @@ def _read_records(trace: Trace, lines: Iterator[tuple[int, str]]) -> None:
     """The lines after the header. Events, nearly all of them, take the first branch,
     with the names it needs bound locally: it runs a million times."""
     fast, invalid, event_cls = _event_line, msgspec.DecodeError, Event
-    loads, event, append = orjson.loads, _event, trace.events.append
+    loads, event, append = text.loads, _event, trace.events.append
     for n, line in lines:
         try:
             ev = fast(line)

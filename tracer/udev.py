@@ -57,7 +57,7 @@ def read_modalias(devpath: str, sysfs: str = "/sys") -> str:
     """The device's MODALIAS as udev saw it in the uevent; "" if it has none. The
     uevent file, not `modalias`: CPU devices have only the former."""
     try:
-        text = Path(sysfs + devpath, "uevent").read_text()
+        text = Path(sysfs + devpath, "uevent").read_text(errors="surrogateescape")
     except (OSError, ValueError):
         return ""
     for line in text.splitlines():
