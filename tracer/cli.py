@@ -18,22 +18,28 @@ from tracer import __version__
 from tracer.options import Options, check_options
 from tracer.probes import Tracer, TracerError
 from tracer.record import TraceFormatError, TraceOutputError
+from tracer.text import shown
 
 DEBUG_ENV = "KMODTRACE_DEBUG"
 
 
 def fail(msg: str, code: int = 1) -> NoReturn:
     """The one line every failure ends in: the cause and the fix."""
-    click.echo(f"kmodtrace: {msg}", err=True)
+    say(f"kmodtrace: {msg}", err=True)
     sys.exit(code)
 
 
+def say(line: str, err: bool = False) -> None:
+    """Print one line for a human: what a traced process named, shown escaped."""
+    click.echo(shown(line), err=err)
+
+
 def _notice(msg: str) -> None:
-    click.echo(msg, err=True)
+    say(msg, err=True)
 
 
 def progress(msg: str) -> None:
-    click.echo(f"[{time.strftime('%H:%M:%S')}] {msg}", err=True)
+    say(f"[{time.strftime('%H:%M:%S')}] {msg}", err=True)
 
 
 class _Main(click.Group):
@@ -123,7 +129,7 @@ early_option = click.option(
 def _trace(opts: Options) -> None:
     try:
         check_options(opts)
-        tracer = Tracer(lambda ev: None, notice=lambda m: click.echo(m, err=True))
+        tracer = Tracer(lambda ev: None, notice=_notice)
         tracer.begin()
         # the session's modules load while bcc compiles
         from tracer.live import start
@@ -226,7 +232,7 @@ def show_report(trace_file: str, as_json: bool = False, perfetto: str | None = N
             write_chrome_trace(rep, trace.header, perfetto)
         except OSError as e:
             fail(f"cannot write {perfetto}: {e.strerror}")
-        click.echo(f"wrote {perfetto} (open it in ui.perfetto.dev)", err=True)
+        say(f"wrote {perfetto} (open it in ui.perfetto.dev)", err=True)
     if plot:
         from tracer.plot import plot as draw
 
@@ -236,12 +242,12 @@ def show_report(trace_file: str, as_json: bool = False, perfetto: str | None = N
             fail(str(e))
         except OSError as e:
             fail(f"cannot write {plot}: {e.strerror}")
-        click.echo(f"wrote {plot}", err=True)
+        say(f"wrote {plot}", err=True)
     if as_json:
         click.echo(json.dumps(report.document(judged), indent=1))
         return
     for line in report.render_text(judged, wide):
-        click.echo(line)
+        say(line)
 
 
 @main.group()
@@ -364,7 +370,7 @@ def boot_show(which: str | None, as_json: bool, wide: bool) -> None:
         path = bootmod.find_boot_trace(bootmod.LOG_DIR, which)
     except ValueError as e:
         fail(str(e))
-    click.echo(f"boot trace {path}", err=True)
+    say(f"boot trace {path}", err=True)
     if as_json:
         show_report(str(path), as_json=True)
         return
@@ -373,8 +379,9 @@ def boot_show(which: str | None, as_json: bool, wide: bool) -> None:
     except TraceFormatError as e:
         fail(str(e))
     for line in report.render_boot(judged, wide):
-        click.echo(line)
-    click.echo(f"every request and load:\n  kmodtrace report {path}")
+        say(line)
+    say("every request and load:")
+    say(f"  kmodtrace report {path}")
 
 
 @boot.command("diff", context_settings={"ignore_unknown_options": True})  # A may be -1
@@ -405,7 +412,7 @@ def boot_diff(a: str, b: str, as_json: bool, wide: bool, slower: float,
         click.echo(json.dumps(bootdiff.document(d), indent=1))
         return
     for line in bootdiff.render(d, wide):
-        click.echo(line)
+        say(line)
 
 
 def _add_plugin_commands(group: click.Group) -> None:

@@ -25,6 +25,7 @@ from tracer.probes import Attached, Tracer, TracerError
 from tracer.record import Procs, TraceWriter, make_header
 from tracer.session import Judge, judge_correlator
 from tracer.stories import Load, Request, kmod_name
+from tracer.text import shown
 
 # Events from different CPUs reach the ring buffer slightly out of order; hold
 # each this long and release in timestamp order.
@@ -133,10 +134,10 @@ def start(opts: Options, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr,
     check_options(opts)
     reorder = Reorder()
     if tracer is None:
-        tracer = Tracer(reorder.push, notice=lambda m: print(m, file=err))
+        tracer = Tracer(reorder.push, notice=lambda m: print(shown(m), file=err))
     tracer.on_event = reorder.push
     # under systemd: more start time while bcc compiles and the kernel attaches
-    with start_timeout_extender(sd_notify, log=lambda m: print(m, file=err)):
+    with start_timeout_extender(sd_notify, log=lambda m: print(shown(m), file=err)):
         attached = tracer.attach()
     # What start-up made (modules, bcc, the compiled program's tables) lives as long as
     # the process: out of the collector's way, so its full passes scan only the stories.
@@ -212,7 +213,7 @@ class Run:
         if self.writer is not None:
             self.writer.write({"type": "early", **drained.info})
         if drained.info.get("configured") or drained.info.get("probes"):
-            print(early.summary(drained.info), file=self.err)  # silent where not asked for
+            print(shown(early.summary(drained.info)), file=self.err)  # silent where not asked for
 
     def _release(self, upto_ns: int | None) -> None:
         events = self.reorder.pop_until(upto_ns)
@@ -286,8 +287,8 @@ class Run:
             self.out.write(json.dumps(d) + "\n")
         else:
             ts = self._ts(req.start_ns)
-            self.out.write(ts + report.request_line(req, v, self.t0_ns, self.opts.wide,
-                                                    report.LINE_WIDTH - len(ts)) + "\n")
+            self.out.write(shown(ts + report.request_line(
+                req, v, self.t0_ns, self.opts.wide, report.LINE_WIDTH - len(ts))) + "\n")
         self.out.flush()
 
     def _show_load(self, load: Load, v: LoadVerdict | None) -> None:
@@ -300,8 +301,8 @@ class Run:
             self.out.write(json.dumps(d) + "\n")
         else:
             ts = self._ts(load.start_ns)
-            self.out.write(ts + report.load_line(load, v, self.t0_ns, self.opts.wide,
-                                                 report.LINE_WIDTH - len(ts)) + "\n")
+            self.out.write(shown(ts + report.load_line(
+                load, v, self.t0_ns, self.opts.wide, report.LINE_WIDTH - len(ts))) + "\n")
         self.out.flush()
 
     def _ts(self, mono_ns: int) -> str:
@@ -422,9 +423,9 @@ class Run:
         print(f"\n{loss.events} events, {loss.lost} lost, {loss.missed} missed probes.",
               file=err)
         for line in report.hook_lines(loss):
-            print(line, file=err)
+            print(shown(line), file=err)
         if r.by_module:
             for line in report.module_summary(r, self.opts.wide):
-                print(line, file=err)
+                print(shown(line), file=err)
         if loss.dropped:
             print("WARNING: events were dropped; counts above are lower bounds.", file=err)

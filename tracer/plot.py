@@ -19,6 +19,7 @@ from tracer.model import LoadVerdict, RequestVerdict
 from tracer.perfetto import load_group, request_group, time_span
 from tracer.session import Replay
 from tracer.stories import Load, Request
+from tracer.text import shown
 
 if TYPE_CHECKING:
     from matplotlib.artist import Artist
@@ -131,6 +132,12 @@ def _rows(rep: Replay, last: int, min_ns: int) -> list[_Row]:
     return out
 
 
+def _label(s: str) -> str:
+    """S as a plot label: escaped (tracer/text.py: a control character would also make the
+    SVG invalid XML), and a `$` literal, not the start of matplotlib's mathtext."""
+    return shown(s).replace("$", "\\$")
+
+
 def _row_summary(r: _Row, wasted: int) -> str:
     parts = []
     if r.requests:
@@ -182,7 +189,7 @@ def plot(rep: Replay, path: str, title: str = "") -> None:
             ax.text(0.5, 0.5, "no requests or loads in this trace", ha="center",
                     va="center", transform=ax.transAxes)
         n_dup = sum(1 for _, v in rep.requests if v is not None and v.verdict == "duplicate")
-        ax.set_title(title or (
+        ax.set_title(_label(title) if title else (
             f"kmodtrace: {len(rep.requests)} requests ({n_dup} duplicates), "
             f"{len(rep.loads)} load attempts, {human_bytes(sum(wasted.values()))} wasted"),
             loc="left", pad=20, fontsize=10)
@@ -198,10 +205,11 @@ def plot(rep: Replay, path: str, title: str = "") -> None:
             Patch(alpha=0.0, label=" "),
             Patch(alpha=0.0, label="vmalloc wasted (MODULE_STATS):"),
         ]
-        shown = sorted(wasted.items(), key=lambda kv: (-kv[1], kv[0]))
-        labels = [f"{name}: {human_bytes(n)} wasted" for name, n in shown[:MAX_WASTED_LINES]]
-        if len(shown) > MAX_WASTED_LINES:
-            rest = shown[MAX_WASTED_LINES:]
+        top = sorted(wasted.items(), key=lambda kv: (-kv[1], kv[0]))
+        labels = [f"{_label(name)}: {human_bytes(n)} wasted"
+                  for name, n in top[:MAX_WASTED_LINES]]
+        if len(top) > MAX_WASTED_LINES:
+            rest = top[MAX_WASTED_LINES:]
             labels.append(f"{len(rest)} more: {human_bytes(sum(n for _, n in rest))} wasted")
         labels.append(f"total: {human_bytes(sum(wasted.values()))} wasted")
         handles += [Patch(alpha=0.0, label=text) for text in labels]
@@ -258,5 +266,5 @@ def _draw(ax: Axes, rows: list[_Row], wasted: dict[str, int], t0: int, span_s: f
                 linewidth=0, zorder=2)
     if dup_x:
         ax.scatter(dup_x, dup_y, marker="x", s=14, color=DUP_COLOR, linewidths=0.9, zorder=3)
-    ax.set_yticks(ticks, [r.name for r in rows])
+    ax.set_yticks(ticks, [_label(r.name) for r in rows])
     ax.tick_params(axis="y", length=0)
