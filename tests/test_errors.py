@@ -115,7 +115,8 @@ def test_report_outputs_that_cannot_be_written(tmp_path: Path) -> None:
     assert "unsupported image format '.pdf': use one of .png, .svg" in line
     out = tmp_path / "no-such-dir" / "t.json"
     line = one_line(kmodtrace("report", "--perfetto", str(out), str(TRACE)))
-    assert line == f"kmodtrace: cannot write {out}: No such file or directory"
+    assert line == (f"kmodtrace: cannot write the Perfetto trace to {out}: "
+                    "No such file or directory")
 
 
 # --- live and record -------------------------------------------------------------------

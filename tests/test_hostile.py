@@ -208,3 +208,55 @@ def test_an_error_line_escapes_the_path(tmp_path: Path) -> None:
     ("\u202e", "\\u202e"), ("é ü 模块", "é ü 模块"), ("", "")])
 def test_shown(raw: str, seen: str) -> None:
     assert text.shown(raw) == seen
+
+
+# Item 2: every output path is opened as `record -o` opens its trace.
+def _refused(tmp_path: Path, flag: str, out: Path, trace: Path) -> str:
+    before = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    res = CliRunner().invoke(main, ["report", flag, str(out), str(trace)])
+    assert res.exit_code == 1 and res.stdout == ""
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kmodtrace: "), res.stderr
+    assert {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    return lines[0]
+
+
+@pytest.mark.parametrize(("flag", "name"), [("--perfetto", "p.json"), ("--plot", "p.svg")])
+def test_an_output_through_a_symlink_is_refused(tmp_path: Path, flag: str, name: str) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    (tmp_path / name).symlink_to(victim)
+    assert _refused(tmp_path, flag, tmp_path / name, STORM_TRACE).endswith(
+        "is a symbolic link: a {} is never written through one (remove the link or choose "
+        "another output path)".format("Perfetto trace" if flag == "--perfetto" else "plot"))
+
+
+@pytest.mark.parametrize(("flag", "name"), [("--perfetto", "p.json"), ("--plot", "p.svg")])
+def test_an_output_with_another_hard_link_is_refused(tmp_path: Path, flag: str,
+                                                     name: str) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    os.link(victim, tmp_path / name)
+    assert _refused(tmp_path, flag, tmp_path / name, STORM_TRACE) == (
+        f"kmodtrace: {tmp_path / name} has 2 hard links: writing it would change another "
+        "file too (remove it or choose another output path)")
+
+
+@pytest.mark.parametrize("flag", ["--perfetto", "--plot"])
+def test_the_input_trace_is_never_an_output(tmp_path: Path, flag: str) -> None:
+    trace = tmp_path / "t.svg"  # an extension --plot takes, so only the input refuses it
+    trace.write_bytes(STORM_TRACE.read_bytes())
+    assert _refused(tmp_path, flag, trace, trace) == (
+        f"kmodtrace: {trace} is {trace}, the trace being read: writing it would destroy it "
+        "(choose another output path)")
+
+
+def test_open_output_refuses_the_input_when_it_is_opened(tmp_path: Path) -> None:
+    """Past the early check (a path swapped in between) open_output refuses it again."""
+    from tracer.record import TraceOutputError, open_output
+
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("x\n")
+    with pytest.raises(TraceOutputError, match="the trace being read"):
+        open_output(str(trace), "plot", keep=str(trace))
+    assert trace.read_text() == "x\n"

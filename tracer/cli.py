@@ -17,7 +17,7 @@ import click
 from tracer import __version__
 from tracer.options import Options, check_options
 from tracer.probes import Tracer, TracerError
-from tracer.record import TraceFormatError, TraceOutputError
+from tracer.record import TraceFormatError, TraceOutputError, check_output
 from tracer.text import shown
 
 DEBUG_ENV = "KMODTRACE_DEBUG"
@@ -221,15 +221,21 @@ def show_report(trace_file: str, as_json: bool = False, perfetto: str | None = N
     from tracer import report, reportdata
 
     try:
+        # before the replay, which takes seconds: a refused output path fails fast
+        for out, what in ((perfetto, "Perfetto trace"), (plot, "plot")):
+            if out:
+                check_output(out, what, keep=trace_file)
         trace, rep = reportdata.replay_file(trace_file, announce)
-    except TraceFormatError as e:
+    except (TraceFormatError, TraceOutputError) as e:
         fail(str(e))
     judged = reportdata.build(trace, rep)
     if perfetto:
         from tracer.perfetto import write_chrome_trace
 
         try:
-            write_chrome_trace(rep, trace.header, perfetto)
+            write_chrome_trace(rep, trace.header, perfetto, keep=trace_file)
+        except TraceOutputError as e:
+            fail(str(e))
         except OSError as e:
             fail(f"cannot write {perfetto}: {e.strerror}")
         say(f"wrote {perfetto} (open it in ui.perfetto.dev)", err=True)
@@ -237,8 +243,9 @@ def show_report(trace_file: str, as_json: bool = False, perfetto: str | None = N
         from tracer.plot import plot as draw
 
         try:
-            draw(rep, plot, title=f"kmodtrace: {trace.header.get('kernel', '')}")
-        except ValueError as e:
+            draw(rep, plot, title=f"kmodtrace: {trace.header.get('kernel', '')}",
+                 keep=trace_file)
+        except (ValueError, TraceOutputError) as e:
             fail(str(e))
         except OSError as e:
             fail(f"cannot write {plot}: {e.strerror}")

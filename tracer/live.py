@@ -22,7 +22,7 @@ from tracer.ksyms import KernelSymbols
 from tracer.model import LoadVerdict, RequestVerdict
 from tracer.options import Options, check_options
 from tracer.probes import Attached, Tracer, TracerError
-from tracer.record import Procs, TraceWriter, make_header
+from tracer.record import Procs, TraceWriter, make_header, open_output
 from tracer.session import Judge, judge_correlator
 from tracer.stories import Load, Request, kmod_name
 from tracer.text import shown
@@ -325,7 +325,7 @@ class Run:
               f"(kernel {features.release}, profile {features.profile.name}, "
               f"{attached.build} build).", file=self.err)
         if self.opts.ready_file:
-            with open(self.opts.ready_file, "w") as f:
+            with os.fdopen(open_output(self.opts.ready_file, "ready file"), "w") as f:
                 f.write(f"{attached.attach_s:.3f}\n")
         self.drain_early()
         sd_notify("READY=1")

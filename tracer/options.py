@@ -33,6 +33,8 @@ def check_options(opts: Options) -> None:
     second of attaching, a bad path fails fast."""
     if opts.output:
         check_output(opts.output)
+    if opts.ready_file:
+        check_output(opts.ready_file, "ready file")
     if opts.command and shutil.which(opts.command[0]) is None:
         raise TracerError(f"cannot run {opts.command[0]}: no such command (give a program on "
                           "PATH, or its path, after --)")

@@ -25,11 +25,13 @@ Layout:
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from tracer import bymodule
 from tracer.model import LoadVerdict, RequestVerdict
+from tracer.record import open_output
 from tracer.report import load_fields, module_json, request_fields
 from tracer.session import Replay
 from tracer.stories import Load, Request, decode_wait_status
@@ -256,9 +258,11 @@ def chrome_trace(rep: Replay, header: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_chrome_trace(rep: Replay, header: dict[str, Any], path: str) -> None:
-    """Write chrome_trace() to `path` (open it with ui.perfetto.dev or chrome://tracing)."""
+def write_chrome_trace(rep: Replay, header: dict[str, Any], path: str,
+                       keep: str | None = None) -> None:
+    """Write chrome_trace() to `path` (open it with ui.perfetto.dev or chrome://tracing),
+    opened as `record -o` opens its trace, never over KEEP (the trace read)."""
     doc = chrome_trace(rep, header)
-    with open(path, "w", encoding="utf-8") as f:
+    with os.fdopen(open_output(path, "Perfetto trace", keep), "w", encoding="utf-8") as f:
         json.dump(doc, f, separators=(",", ":"))
         f.write("\n")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final
 from tracer import report
 from tracer.model import LoadVerdict, RequestVerdict
 from tracer.perfetto import load_group, request_group, time_span
+from tracer.record import open_output
 from tracer.session import Replay
 from tracer.stories import Load, Request
 from tracer.text import shown
@@ -152,8 +153,9 @@ def _row_summary(r: _Row, wasted: int) -> str:
     return ", ".join(parts)
 
 
-def plot(rep: Replay, path: str, title: str = "") -> None:
-    """Draw the timeline of `rep` into `path`; the format follows the extension."""
+def plot(rep: Replay, path: str, title: str = "", keep: str | None = None) -> None:
+    """Draw the timeline of `rep` into `path`; the format follows the extension. The file
+    is opened as `record -o` opens its trace, never over KEEP (the trace read)."""
     ext = os.path.splitext(path)[1].lower()
     if ext not in FORMATS:
         raise ValueError(f"{path}: unsupported image format {ext or '(none)'!r}: "
@@ -215,7 +217,8 @@ def plot(rep: Replay, path: str, title: str = "") -> None:
         handles += [Patch(alpha=0.0, label=text) for text in labels]
         ax.legend(handles=handles, loc="upper left", frameon=False, borderaxespad=0,
                   bbox_to_anchor=(1 + SUMMARY_IN / AXES_IN, 1.0))
-        fig.savefig(path, format=ext[1:], bbox_inches="tight")
+        with os.fdopen(open_output(path, "plot", keep), "wb") as f:
+            fig.savefig(f, format=ext[1:], bbox_inches="tight")
 
 
 def _draw(ax: Axes, rows: list[_Row], wasted: dict[str, int], t0: int, span_s: float) -> None:

@@ -65,13 +65,14 @@ def make_header(features: dict[str, Any], hooks: list[str], skipped: list[str]) 
 
 
 class TraceOutputError(RuntimeError):
-    """The trace cannot be written where asked; the message names the path and the fix."""
+    """An output (the trace, or any file kmodtrace writes on request) cannot be written
+    where asked; the message names the path and the fix."""
 
 
-def _refuse(path: str, st: os.stat_result) -> None:
+def _refuse(path: str, st: os.stat_result, what: str, keep: str | None) -> None:
     if stat.S_ISLNK(st.st_mode):
         raise TraceOutputError(
-            f"{path} is a symbolic link: a trace is never written through one "
+            f"{path} is a symbolic link: a {what} is never written through one "
             "(remove the link or choose another output path)")
     if not stat.S_ISREG(st.st_mode):
         raise TraceOutputError(f"{path} is not a regular file: choose another output path")
@@ -79,35 +80,44 @@ def _refuse(path: str, st: os.stat_result) -> None:
         raise TraceOutputError(
             f"{path} has {st.st_nlink} hard links: writing it would change another "
             "file too (remove it or choose another output path)")
+    try:
+        kept = os.stat(keep) if keep is not None else None
+    except OSError:
+        kept = None
+    if kept is not None and (kept.st_dev, kept.st_ino) == (st.st_dev, st.st_ino):
+        raise TraceOutputError(f"{path} is {keep}, the trace being read: writing it would "
+                               "destroy it (choose another output path)")
 
 
-def check_output(path: str) -> None:
-    """Refuse early (before attaching) an output path open_output() would refuse."""
+def check_output(path: str, what: str = "trace", keep: str | None = None) -> None:
+    """Refuse early (before attaching, or replaying) a path open_output() would refuse."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return
     except OSError as e:
-        raise TraceOutputError(f"cannot write the trace to {path}: {e.strerror}") from e
-    _refuse(path, st)
+        raise TraceOutputError(f"cannot write the {what} to {path}: {e.strerror}") from e
+    _refuse(path, st, what, keep)
 
 
-def open_output(path: str) -> int:
-    """Open PATH for a new trace as root would safely: never through a symlink.
+def open_output(path: str, what: str = "trace", keep: str | None = None) -> int:
+    """Open PATH for a new WHAT as root would safely: never through a symlink, never
+    into KEEP (the input being read).
 
     A symlink (or a hard link to another file) planted at the output path by someone who
     can write its directory would make a root recorder overwrite its target. O_NOFOLLOW
-    refuses the first; a file with other links is refused before it is truncated.
+    refuses the first; a file with other links is refused before it is truncated. Every
+    file kmodtrace writes on request is opened here.
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
         fd = os.open(path, flags, 0o600)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            _refuse(path, os.lstat(path))
-        raise TraceOutputError(f"cannot write the trace to {path}: {e.strerror}") from e
+            _refuse(path, os.lstat(path), what, keep)
+        raise TraceOutputError(f"cannot write the {what} to {path}: {e.strerror}") from e
     try:
-        _refuse(path, os.fstat(fd))
+        _refuse(path, os.fstat(fd), what, keep)
         os.set_blocking(fd, True)
         os.ftruncate(fd, 0)
         os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
