@@ -470,8 +470,8 @@ def test_idempotent_converges_same_inode_with_no_tail() -> None:
     assert (run.loads[1].outcome, run.loads[1].would_converge) == ("loaded", False)
     for i in (2, 3):
         v = run.loads[i]
-        assert (v.outcome, v.rule, v.winner_id, v.would_converge) == (
-            "converged", "idempotent", 1, True,
+        assert (v.outcome, v.converged, v.rule, v.winner_id, v.would_converge) == (
+            "loaded", True, "idempotent", 1, True,
         )  # fmt: skip
         assert (v.wasted_bytes, v.bytes_saved) == (0, 0)
     v4 = run.loads[4]
@@ -479,8 +479,21 @@ def test_idempotent_converges_same_inode_with_no_tail() -> None:
         "EEXIST", "patient-becoming", None, False,
     )  # fmt: skip
     s = m.modules()["xfs"]
-    assert (s.loads, s.loads_ok, s.converged, s.would_converge) == (4, 1, 2, 2)
-    assert s.load_failures == {"EEXIST": 1}
+    # the waiters returned 0: OK, and marked converged
+    assert (s.loads, s.loads_ok, s.converged, s.would_converge) == (4, 3, 2, 2)
+    assert (s.load_failures, s.converged_failures) == ({"EEXIST": 1}, {})
+    assert s.extra_reads == 1  # the EEXIST attempt read; the waiters did not
+
+
+def test_idempotent_waiter_of_a_succeeding_winner_counts_as_ok() -> None:
+    m = Model(PROFILE_6_5)
+    run = replay(m, loads=[mkload(1, 10, 100, 0), mkload(2, 20, 100, 0, loaded=False)])
+    v = run.loads[2]
+    assert (v.outcome, v.converged, v.wasted_bytes, v.winner_id) == ("loaded", True, 0, 1)
+    assert not run.loads[1].converged
+    s = m.modules()["xfs"]
+    assert (s.loads, s.loads_ok, s.converged, s.load_failures) == (2, 2, 1, {})
+    assert (s.reads, s.extra_reads, s.wasted_bytes) == (1, 0, 0)
 
 
 def test_idempotent_waiter_gets_a_failing_winners_ret() -> None:
@@ -492,8 +505,16 @@ def test_idempotent_waiter_gets_a_failing_winners_ret() -> None:
             mkload(2, 20, 100, -errno.ENOEXEC),
         ],
     )
-    assert run.loads[1].outcome == "ENOEXEC"
-    assert (run.loads[2].outcome, run.loads[2].wasted_bytes) == ("converged", 0)
+    # main.c idempotent_wait_for_completion() returns the winner's -ENOEXEC: both failed
+    w, x = run.loads[1], run.loads[2]
+    assert (w.outcome, w.converged, w.wasted_bytes > 0) == ("ENOEXEC", False, True)
+    assert (x.outcome, x.converged, x.rule, x.wasted_bytes, x.byte_class) == (
+        "ENOEXEC", True, "idempotent", 0, None)
+    s = m.modules()["xfs"]
+    assert (s.loads, s.loads_ok, s.load_failures, s.converged, s.converged_failures) == (
+        2, 0, {"ENOEXEC": 2}, 1, {"ENOEXEC": 1})
+    assert s.wasted_bytes == w.wasted_bytes  # the kernel spends nothing on the waiter
+    assert m.stats().failed_load == 1  # only the winner reached stats.c
 
 
 def test_idempotent_interrupted_waiter_is_eintr() -> None:
@@ -1171,7 +1192,7 @@ def test_property_idempotent_winners_never_overlap(
     for ld in loads:
         x = v[ld.id]
         if ld.syscall == "init_module":
-            assert not x.would_converge and x.outcome != "converged"
+            assert not x.would_converge and not x.converged
             continue
         if x.would_converge:
             assert x.winner_id is not None
@@ -1179,7 +1200,7 @@ def test_property_idempotent_winners_never_overlap(
             assert w.inode == ld.inode and not v[w.id].would_converge
             assert w.end_ns is not None
             assert w.start_ns <= ld.start_ns < w.end_ns  # arrived while the winner ran
-            assert x.outcome == "converged"
+            assert (x.outcome, x.converged) == ("loaded", True)  # the winner's ret, 0
     winners = [ld for ld in loads if ld.syscall == "finit_module" and not v[ld.id].would_converge]
     for a in winners:
         for b in winners:

@@ -107,8 +107,9 @@ def test_helpers() -> None:
     assert human_bytes(1536) == "1.5 KiB"
     assert human_bytes(59 * 2**20 + 2**19) == "59.5 MiB"
 
-    def lv(outcome: str) -> LoadVerdict:
-        return LoadVerdict(1, "m", "finit_module", -16, outcome, None, 0, None, False, 0)
+    def lv(outcome: str, converged: bool = False) -> LoadVerdict:
+        return LoadVerdict(1, "m", "finit_module", -16, outcome, None, 0, None, False, 0,
+                           converged=converged)
     assert load_category(lv("EBUSY")) == "other"
-    assert load_category(lv("converged")) == "converged"
+    assert load_category(lv("ENODEV", converged=True)) == "converged"
     assert load_category(None) == "other"

@@ -90,3 +90,54 @@ def test_every_view_names_the_hooks_that_missed(tmp_path: Path) -> None:
     assert report.document(r)["missed_by_hook"] == {"finit_entry": 5}
     for lines in (report.render_text(r), report.render_boot(r)):
         assert "missed by hook: finit_entry 5" in lines
+
+
+def _enodev_storm(n: int) -> reportdata.Report:
+    """The acpi_cpufreq storm on a 6.5+ kernel: N finit_module of one file, the winner's
+    init fails -ENODEV and idempotent() hands its waiters that very ret."""
+    from dataclasses import replace
+
+    from tracer import bymodule
+    from tracer.model import PROFILE_6_5, Model
+    from tracer.stories import Load
+
+    model = Model(PROFILE_6_5)
+    loads = [Load("finit_module", 100 + i, 100 + i, "systemd-udevd", 1, 1000 + i,
+                  end_ns=900_000, ret=-19, file="acpi-cpufreq.ko", dev=1, ino=9, size=4096,
+                  kernel_name="acpi_cpufreq", loaded=i == 0,  # the winner's init failed
+                  id=i + 1) for i in range(n)]
+    for ld in loads:
+        model.load_start(ld)
+    judged = tuple((ld, model.load_done(ld)) for ld in loads)
+    rows = bymodule.join([], judged)
+    base = reportdata.read(str(TRACES[1]))
+    return replace(base, requests=(), loads=judged, modules=model.modules(), by_module=rows,
+                   loading=reportdata.loading(rows, None, 0, 0, 1_000_000))
+
+
+def test_converged_failures_count_as_failures_in_every_view() -> None:
+    """A failing winner's waiters failed too (main.c idempotent_wait_for_completion()):
+    every view counts 16 ENODEV, 15 of them marked converged, and 0 bytes for the waiters."""
+    from tracer import bootdiff
+
+    r = _enodev_storm(16)
+    doc = report.document(r)
+    assert [(ld["verdict"], ld["converged"]) for ld in doc["loads"]] == (
+        [("ENODEV", False)] + [("ENODEV", True)] * 15)
+    assert all(ld["wasted_bytes"] == 0 for ld in doc["loads"])  # init failures, waiters
+    m = doc["modules"]["acpi_cpufreq"]
+    assert (m["loads_ok"], m["load_failures"], m["converged"], m["converged_failures"]) == (
+        0, {"ENODEV": 16}, 15, {"ENODEV": 15})
+    row = doc["by_module"]["acpi_cpufreq"]
+    assert (row["attempts"], row["ok"], row["failures"], row["converged"],
+            row["converged_failures"]) == (16, 0, {"ENODEV": 16}, 15, {"ENODEV": 15})
+    cell = "ENODEV:16 (15 converged)"
+    assert cell in "\n".join(report.render_boot(r))
+    assert cell in "\n".join(report.render_text(r, wide=True))  # both tables
+    assert "\n".join(report.render_text(r, wide=True)).count(cell) == 2
+    d = bootdiff.diff(bootdiff.Boot("a", _enodev_storm(1)), bootdiff.Boot("b", r))
+    text = "\n".join(bootdiff.render(d, wide=True))
+    assert "ENODEV:1/16 (0/15 converged)" in text
+    b = bootdiff.document(d)["modules"]["acpi_cpufreq"]["b"]
+    assert (b["failures"], b["converged_failures"], b["dup_attempts"]) == (
+        {"ENODEV": 16}, {"ENODEV": 15}, 15)

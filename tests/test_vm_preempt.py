@@ -22,6 +22,7 @@ import pytest
 
 from kmodlab import vm
 from kmodlab.witness import WitnessEvent, parse
+from tracer import reportdata
 from tracer.events import Kind
 from tracer.record import Trace, read_trace
 
@@ -100,6 +101,16 @@ def test_default_hooks_see_every_call_and_return(run: PreemptRun) -> None:
     # both made through tracefs, where kprobe_profile counts their nmissed
     probes = " ".join(run.storm["kprobe_events"])
     assert f"kprobes/p_{FINIT}_bcc_" in probes and f"kprobes/r_{FINIT}_bcc_" in probes, probes
+
+
+def test_the_report_counts_every_attempt_as_the_kernel_returned_it(run: PreemptRun) -> None:
+    """idempotent() (7.3 has it) hands each waiter its winner's -ENODEV: the report counts
+    every one as an ENODEV failure, the converged among them marked, as the witness saw."""
+    tr = run.default
+    rets = Counter(w.ret for w in _witnessed(run, tr, "sys_exit_finit_module"))
+    rows = reportdata.read(str(run.out / "trace.jsonl")).by_module.values()
+    assert sum(r.failures.get("ENODEV", 0) for r in rows) == rets[-19] > 0
+    assert sum(r.converged_failures.get("ENODEV", 0) for r in rows) > 0
 
 
 def test_trampoline_misses_equal_the_witness_deficit(run: PreemptRun) -> None:

@@ -60,8 +60,10 @@ class Threshold:
 
 
 def dup_attempts(row: ModuleRow) -> int:
-    """Load attempts that lost to a same-name load: converged waiters, EEXIST, EBUSY."""
-    return row.converged + sum(row.failures.get(e, 0) for e in _DUP_ERRNOS)
+    """Load attempts that lost to a same-name load: converged waiters, EEXIST, EBUSY
+    (a waiter handed a winner's EEXIST counted once)."""
+    return row.converged + sum(row.failures.get(e, 0) - row.converged_failures.get(e, 0)
+                               for e in _DUP_ERRNOS)
 
 
 def duplicates(row: ModuleRow) -> int:
@@ -207,12 +209,21 @@ def _signed(n: float, text: str) -> str:
 
 
 def _failed(a: ModuleRow | None, b: ModuleRow | None) -> str:
-    """Per errno, A's count / B's: "EEXIST:9/22,EBUSY:-/1"."""
+    """Per errno, A's count / B's, and the converged waiters among them:
+    "ENODEV:16/1 (15/0 converged),EBUSY:-/1"."""
     fa = a.failures if a is not None else {}
     fb = b.failures if b is not None else {}
-    keys = sorted(set(fa) | set(fb))
-    cell = ",".join(f"{k}:{fa.get(k, 0) if a else '-'}/{fb.get(k, 0) if b else '-'}"
-                    for k in keys)
+    ca = a.converged_failures if a is not None else {}
+    cb = b.converged_failures if b is not None else {}
+
+    def count(row: ModuleRow | None, counts: Mapping[str, int], k: str) -> str:
+        return "-" if row is None else str(counts.get(k, 0))
+
+    cell = ",".join(
+        f"{k}:{count(a, fa, k)}/{count(b, fb, k)}"
+        + (f" ({count(a, ca, k)}/{count(b, cb, k)} converged)" if ca.get(k) or cb.get(k)
+           else "")
+        for k in sorted(set(fa) | set(fb)))
     return cell or "0"
 
 

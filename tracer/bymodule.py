@@ -31,9 +31,11 @@ class ModuleRow:
     subsystems: Counter[str] = field(default_factory=Counter)  # subsystem -> attempts
     device_subsystem: dict[str, str] = field(default_factory=dict)  # devpath -> subsystem
     attempts: int = 0  # (f)init_module calls for this module
-    ok: int = 0
-    converged: int = 0  # idempotent() waiters
+    ok: int = 0  # converged waiters of a winner that loaded included
+    # idempotent() waiters, counted in ok or failures as the winner returned
+    converged: int = 0
     failures: Counter[str] = field(default_factory=Counter)  # errno name -> count
+    converged_failures: Counter[str] = field(default_factory=Counter)  # of failures, waiters'
     wasted_bytes: int = 0  # MODULE_STATS bytes the failed attempts cost
     first_ns: int | None = None  # first attempt's start
     last_ns: int | None = None  # last attempt's start
@@ -55,6 +57,7 @@ class ModuleRow:
             "aliases": dict(self.aliases), "devices": dict(self.devices),
             "subsystems": dict(self.subsystems), "attempts": self.attempts, "ok": self.ok,
             "converged": self.converged, "failures": dict(self.failures),
+            "converged_failures": dict(self.converged_failures),
             "wasted_bytes": self.wasted_bytes, "first_ns": self.first_ns,
             "last_ns": self.last_ns, "span_ns": self.span_ns, "load_ns": self.load_ns,
         }
@@ -74,10 +77,12 @@ def _add_load(row: ModuleRow, load: Load, verdict: LoadVerdict | None) -> None:
     row.attempts += 1
     if outcome == "loaded":
         row.ok += 1
-    elif outcome == "converged":
-        row.converged += 1
     else:
         row.failures[outcome] += 1
+    if verdict is not None and verdict.converged:  # the winner's ret: marked, not recounted
+        row.converged += 1
+        if outcome != "loaded":
+            row.converged_failures[outcome] += 1
     if verdict is not None:
         row.wasted_bytes += verdict.wasted_bytes
     row.first_ns = load.start_ns if row.first_ns is None else min(row.first_ns, load.start_ns)
@@ -198,16 +203,16 @@ COLUMNS = ("MODULE", "TRIES", "OK", "FAILED", "WASTED", "DEVICES", "SPAN(s)", "L
 
 def table_rows(rows: Mapping[str, ModuleRow], alias_width: int = 18) -> list[tuple[str, ...]]:
     """Modules tried more than once first, most wasted first: the boot debugger's order."""
-    from tracer.report import human_bytes  # the one byte formatter
+    from tracer.report import errno_counts, human_bytes  # the one formatter of each
 
     ordered = sorted(rows.values(), key=lambda r: (not r.repeated, -r.wasted_bytes,
                                                    -r.attempts, r.module))
     out: list[tuple[str, ...]] = []
     for r in ordered:
-        failed = ",".join(f"{k}:{n}" for k, n in sorted(r.failures.items())) or "0"
-        if r.converged:
-            failed += f",conv:{r.converged}" if r.failures else f" conv:{r.converged}"
-        out.append((r.module[:20], str(r.attempts), str(r.ok), failed,
+        ok_conv = r.converged - sum(r.converged_failures.values())
+        ok = f"{r.ok} ({ok_conv} converged)" if ok_conv else str(r.ok)
+        out.append((r.module[:20], str(r.attempts), ok,
+                    errno_counts(r.failures, r.converged_failures),
                     human_bytes(r.wasted_bytes), _devices(r), f"{r.span_ns / 1e9:.3f}",
                     f"{r.load_ns / 1e9:.3f}", str(r.requests), str(r.duplicates),
                     _aliases(r, alias_width)))

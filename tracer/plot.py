@@ -61,7 +61,7 @@ def human_bytes(n: int) -> str:
 
 def load_category(v: LoadVerdict | None) -> str:
     """Bar colour class of a load attempt: loaded, EEXIST, converged or other."""
-    outcome = "unknown" if v is None else v.outcome
+    outcome = "unknown" if v is None else "converged" if v.converged else v.outcome
     return outcome if outcome in OUTCOME_COLORS else "other"
 
 

@@ -149,11 +149,15 @@ def load_line(load: Load, v: LoadVerdict | None, t0_ns: int, wide: bool = False,
                           f"modalias={load.device.modalias or '?'}")
         if v is not None:
             detail.append(v.outcome + (f" ({v.rule})" if v.rule else ""))
+            if v.converged:
+                detail.append(f"converged on #{v.winner_id}")
             if v.wasted_bytes:
                 detail.append(f"wasted={v.wasted_bytes}B")
     else:  # what RET does not say already, the cost first
         if v is not None and v.outcome not in (ret, "loaded"):
             detail.append(v.outcome)
+        if v is not None and v.converged:
+            detail.append("converged")
         if v is not None and v.wasted_bytes:
             detail.append(f"wasted={human_bytes(v.wasted_bytes)}")
         if load.request_id is not None:
@@ -214,6 +218,7 @@ LOAD_FIELDS: dict[str, LoadField] = {
     "init_ns": lambda ld, v: ld.init_ns, "init_ret": lambda ld, v: ld.init_ret,
     "request_id": lambda ld, v: ld.request_id, "verdict": _verdict("outcome"),
     "rule": _verdict("rule"), "wasted_bytes": _verdict("wasted_bytes"),
+    "converged": _verdict("converged"),
     "winner_id": _verdict("winner_id"), "would_converge": _verdict("would_converge"),
     "bytes_saved": _verdict("bytes_saved"), "alias": lambda ld, v: load_alias(ld) or None,
     "devpath": lambda ld, v: None if ld.device is None else ld.device.devpath,
@@ -227,8 +232,8 @@ REQUEST_JSON = ("type", "id", "name", "wait", "pid", "tid", "comm", "ppid", "ip"
                 "modprobe_status", "modprobe_name", "load_ids")
 LOAD_JSON = ("type", "id", "module", "syscall", "pid", "tid", "comm", "ppid", "file", "inode",
              "size", "flags", "ret", "start_ns", "duration_ns", "loaded", "init_ns",
-             "init_ret", "request_id", "verdict", "wasted_bytes", "alias", "devpath",
-             "subsystem")
+             "init_ret", "request_id", "verdict", "converged", "wasted_bytes", "alias",
+             "devpath", "subsystem")
 
 
 def request_fields(req: Request, v: RequestVerdict | None,
@@ -268,7 +273,7 @@ def summary_rows(mods: Mapping[str, ModuleStats]) -> list[tuple[str, ...]]:
         if of is not None:
             return f"{v}/{getattr(m, of)}"
         if unit == "errnos":
-            return ",".join(f"{k}:{n}" for k, n in sorted(v.items())) or "0"
+            return errno_counts(v, m.converged_failures if name == "load_failures" else {})
         if unit == "bytes":
             return human_bytes(v)
         if unit == "ns":
@@ -277,6 +282,13 @@ def summary_rows(mods: Mapping[str, ModuleStats]) -> list[tuple[str, ...]]:
 
     cols = [(f.name, f.metadata["unit"], f.metadata["of"]) for f in summary_fields()]
     return [tuple(cell(m, *c) for c in cols) for _, m in sorted(mods.items())]
+
+
+def errno_counts(failures: Mapping[str, int], converged: Mapping[str, int]) -> str:
+    """Failures per errno, the converged waiters among them marked:
+    "ENODEV:16 (15 converged),EEXIST:1"."""
+    return ",".join(f"{k}:{n}" + (f" ({converged[k]} converged)" if converged.get(k) else "")
+                    for k, n in sorted(failures.items())) or "0"
 
 
 def human_bytes(n: int, sep: str = "") -> str:

@@ -49,15 +49,21 @@ class ModuleStats:
     would_queue: int = _stat(json=True)
     loads: int = _stat(column="LOADS")  # load attempts finished
     loads_ok: int = _stat(json=True, column="OK")
-    # errno name -> count (not counting converged waiters)
+    # errno name -> count, converged waiters included: idempotent() hands each the winner's
+    # ret, so a failing winner's waiters failed too
     load_failures: dict[str, int] = field(default_factory=dict, metadata={
         "unit": "errnos", "json": True, "column": "FAILED", "of": None, "derive": None})
-    converged: int = _stat(json=True, column="CONVERGED")  # idempotent() waiters
+    # idempotent() waiters, counted in loads_ok or load_failures as they returned
+    converged: int = _stat(json=True, column="CONVERGED")
+    # of load_failures, the converged waiters': errno name -> count
+    converged_failures: dict[str, int] = field(default_factory=dict, metadata={
+        "unit": "errnos", "json": True, "column": None, "of": None, "derive": None})
     would_converge: int = _stat()  # attempts idempotent() would have turned into waiters
     reads: int = _stat()  # attempts that read the file
-    # Attempts that read the file, beyond the ones needed: reads - max(loads_ok, 1).
-    extra_reads: int = _stat(json=True, column="XREADS",
-                             derive=lambda m: max(0, m.reads - max(m.loads_ok, 1)))
+    # Attempts that read the file, beyond the ones needed: reads - max(loads that read
+    # and succeeded, 1); a converged waiter read nothing.
+    extra_reads: int = _stat(json=True, column="XREADS", derive=lambda m: max(
+        0, m.reads - max(m.loads_ok - m.converged + sum(m.converged_failures.values()), 1)))
     wasted_bytes: int = _stat("bytes", json=True, column="WASTED")  # MODULE_STATS rules
     bytes_saved: int = _stat("bytes")  # of wasted_bytes, what idempotent() would have saved
     # Largest race: a maximal group of requests/loads of this name whose [arrival, return]
@@ -71,7 +77,8 @@ class ModuleStats:
 
     def snapshot(self) -> ModuleStats:
         """A copy with the derived counters filled in, in field order."""
-        out = replace(self, load_failures=dict(self.load_failures))
+        out = replace(self, load_failures=dict(self.load_failures),
+                      converged_failures=dict(self.converged_failures))
         for f in fields(self):
             derive = f.metadata["derive"]
             if derive is not None:

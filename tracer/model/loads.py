@@ -34,8 +34,8 @@ class LoadVerdict:
     module: str
     syscall: str
     ret: int | None
-    # "loaded", "converged" (an idempotent() waiter), "EEXIST", "EBUSY", another errno name,
-    # or "unknown" (no ret recorded).
+    # "loaded", "EEXIST", "EBUSY", another errno name, or "unknown" (no ret recorded). An
+    # idempotent() waiter's is the winner's: it failed or loaded as the winner did.
     outcome: str
     rule: Rule | None  # which kernel check produced the outcome
     wasted_bytes: int  # MODULE_STATS bytes this attempt wasted on the actual kernel
@@ -44,6 +44,15 @@ class LoadVerdict:
     bytes_saved: int  # wasted_bytes that idempotent() would have saved
     byte_class: ByteClass | None = None  # the stats.c counter wasted_bytes went to
     wasted_approx: bool = False  # the errno left the failing phase ambiguous
+    # An idempotent() waiter handed the winner's ret (outcome), with no read, 0 bytes.
+    converged: bool = False
+
+
+def _outcome(ret: int | None) -> str:
+    """A return value as a verdict: "loaded", an errno name, or "unknown"."""
+    if ret is None:
+        return "unknown"
+    return "loaded" if ret == 0 else errno.errorcode.get(-ret, str(ret))
 
 
 class _Winner:
@@ -77,6 +86,7 @@ class _Judged:
     outcome: str
     rule: Rule | None = None
     read: bool = True  # the attempt read the file (an extra read if it failed)
+    converged: bool = False  # an idempotent() waiter: outcome is the winner's ret
 
 
 class Loads:
@@ -126,11 +136,11 @@ class Loads:
         winner = p.waiter_of
         saved = cost if winner is not None else 0
         self.stats.saved_bytes += saved
-        self._count(tally, name, judged.outcome, read, cost, saved, winner is not None)
+        self._count(tally, name, judged, read, cost, saved, winner is not None)
         return LoadVerdict(
             load.id, name, load.syscall, load.ret, judged.outcome, judged.rule, cost,
             winner.load_id if winner is not None else None, winner is not None, saved,
-            byte_class, approx,
+            byte_class, approx, judged.converged,
         )  # fmt: skip
 
     def _finish(self, load: Load) -> tuple[PendingLoad, int]:
@@ -172,13 +182,14 @@ class Loads:
         if waited and ret == -errno.EINTR and winner is not None and winner.ret != ret:
             # idempotent_wait_for_completion() interrupted: u->ret is still -EINTR.
             return _Judged("EINTR", "idempotent", read=False)
-        if waited:  # idempotent_wait_for_completion(): the winner's ret, no read
-            return _Judged("converged", "idempotent", read=False)
-        if ret is None:
-            return _Judged("unknown", read=False)
-        if ret == 0:
-            return _Judged("loaded")
-        outcome = errno.errorcode.get(-ret, str(ret))
+        if waited:
+            # idempotent_wait_for_completion() returns u->ret, the winner's exact return
+            # (main.c, 9b9879fc0327): the waiter failed or loaded as the winner did, with
+            # no read and no allocation.
+            return _Judged(_outcome(ret), "idempotent", read=False, converged=ret is not None)
+        if ret is None or ret == 0:
+            return _Judged(_outcome(ret), read=ret is not None)
+        outcome = _outcome(ret)
         if not load.loaded and -ret in (errno.EEXIST, errno.EBUSY):
             return _Judged(outcome, self._patient_rule(load, p))
         return _Judged(outcome)
@@ -211,16 +222,19 @@ class Loads:
         byte_class, approx = failure_phase(load, -load.ret, reached)
         return byte_class, approx, byte_class not in (None, "kread")
 
-    def _count(self, tally: Tally, name: str, outcome: str, read: bool, cost: int, saved: int,
-               would_converge: bool) -> None:  # fmt: skip
+    def _count(self, tally: Tally, name: str, judged: _Judged, read: bool, cost: int,
+               saved: int, would_converge: bool) -> None:  # fmt: skip
         c = tally.c
         c.loads += 1
+        outcome = judged.outcome
         if outcome == "loaded":
             c.loads_ok += 1
-        elif outcome == "converged":
-            c.converged += 1
         elif outcome != "unknown":
             c.load_failures[outcome] = c.load_failures.get(outcome, 0) + 1
+        if judged.converged:  # counted above as what it returned, and marked here
+            c.converged += 1
+            if outcome != "loaded":
+                c.converged_failures[outcome] = c.converged_failures.get(outcome, 0) + 1
         if outcome in ("loaded", "EEXIST"):
             self.live.add(name)  # LIVE now, or found LIVE by the patient check
         c.reads += read
