@@ -618,6 +618,9 @@ class Cost:
     mod_len: int | None = None
     rule: str | None = None
     patient: str | None = None  # the module_patient_check_exists() call traced last
+    # info->len charged but not seen (no MOD_LEN); None: whenever becoming/invalid has no
+    # mod_len, as on kernels where module_sig_check() is not traced
+    len_unknown: bool | None = None
 
 
 COSTS = [
@@ -685,13 +688,42 @@ COSTS = [
     Cost("sig: blacklisted -EPERM after module_sig_check(): becoming, exact", SIG,
          -errno.EPERM, "becoming", SIZE, False, f"{MAIN} early_mod_check() blacklisted()",
          size=SIGNED, mod_len=SIZE),
-    Cost("sig: -EPERM before load_module(): may_init_module(), nothing", SIG, -errno.EPERM,
-         None, 0, True, f"{MAIN} SYSCALL_DEFINE3(finit_module) may_init_module()"),
+    Cost("sig: -EPERM before load_module(): an LSM refusing the read, or may_init_module()",
+         SIG, -errno.EPERM, "kread", 0, True,
+         "fs/kernel_read_file.c security_kernel_read_file() (LoadPin), main.c "
+         "init_module_from_file() failed_kreads; may_init_module() returns it too"),
+    Cost("sig: a BPF LSM's -EACCES in kernel_read_file(): failed_kreads, no bytes", SIG,
+         -errno.EACCES, "kread", 0, False,
+         f"{MAIN} init_module_from_file() kernel_read_file() < 0: mod_stat_inc(failed_kreads)"),
+    Cost("sig: -EIO reading the file: failed_kreads", SIG, -errno.EIO, "kread", 0, False,
+         "fs/kernel_read_file.c kernel_read_file() -EIO"),
+    Cost("sig: -EINVAL in kernel_read_file() (not a regular file, empty): failed_kreads", SIG,
+         -errno.EINVAL, "kread", 0, False, "fs/kernel_read_file.c !S_ISREG, i_size <= 0"),
+    Cost("sig: -EBADF, the fd check before the read: nothing", SIG, -errno.EBADF, None, 0,
+         False, f"{MAIN} idempotent_init_module() !(f->f_mode & FMODE_READ)"),
+    Cost("sig: init_module, an LSM's -EPERM in the copy: failed_kreads, len", SIG,
+         -errno.EPERM, "kread", SIZE, True,
+         f"{MAIN} copy_module_from_user() security_kernel_load_data()", syscall="init_module"),
+    Cost("sig: init_module, a buffer shorter than an ELF header: -ENOEXEC in the copy", SIG,
+         -errno.ENOEXEC, "kread", 32, False,
+         f"{MAIN} copy_module_from_user() len < sizeof(*(info->hdr))", syscall="init_module",
+         size=32),
+    Cost("sig: -ENOENT with no MOD_LEN: only load_module() returns it, so len unknown", SIG,
+         -errno.ENOENT, "invalid", 2 * SIZE, False,
+         f"{MAIN} load_module() simplify_symbols(); module_sig_check() kretprobe missed",
+         len_unknown=True),
+    Cost("sig: patient check with no MOD_LEN: reached load_module(), len unknown", SIG,
+         -errno.EEXIST, "becoming", SIZE, False, f"{MAIN} early_mod_check()",
+         rule="patient-becoming", patient="Becoming", len_unknown=True),
+    Cost("sig: MOD_LEN seen: len known", SIG, -errno.ENOENT, "invalid", 2 * SIZE, False,
+         f"{MAIN} load_module() simplify_symbols()", size=SIGNED, mod_len=SIZE,
+         len_unknown=False),
     Cost("sig: parse_args -EINVAL: invalid, exact", SIG, -errno.EINVAL, "invalid", 2 * SIZE,
          False, f"{MAIN} load_module() parse_args() -> coming_cleanup -> free_module",
          size=SIGNED, mod_len=SIZE),
-    Cost("sig: -EINVAL before load_module(), no flag 4: the flags check, nothing", SIG,
-         -errno.EINVAL, None, 0, False, f"{MAIN} SYSCALL_DEFINE3(finit_module) flags"),
+    Cost("sig: -EINVAL before load_module(), an unknown flag: the flags check, nothing", SIG,
+         -errno.EINVAL, None, 0, False, f"{MAIN} SYSCALL_DEFINE3(finit_module) flags",
+         flags=8),
     Cost("sig: compressed -EINVAL before load_module(): the decompressor", SIG, -errno.EINVAL,
          "decompress", SIZE, False, f"{MAIN} init_module_from_file() module_decompress()",
          flags=MODULE_INIT_COMPRESSED_FILE),
@@ -726,7 +758,11 @@ def test_module_stats_cost_of_a_failed_attempt(c: Cost) -> None:
     v = replay(m, loads=[attempt]).loads[2]
     assert (v.rule, v.byte_class, v.wasted_bytes, v.wasted_approx) == (
         c.rule, c.byte_class, c.wasted, c.approx), c.cite
+    unknown = c.len_unknown if c.len_unknown is not None else (
+        c.mod_len is None and c.byte_class in ("becoming", "invalid"))
+    assert v.len_unknown == unknown, c.cite
     s = m.stats()
+    assert s.len_unknown == int(unknown)
     for cls in BYTES:
         mine = cls == c.byte_class
         assert getattr(s, BYTES[cls]) == (c.wasted if mine else 0), (cls, c.cite)

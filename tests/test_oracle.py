@@ -100,6 +100,8 @@ def test_the_storms_hit_every_failure_class(oracle_out: Path) -> None:
     # signed: info->len is the file less its signature
     tun = [ld for ld, _ in rep.loads if ld.module == "tun" and ld.mod_len is not None]
     assert tun and all(ld.mod_len is not None and ld.mod_len < ld.size for ld in tun)
+    # module_sig_check() missed nothing here: no failure is charged a len it did not see
+    assert not [ld for ld, v in rep.loads if v is not None and v.len_unknown]
 
 
 def test_every_kernel_duplicate_is_logged_once(oracle_out: Path) -> None:

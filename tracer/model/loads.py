@@ -20,7 +20,7 @@ from typing import Literal
 
 from tracer.model.counters import Tallies, Tally
 from tracer.model.profile import Profile
-from tracer.model.stats import ByteClass, ModStats, failure_phase, wasted
+from tracer.model.stats import ByteClass, ModStats, failure_phase, reached_load_module, wasted
 from tracer.stories import Load
 
 Rule = Literal["idempotent", "patient-becoming", "patient-load", "exists"]
@@ -46,6 +46,9 @@ class LoadVerdict:
     wasted_approx: bool = False  # the errno left the failing phase ambiguous
     # An idempotent() waiter handed the winner's ret (outcome), with no read, 0 bytes.
     converged: bool = False
+    # MODULE_STATS charged len, but module_sig_check()'s return was not seen (a missed
+    # kretprobe, a full map): the size on disk stood for info->len.
+    len_unknown: bool = False
 
 
 def _outcome(ret: int | None) -> str:
@@ -128,6 +131,9 @@ class Loads:
         judged = self._judge(load, p)
         byte_class, approx, read = self._byte_class(load, judged)
         cost = self._charge(load, byte_class, approx)
+        # stats.c charged info->len, which only module_sig_check()'s return shows
+        len_unknown = load.mod_len is None and byte_class in ("becoming", "invalid")
+        self.stats.len_unknown += len_unknown
         if judged.rule is not None and judged.rule != "idempotent":
             # try_add_failed_module(); the attempt's run time was avoidable work
             reason = "Becoming" if judged.rule == "patient-becoming" else "Load"
@@ -140,7 +146,7 @@ class Loads:
         return LoadVerdict(
             load.id, name, load.syscall, load.ret, judged.outcome, judged.rule, cost,
             winner.load_id if winner is not None else None, winner is not None, saved,
-            byte_class, approx, judged.converged,
+            byte_class, approx, judged.converged, len_unknown,
         )  # fmt: skip
 
     def _finish(self, load: Load) -> tuple[PendingLoad, int]:
@@ -218,7 +224,7 @@ class Loads:
             # a success, an idempotent() waiter, or a failed do_init_module(): freed with
             # no MODULE_STATS bump
             return None, False, judged.read
-        reached = (load.mod_len is not None) if self.actual.sig_check else None
+        reached = reached_load_module(load) if self.actual.sig_check else None
         byte_class, approx = failure_phase(load, -load.ret, reached)
         return byte_class, approx, byte_class not in (None, "kread")
 

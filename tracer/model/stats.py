@@ -18,6 +18,11 @@ from tracer.stories import Load
 
 # include/uapi/linux/module.h: finit_module() flag, the kernel decompresses the file.
 MODULE_INIT_COMPRESSED_FILE: Final = 4
+# finit_module() refuses any other flag bit with -EINVAL before reading (main.c):
+# MODULE_INIT_IGNORE_MODVERSIONS | MODULE_INIT_IGNORE_VERMAGIC | MODULE_INIT_COMPRESSED_FILE.
+_FINIT_FLAGS: Final = 1 | 2 | MODULE_INIT_COMPRESSED_FILE
+# sizeof(Elf64_Ehdr): copy_module_from_user() refuses a shorter buffer with -ENOEXEC.
+_EHDR_SIZE: Final = 64
 
 # The four invalid_*_bytes counters of stats.c, by the phase the attempt failed in:
 # "kread" the read or copy of the module, "decompress" module_decompress(), "becoming"
@@ -45,6 +50,9 @@ _FINIT_PHASE: Final[dict[int, tuple[ByteClass | None, bool]]] = {
     # failed_kreads, no bytes since 6.5 (6.4 added the negative errno, a bug).
     errno.ETXTBSY: ("kread", False),
     errno.EFBIG: ("kread", False),
+    # kernel_read_file(): an LSM refusing the read (SELinux), or the read itself failing.
+    errno.EACCES: ("kread", True),
+    errno.EIO: ("kread", True),
     # the read's vmalloc() is the largest allocation; layout_and_allocate() (becoming)
     # and percpu_modalloc() (invalid) return it too.
     errno.ENOMEM: ("kread", True),
@@ -82,9 +90,32 @@ _LOAD_MODULE_PHASE: Final[dict[int, tuple[ByteClass, bool]]] = {
 # Not reached: finit_module() failed in kernel_read_file() (failed_kreads, no bytes),
 # in module_decompress() (flag 4), or before the read (nothing); init_module() in
 # copy_module_from_user() (len to invalid_kread_bytes) or before it (nothing).
-_FINIT_KREAD: Final = frozenset({errno.ETXTBSY, errno.EFBIG, errno.ENOMEM})
-_DECOMPRESS: Final = frozenset({errno.EINVAL, errno.ENOMEM})
-_INIT_COPY: Final = frozenset({errno.EFAULT, errno.ENOMEM, errno.ENOEXEC})
+# module_decompress() errors (decompress.c; -EOPNOTSUPP: the stub of internal.h).
+_DECOMPRESS: Final = frozenset({errno.EINVAL, errno.ENOMEM, errno.EOPNOTSUPP})
+# Errnos that only load_module() returns: kernel_read_file(), module_decompress() and the
+# checks before them never do (an LSM could, but none does). Seen with no MOD_LEN, the
+# module_sig_check() kretprobe missed: the attempt did reach load_module().
+_LOAD_MODULE_ONLY: Final = frozenset({
+    errno.ENOENT, errno.EEXIST, errno.EBUSY,  # simplify_symbols(), the patient checks
+    # module_sig_check(), mod_verify_sig()
+    errno.EKEYREJECTED, errno.ENOKEY, errno.EBADMSG, errno.ENODATA, errno.ENOPKG,
+})
+
+
+def reached_load_module(load: Load) -> bool:
+    """Where module_sig_check() is traced: whether a failed attempt got to load_module().
+
+    Its kretprobe's MOD_LEN says so; without it, what only load_module() does says so too
+    (a patient check, module:module_load, an errno only it returns): then the return
+    was missed, not the call. Otherwise the attempt failed before load_module()."""
+    if load.mod_len is not None or load.patient_check is not None or load.loaded:
+        return True
+    err = -(load.ret or 0)
+    if err in _LOAD_MODULE_ONLY:
+        return True
+    if err == errno.ENOEXEC:  # finit: ELF checks only; init: also a buffer under a header
+        return load.syscall == "finit_module" or load.size >= _EHDR_SIZE
+    return err == errno.EFAULT and load.syscall == "finit_module"  # strndup_user(uargs)
 
 
 def failure_phase(load: Load, err: int, reached: bool | None = None
@@ -104,11 +135,20 @@ def failure_phase(load: Load, err: int, reached: bool | None = None
 def _phase_by_reach(load: Load, err: int, reached: bool) -> tuple[ByteClass | None, bool]:
     if reached:
         return _LOAD_MODULE_PHASE.get(err, ("becoming", True))
+    # main.c (6.12): every error of init_module()'s copy_module_from_user() (-ENOEXEC for
+    # a short buffer, security_kernel_load_data(), vmalloc, copy) and of finit_module()'s
+    # kernel_read_file() (deny_write_access(), size checks, security_kernel_read_file() and
+    # _post_read_file(): LSM denials such as LoadPin's or a BPF LSM's, vmalloc, the read)
+    # bumps failed_kreads. Only may_init_module()'s -EPERM, finit_module()'s flag check
+    # and idempotent_init_module()'s fd check come before, counting nothing; an LSM's
+    # -EPERM looks like may_init_module()'s, so EPERM is taken as the LSM's, approximate.
     if load.syscall == "init_module":
-        return ("kread" if err in _INIT_COPY else None), False
+        return "kread", err == errno.EPERM
+    if err == errno.EBADF or (err == errno.EINVAL and load.flags & ~_FINIT_FLAGS):
+        return None, False
     if load.flags & MODULE_INIT_COMPRESSED_FILE and err in _DECOMPRESS:
         return "decompress", err == errno.ENOMEM  # or the read's vmalloc()
-    return ("kread" if err in _FINIT_KREAD else None), err == errno.EPERM
+    return "kread", err == errno.EPERM
 
 
 def wasted(load: Load, byte_class: ByteClass) -> int:
@@ -153,6 +193,8 @@ class StatsSummary:
     # True where the kernel has no CONFIG_MODULE_STATS: what a kernel with it would count.
     modelled: bool = True
     approximate: int = 0  # failures whose phase the errno left ambiguous
+    # failures charged info->len that the trace did not show: the size stood for it
+    len_unknown: int = 0
 
     @property
     def wasted_bytes(self) -> int:
@@ -170,6 +212,7 @@ class ModStats:
         self.failures: dict[ByteClass, int] = dict.fromkeys(_CLASSES, 0)
         self.saved_bytes = 0
         self.approximate = 0
+        self.len_unknown = 0  # charges of info->len where no MOD_LEN showed it
         self._dup_failed: dict[str, tuple[int, set[str]]] = {}
 
     def bump(self, byte_class: ByteClass, n: int, approximate: bool) -> None:
@@ -196,7 +239,7 @@ class ModStats:
             failed_kreads=f["kread"], failed_decompress=f["decompress"],
             failed_becoming=f["becoming"], failed_load=f["invalid"], dup_failed=table,
             bytes_saved_idempotent=self.saved_bytes, modelled=self.modelled,
-            approximate=self.approximate,
+            approximate=self.approximate, len_unknown=self.len_unknown,
         )  # fmt: skip
 
 
