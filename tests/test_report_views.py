@@ -141,3 +141,37 @@ def test_converged_failures_count_as_failures_in_every_view() -> None:
     b = bootdiff.document(d)["modules"]["acpi_cpufreq"]["b"]
     assert (b["failures"], b["converged_failures"], b["dup_attempts"]) == (
         {"ENODEV": 16}, {"ENODEV": 15}, 15)
+
+
+def test_len_unknown_is_counted_never_reclassified(tmp_path: Path) -> None:
+    """The oracle's trace with every MOD_LEN (module_sig_check()'s return) dropped, as a
+    missed kretprobe would: the failures load_module() charged stay in their class, each
+    marked len unknown, and the Report counts them for every view."""
+    import zstandard
+
+    from tracer.events import Kind
+
+    src = DATA / "oracle-6.12" / "trace.jsonl.zst"
+    lines = zstandard.ZstdDecompressor().decompress(
+        src.read_bytes(), max_output_size=1 << 30).decode().splitlines()
+    kept = [ln for ln in lines if json.loads(ln).get("kind") != int(Kind.MOD_LEN)]
+    assert len(kept) < len(lines)
+    path = tmp_path / "no-mod-len.jsonl"
+    path.write_text("\n".join(kept) + "\n")
+    full = tmp_path / "full.jsonl"
+    full.write_text("\n".join(lines) + "\n")
+    before, r = reportdata.read(str(full)), reportdata.read(str(path))
+    charged = [v for _, v in before.loads if v is not None
+               and v.byte_class in ("becoming", "invalid")]
+    assert len(charged) == 13 and before.loss.len_unknown == 0
+    moved = [(a.byte_class, b.byte_class, b.outcome, b.wasted_approx)
+             for (_, a), (_, b) in zip(before.loads, r.loads, strict=True)
+             if a is not None and b is not None and a.byte_class != b.byte_class]
+    # Only blacklisted()'s -EPERM moves: with no MOD_LEN it looks like an LSM refusing the
+    # read (failed_kreads), and the verdict says the phase is approximate.
+    assert moved == [("becoming", "kread", "EPERM", True)] * 2
+    assert r.loss.len_unknown == sum(1 for _, v in r.loads if v is not None
+                                     and v.len_unknown) == 11  # 13 less the 2 EPERM
+    assert report.document(r)["len_unknown"] == 11
+    line = "11 failed load(s) with len unknown"
+    assert line in "\n".join(report.render_text(r)) and line in "\n".join(report.render_boot(r))

@@ -412,7 +412,8 @@ class Run:
         self.tracer.close()
         self.print_summary(reportdata.from_live(
             self.features, self.judge.model.modules(), self.by_module.rows(),
-            reportdata.Loss(self.correlator.events, lost, missed, misses, True, 0, None),
+            reportdata.Loss(self.correlator.events, lost, missed, misses, True, 0, None,
+                            self.judge.model.stats().len_unknown),
             self.window, end_ns))
 
     def print_summary(self, r: reportdata.Report) -> None:

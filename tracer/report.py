@@ -153,6 +153,8 @@ def load_line(load: Load, v: LoadVerdict | None, t0_ns: int, wide: bool = False,
                 detail.append(f"converged on #{v.winner_id}")
             if v.wasted_bytes:
                 detail.append(f"wasted={v.wasted_bytes}B")
+            if v.len_unknown:
+                detail.append("len unknown")
     else:  # what RET does not say already, the cost first
         if v is not None and v.outcome not in (ret, "loaded"):
             detail.append(v.outcome)
@@ -218,7 +220,7 @@ LOAD_FIELDS: dict[str, LoadField] = {
     "init_ns": lambda ld, v: ld.init_ns, "init_ret": lambda ld, v: ld.init_ret,
     "request_id": lambda ld, v: ld.request_id, "verdict": _verdict("outcome"),
     "rule": _verdict("rule"), "wasted_bytes": _verdict("wasted_bytes"),
-    "converged": _verdict("converged"),
+    "converged": _verdict("converged"), "len_unknown": _verdict("len_unknown"),
     "winner_id": _verdict("winner_id"), "would_converge": _verdict("would_converge"),
     "bytes_saved": _verdict("bytes_saved"), "alias": lambda ld, v: load_alias(ld) or None,
     "devpath": lambda ld, v: None if ld.device is None else ld.device.devpath,
@@ -232,8 +234,8 @@ REQUEST_JSON = ("type", "id", "name", "wait", "pid", "tid", "comm", "ppid", "ip"
                 "modprobe_status", "modprobe_name", "load_ids")
 LOAD_JSON = ("type", "id", "module", "syscall", "pid", "tid", "comm", "ppid", "file", "inode",
              "size", "flags", "ret", "start_ns", "duration_ns", "loaded", "init_ns",
-             "init_ret", "request_id", "verdict", "converged", "wasted_bytes", "alias",
-             "devpath", "subsystem")
+             "init_ret", "request_id", "verdict", "converged", "wasted_bytes", "len_unknown",
+             "alias", "devpath", "subsystem")
 
 
 def request_fields(req: Request, v: RequestVerdict | None,
@@ -347,7 +349,8 @@ def document(r: Report) -> dict[str, Any]:
         "lost_events": loss.lost, "missed_probes": loss.missed,
         "missed_by_hook": None if loss.by_hook is None else dict(loss.by_hook),
         "complete": loss.complete, "first_bad_line": loss.first_bad_line,
-        "bad_lines": loss.bad_lines, **profile_json(r.profile),
+        "bad_lines": loss.bad_lines, "len_unknown": loss.len_unknown,
+        **profile_json(r.profile),
         "requests": [request_json(q, v, r.ksyms) | proc_json(r.procs, q.pid, q.comm)
                      for q, v in r.requests],
         "loads": [load_json(ld, v) | proc_json(r.procs, ld.pid, ld.comm)
@@ -379,6 +382,9 @@ def damage_lines(loss: Loss) -> list[str]:
         out.append("trace has no trailer: the recorder was killed; all written events used")
     if loss.first_bad_line is not None:
         out.append(f"{loss.bad_lines} unreadable line(s), first at line {loss.first_bad_line}")
+    if loss.len_unknown:
+        out.append(f"{loss.len_unknown} failed load(s) with len unknown (no module_sig_check() "
+                   "return): file size used")
     return out
 
 

@@ -43,6 +43,9 @@ class Loss:
     complete: bool  # the trailer was written (the recorder was not killed)
     bad_lines: int
     first_bad_line: int | None
+    # failed loads MODULE_STATS charged info->len for with no MOD_LEN event showing it (a
+    # missed module_sig_check() return, a full map, no MODULE_SIG): the size stood for it
+    len_unknown: int = 0
 
     @property
     def dropped(self) -> bool:
@@ -141,7 +144,8 @@ def build(trace: Trace, rep: Replay) -> Report:
         loading=loading(rows, bymodule.busy_ns(ld for ld, _ in rep.loads), start,
                         early.traced_from_ns(trace.early, start),
                         _int((trace.trailer or {}).get("end_mono_ns"))),
-        loss=trace_loss(trace), procs=trace.procs, ksyms=trace.ksyms,
+        loss=replace(trace_loss(trace), len_unknown=rep.judge.model.stats().len_unknown),
+        procs=trace.procs, ksyms=trace.ksyms,
         early=trace.early, early_events=trace.early_events,
     )
 
