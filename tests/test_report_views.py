@@ -175,3 +175,20 @@ def test_len_unknown_is_counted_never_reclassified(tmp_path: Path) -> None:
     assert report.document(r)["len_unknown"] == 11
     line = "11 failed load(s) with len unknown"
     assert line in "\n".join(report.render_text(r)) and line in "\n".join(report.render_boot(r))
+
+
+def test_every_view_warns_when_its_counts_are_lower_bounds(tmp_path: Path) -> None:
+    """Losses counted, or a recorder killed before its trailer (nothing says what was
+    dropped), make every text view end by saying its counts are lower bounds; a whole
+    trace that lost nothing gets no warning."""
+    lossy = reportdata.read(str(_with_losses(TRACES[0], tmp_path / "lossy.jsonl")))
+    lines = Path(TRACES[0]).read_text().splitlines()
+    (tmp_path / "cut.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # the trailer gone
+    cut = reportdata.read(str(tmp_path / "cut.jsonl"))
+    clean = reportdata.read(str(TRACES[0]))
+    for view in (report.render_text, report.render_boot):
+        assert view(lossy)[-1] == "WARNING: events were dropped; counts above are lower bounds."
+        assert view(cut)[-1] == ("WARNING: the trace does not say what was dropped; counts "
+                                 "above are lower bounds.")
+        assert "lost unknown, missed unknown" in " ".join(view(cut))
+        assert not [line for line in view(clean) if line.startswith("WARNING")]

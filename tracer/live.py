@@ -428,5 +428,5 @@ class Run:
         if r.by_module:
             for line in report.module_summary(r, self.opts.wide):
                 print(shown(line), file=err)
-        if loss.dropped:
-            print("WARNING: events were dropped; counts above are lower bounds.", file=err)
+        for line in report.warning_lines(loss):
+            print(line, file=err)

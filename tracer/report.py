@@ -389,7 +389,20 @@ def damage_lines(loss: Loss) -> list[str]:
 
 
 def counts_line(loss: Loss) -> str:
-    return f"{loss.events} events, lost {loss.lost}, missed {loss.missed}"
+    def count(n: int | None) -> str:
+        return "unknown" if n is None else str(n)
+
+    return f"{loss.events} events, lost {count(loss.lost)}, missed {count(loss.missed)}"
+
+
+def warning_lines(loss: Loss) -> list[str]:
+    """The one warning every view gives when its counts are lower bounds."""
+    if loss.dropped:
+        return ["WARNING: events were dropped; counts above are lower bounds."]
+    if loss.unknown:
+        return ["WARNING: the trace does not say what was dropped; counts above are lower "
+                "bounds."]
+    return []
 
 
 def render_text(r: Report, wide: bool = False) -> list[str]:
@@ -407,6 +420,7 @@ def render_text(r: Report, wide: bool = False) -> list[str]:
     out += _wrap(early.summary(r.early, r.early_events), wide)
     out += damage_lines(r.loss)
     out += module_summary(r, wide)
+    out += warning_lines(r.loss)
     return out
 
 
@@ -468,4 +482,5 @@ def render_boot(r: Report, wide: bool = False) -> list[str]:
     out += table_lines(bymodule.COLUMNS, bymodule.table_rows(r.by_module, 60 if wide else 18),
                        width)
     out += _wrap(profile_note(r.profile), wide)
+    out += warning_lines(r.loss)
     return out

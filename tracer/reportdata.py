@@ -52,6 +52,13 @@ class Loss:
         """Events were lost or missed: every count is a lower bound."""
         return bool(self.lost or self.missed)
 
+    @property
+    def unknown(self) -> bool:
+        """The trace cannot say what was dropped (no trailer, no counter, unreadable
+        lines): every count is a lower bound too."""
+        return (self.lost is None or self.missed is None or not self.complete
+                or self.first_bad_line is not None)
+
 
 def trace_loss(trace: Trace) -> Loss:
     trailer = trace.trailer or {}
