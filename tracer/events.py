@@ -245,8 +245,8 @@ RECORD = _record_struct()
 def _decoder() -> Callable[[Any], Event]:
     """decode(), generated from LAYOUT: one unpack into locals, each string cut at its NUL
     (as C reads it), a byte that is not UTF-8 kept as a lone surrogate (tracer/text.py),
-    then Event positionally (no list, no loop: it
-    runs for every record the recorder takes)."""
+    then Event positionally (no list, no loop: it runs for every record the recorder
+    takes)."""
     names = [f"v{i}" for i in range(len(LAYOUT))]
     # Most kinds leave most strings empty (the first byte is the NUL). The rest are
     # interned: a storm repeats a few comms, formats and names thousands of

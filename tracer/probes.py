@@ -590,7 +590,7 @@ class Tracer:
         function's name where none does): BPF_OBJ_GET_INFO_BY_FD through libbcc."""
         if self.bpf is None:
             return {}
-        by_fn = {_bpf_function(h): f"{h.probe_type}:{h.target}" for h in self._hooks}
+        by_fn = {_bpf_function(h): h.name for h in self._hooks}
         get_info = _import_bcc().libbcc.lib.bpf_obj_get_info
         get_info.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
         get_info.restype = ctypes.c_int

@@ -70,15 +70,16 @@ class Judge:
             self.on_request(req, verdict)
 
     def _release(self, name: str, announced_only: bool) -> None:
-        waiting = self._awaiting.pop(name)
-        keep = [(r, v) for r, v in waiting if announced_only and v.predicted_ret is None]
+        ready: list[tuple[Request, RequestVerdict]] = []
+        keep: list[tuple[Request, RequestVerdict]] = []
+        for story in self._awaiting.pop(name):
+            (keep if announced_only and story[1].predicted_ret is None else ready).append(story)
         if keep:
             self._awaiting[name] = keep
-        self._awaiting_n -= len(waiting) - len(keep)
+        self._awaiting_n -= len(ready)
         if self.on_request is not None:
-            for r, v in waiting:
-                if not (announced_only and v.predicted_ret is None):
-                    self.on_request(r, v)
+            for r, v in ready:
+                self.on_request(r, v)
 
     def load_start(self, load: Load) -> None:
         self.model.load_start(load)
