@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tracer import kernel
 from tracer.model import (
     ALL_BUSY_TIMEOUT_NS,
+    ANNOUNCE_SOURCE_TEXT,
     DUP_TAIL_NS,
     MAX_KMOD_CONCURRENT,
     MODULE_INIT_COMPRESSED_FILE,
@@ -147,20 +148,49 @@ def _symbols(*names: str) -> Callable[[str], bool]:
 DUPS_SYMS = ("kmod_dup_request_exists_wait", "init_module_from_file")
 
 
+def _btf(*members: str) -> Callable[[str, str], bool | None]:
+    """BTF's has_field for a kernel whose struct kmod_dup_req has MEMBERS (none: no such
+    struct, dups.c not built in or no BTF)."""
+    return lambda struct, field: (field in members) if members and struct == "kmod_dup_req" \
+        else None
+
+
+# struct kmod_dup_req's members in each form of kernel/module/dups.c
+DEFERRED_STRUCT = ("list", "name", "first_req_done", "complete_work", "delete_work", "dup_ret")
+REFCOUNT_STRUCT = ("refcount", "list", "name", "first_req_done", "delete_work", "dup_ret")
+
+
 @pytest.mark.parametrize(
-    ("symbols", "form", "source", "why"),
+    ("symbols", "members", "release", "form", "source", "why"),
     [
-        ((*DUPS_SYMS, "kmod_dup_request_complete"), "deferred", "detected",
-         "kernel/module/dups.c kmod_dup_request_complete(): the deferred form is built in"),
-        (DUPS_SYMS, "deferred", "assumed",
-         "dups.c without kmod_dup_request_complete: an intermediate form, not proof of first"),
-        (("init_module_from_file",), "deferred", "assumed",
-         "no dups.c: the form cannot be seen, deferred by default"),
+        ((*DUPS_SYMS, "kmod_dup_request_complete"), (), "6.12.95", "deferred", "detected",
+         "kmod_dup_request_complete(): the deferred form is built in"),
+        (DUPS_SYMS, DEFERRED_STRUCT, "7.3.4+deb13-amd64", "deferred", "detected",
+         "struct kmod_dup_req has complete_work (inlined work function): dups.c decides, "
+         "not the release"),
+        (DUPS_SYMS, REFCOUNT_STRUCT, "6.12.95", "first", "detected",
+         "struct kmod_dup_req has refcount: the rework, whatever the release says"),
+        (DUPS_SYMS, ("list", "name", "first_req_done", "delete_work", "dup_ret"), "7.3.4",
+         "deferred", "assumed", "a layout of neither form: overwrite rules, not proven"),
+        (DUPS_SYMS, (), "7.3.4+deb13-amd64", "first", "release",
+         "dups.c without BTF to read: by release"),
+        (("init_module_from_file",), (), "7.3.4+deb13-amd64", "first", "release",
+         "no dups.c, 7.2 or later: the refcount form of that release"),
+        (("init_module_from_file",), (), "7.2.13+deb14-amd64", "first", "release",
+         "7.2.13 carries the refcount form"),
+        (("init_module_from_file",), (), "6.12.95+deb12-amd64", "deferred", "release",
+         "no dups.c, before 7.0: deferred"),
+        ((), (), "6.1.0-57-amd64", "deferred", "release", "6.1: deferred, as 6.4 shipped it"),
+        (("init_module_from_file",), (), "7.1.3", "deferred", "assumed",
+         "7.0 and 7.1 are unproven either way"),
+        (("init_module_from_file",), (), "custom", "deferred", "assumed",
+         "no release number to go by"),
     ],
 )  # fmt: skip
-def test_announce_form_detection(symbols: tuple[str, ...], form: str, source: str,
+def test_announce_form_detection(symbols: tuple[str, ...], members: tuple[str, ...],
+                                 release: str, form: str, source: str,
                                  why: str) -> None:  # fmt: skip
-    f = kernel.detect(_symbols(*symbols))
+    f = kernel.detect(_symbols(*symbols), _btf(*members), release)
     assert (f.announce, f.announce_source) == (form, source), why
     assert (f.profile.announce, f.profile.announce_source) == (form, source), why
     d = f.to_dict()
@@ -168,12 +198,35 @@ def test_announce_form_detection(symbols: tuple[str, ...], form: str, source: st
     assert kernel.Features.from_dict(d) == f
 
 
+def test_btf_is_not_read_without_dups() -> None:
+    """Only a kernel with dups.c built in needs its BTF read for the form."""
+    asked: list[tuple[str, str]] = []
+
+    def has_field(struct: str, field: str) -> bool | None:
+        asked.append((struct, field))
+        return None
+
+    kernel.detect(_symbols("init_module_from_file"), has_field, "7.3.4")
+    assert asked == []
+    kernel.detect(_symbols(*DUPS_SYMS), has_field, "7.3.4")
+    assert ("kmod_dup_req", "refcount") in asked
+
+
+def test_the_header_says_where_the_form_came_from() -> None:
+    f = kernel.detect(_symbols("init_module_from_file"), None, "7.3.4+deb13-amd64")
+    assert profile_note(f.profile).startswith("dups.c announce form first (by release); ")
+    g = kernel.detect(_symbols(*DUPS_SYMS), _btf(*REFCOUNT_STRUCT), "7.3.4")
+    assert profile_note(g.profile).startswith("dups.c announce form first (detected); ")
+
+
 def test_announce_keys_absent_from_an_old_trace_header() -> None:
     old = {"release": "6.12", "dups": True, "dups_deferred": False, "idempotent": True,
            "patient": True, "module_stats": True, "profile": "6.5+/dups"}
     f = kernel.Features.from_dict(old)
-    # The old reader took a missing kmod_dup_request_complete for "first": not proof.
-    assert (f.announce, f.announce_source, f.module_stats) == ("deferred", "assumed", True)
+    # The old reader took a missing kmod_dup_request_complete for "first": not proof; with
+    # no struct to read, the release decides.
+    assert (f.announce, f.announce_source, f.module_stats) == ("deferred", "release", True)
+    assert kernel.Features.from_dict(old | {"release": "7.3.4"}).announce == "first"
     old["dups_deferred"] = True
     assert kernel.Features.from_dict(old).announce_source == "detected"
 
@@ -185,7 +238,7 @@ def test_announce_override_is_recorded_and_read_back() -> None:
     assert (g.announce, g.announce_source) == ("first", "override")
     h = kernel.Features.from_dict(g.to_dict())  # what a trace header carries
     assert (h.profile.announce, h.profile.announce_source) == ("first", "override")
-    assert kernel.detect(_symbols()).announce_source == "assumed"
+    assert kernel.detect(_symbols(), None, "7.1").announce_source == "assumed"
     with pytest.raises(ValueError, match="unknown announce form"):
         kernel.announce_form("last")
 
@@ -914,7 +967,8 @@ def test_counters_are_defined_once_for_table_and_json() -> None:
 
 @pytest.mark.parametrize(
     ("args", "announce"),
-    [((), {"form": "deferred", "source": "assumed"}),
+    # the 6.1 trace's header predates the announce keys: its release decides
+    [((), {"form": "deferred", "source": "release"}),
      (("--announce", "first"), {"form": "first", "source": "override"})],
 )  # fmt: skip
 def test_report_says_where_announce_and_stats_come_from(args: tuple[str, ...],
@@ -934,7 +988,8 @@ def test_report_says_where_announce_and_stats_come_from(args: tuple[str, ...],
     assert (doc["stats_source"], doc["announce"]) == ("modelled", announce)
     text = subprocess.run([*run, str(trace)], capture_output=True, text=True, cwd=root,
                           timeout=120, check=False).stdout  # fmt: skip
-    assert f"dups.c announce form {announce['form']} ({announce['source']}); MODULE_STATS " \
+    source = ANNOUNCE_SOURCE_TEXT[announce["source"]]
+    assert f"dups.c announce form {announce['form']} ({source}); MODULE_STATS " \
         "figures modelled" in text
 
 

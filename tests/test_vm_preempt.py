@@ -125,3 +125,13 @@ def test_trampoline_misses_equal_the_witness_deficit(run: PreemptRun) -> None:
     assert (misses.get(f"kfunc:{FINIT}", 0), misses.get(f"kretfunc:{FINIT}", 0)) == \
         (entries, returns)
     assert tr.trailer["missed"] >= entries + returns
+
+
+def test_the_model_takes_7_3s_dups_form_by_release(run: PreemptRun) -> None:
+    """Debian's 7.3 has no dups.c built in: its release gives the refcount form, and every
+    view says so (tracer/kernel.py dups_form)."""
+    features = run.default.header["features"]
+    assert (features["dups"], features["announce"], features["announce_source"]) == (
+        False, "first", "release")
+    text = reportdata.read(str(run.out / "trace.jsonl")).features.profile
+    assert (text.announce, text.announce_source) == ("first", "release")

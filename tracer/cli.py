@@ -114,10 +114,12 @@ def main() -> None:
     """Trace module auto-loading races: requests, modprobe spawns and loads."""
 
 
-# dups.c's announce form cannot be seen on a kernel without dups.c: deferred is assumed.
+# dups.c's announce form is read from dups.c where it is built in, else from the release
+# (tracer/kernel.py dups_form()).
 announce_option = click.option(
     "--announce", type=click.Choice(["first", "deferred"]),
-    help="dups.c announce form to model (default: detected, else deferred)")
+    help="dups.c announce form to model (default: detected from the kernel's dups.c, "
+         "else by release)")
 
 
 early_option = click.option(

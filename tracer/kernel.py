@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Literal, get_args
@@ -36,7 +37,7 @@ class Features:
     # debugging auto-load duplicate module support" (6.4).
     dups: bool
     # kmod_dup_request_complete: dups.c completing entries from a work item, where a
-    # later announce can still overwrite dup_ret (every release 6.4 to 7.1).
+    # later announce can still overwrite dup_ret (the deferred form, see dups_form()).
     dups_deferred: bool
     # idempotent() is static and inlined; init_module_from_file() came in the same
     # series, commit 9b9879fc0327 "modules: catch concurrent module loads, treat
@@ -53,9 +54,8 @@ class Features:
     # call of load_module(); with MODULE_SIG=n it is an inline stub.
     module_sig: bool = False
     # The dups.c announce form the model uses (kernel-semantics.md section 2) and where it
-    # came from: "detected" only with dups.c and kmod_dup_request_complete built in. Its
-    # absence does not prove "first" (an intermediate form completes directly), so every
-    # other kernel is "assumed" deferred; "first" only as an "override".
+    # came from (dups_form()): "detected" from dups.c itself, "release" where dups.c is
+    # not built in, "assumed" where neither says, "override" (--announce).
     announce: Announce = "deferred"
     announce_source: AnnounceSource = "assumed"
 
@@ -89,7 +89,7 @@ class Features:
         from tracer.model import Announce, AnnounceSource
 
         dups, deferred = bool(d.get("dups")), bool(d.get("dups_deferred"))
-        announce, source = _announce_form(dups, deferred)
+        announce, source = dups_form(dups, deferred, None, str(d.get("release", "")))
         if d.get("announce") in get_args(Announce):
             announce = d["announce"]  # type: ignore[assignment]
         if d.get("announce_source") in get_args(AnnounceSource):
@@ -118,9 +118,56 @@ def announce_form(text: str) -> Announce:
     raise ValueError(f"unknown announce form {text!r}: {' or '.join(get_args(Announce))}")
 
 
-def _announce_form(dups: bool, deferred: bool) -> tuple[Announce, AnnounceSource]:
-    if dups and deferred:
-        return "deferred", "detected"
+# kernel/module/dups.c comes in two forms the model tells apart (tracer/model/dups.py):
+# * deferred (6.4, commit "module: add debugging auto-load duplicate module support"):
+#   struct kmod_dup_req has complete_work; every kmod_dup_request_announce()
+#   stores dup_ret and queues kmod_dup_request_complete(), so a later announce overwrites
+#   what a duplicate arriving in the 60 s tail reads. Seen in Debian's linux-source-6.12
+#   (6.12.95) and in public trees already converted to kzalloc_obj() (the 7.0 cycle).
+# * first (the refcount rework): struct kmod_dup_req has refcount_t refcount and no
+#   complete_work; announce returns at once once completion_done(&first_req_done), calls
+#   complete_all() itself inside kmod_dup_mutex and queues delete_work 60 s after that
+#   first announce. Seen in Debian's linux-source-7.2 (7.2.13) and -7.3 (7.3.4), whose
+#   changelogs name no dups.c change of their own or of stable: it is in the upstream
+#   base of 7.2. The upstream commit could not be found from here, so 7.0 and 7.1 are
+#   unproven either way.
+# An intermediate form (direct completion, dup_ret still overwritten) follows the deferred
+# rules: the model does not time the work item, so the two differ in nothing it predicts.
+FIRST_WINS_FROM = (7, 2)  # the first release proven to carry the refcount form
+DEFERRED_BEFORE = (7, 0)  # releases before it are proven (or, by tree, known) deferred
+
+
+def _release_tuple(release: str) -> tuple[int, int] | None:
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return (int(m[1]), int(m[2])) if m else None
+
+
+def dups_form(dups: bool, deferred_symbol: bool,
+              has_field: Callable[[str, str], bool | None] | None,
+              release: str) -> tuple[Announce, AnnounceSource]:  # fmt: skip
+    """The announce form of this kernel's dups.c and where that came from.
+
+    With dups.c built in, its own struct kmod_dup_req (BTF) decides, or the symbol
+    kmod_dup_request_complete (the deferred form's work function). Without dups.c (or
+    without BTF to read it), the release: what a kernel of that release would do with the
+    option on."""
+    if dups:
+        if deferred_symbol:
+            return "deferred", "detected"
+        if has_field is not None:
+            if has_field("kmod_dup_req", "complete_work"):
+                return "deferred", "detected"
+            if has_field("kmod_dup_req", "refcount"):
+                return "first", "detected"
+            if has_field("kmod_dup_req", "dup_ret") is not None:
+                return "deferred", "assumed"  # a layout of neither form: overwrite rules
+    rel = _release_tuple(release)
+    if rel is None:
+        return "deferred", "assumed"
+    if rel >= FIRST_WINS_FROM:
+        return "first", "release"
+    if rel < DEFERRED_BEFORE:
+        return "deferred", "release"
     return "deferred", "assumed"
 
 
@@ -132,7 +179,11 @@ DETECTED_SYMBOLS = (
 )
 
 
-def detect(has_symbol: Callable[[str], bool]) -> Features:
+def detect(has_symbol: Callable[[str], bool],
+           has_field: Callable[[str, str], bool | None] | None = None,
+           release: str | None = None) -> Features:
+    """The running kernel's facts (RELEASE for tests); HAS_FIELD (BTF) is asked only where
+    dups.c is built in, to tell its form."""
     idempotent = has_symbol("init_module_from_file")
     patient = (
         idempotent
@@ -141,9 +192,10 @@ def detect(has_symbol: Callable[[str], bool]) -> Features:
     )
     dups = has_symbol("kmod_dup_request_exists_wait")
     deferred = has_symbol("kmod_dup_request_complete")
-    announce, source = _announce_form(dups, deferred)
+    release = release or platform.release()
+    announce, source = dups_form(dups, deferred, has_field, release)
     features = Features(
-        release=platform.release(),
+        release=release,
         dups=dups,
         dups_deferred=deferred,
         idempotent=idempotent,

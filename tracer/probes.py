@@ -301,7 +301,7 @@ class Tracer:
             except Exception:  # noqa: BLE001 - bcc raises bare exceptions
                 return False
 
-        self._features = kernel.detect(has_symbol)
+        self._features = kernel.detect(has_symbol, self._btf_has_field(btfmod.VMLINUX_BTF))
         self._request_module = (syms.get("__request_module") or ("", 0))[1]
         cflags += [
             f"-DRINGBUF_PAGES={self.ringbuf_pages}",
@@ -441,11 +441,18 @@ class Tracer:
     @staticmethod
     def _btf_has_field(btf_path: str) -> Callable[[str, str], bool | None]:
         """BTF's has_field, or "cannot say" where there is no usable BTF (load_info's
-        usual layout then, kernel.load_info_len_offset)."""
-        try:
-            return btfmod.load(btf_path).has_field
-        except btfmod.BTFError:
-            return lambda _s, _f: None
+        usual layout then, kernel.load_info_len_offset). BTF is read on the first question
+        (only some kernels need one) and once."""
+        loaded: list[Callable[[str, str], bool | None]] = []
+
+        def has_field(struct_name: str, field: str) -> bool | None:
+            if not loaded:
+                try:
+                    loaded.append(btfmod.load(btf_path).has_field)
+                except btfmod.BTFError:
+                    loaded.append(lambda _s, _f: None)
+            return loaded[0](struct_name, field)
+        return has_field
 
     @staticmethod
     def _btf_offsets(btf_path: str = btfmod.VMLINUX_BTF) -> dict[str, int]:

@@ -32,6 +32,7 @@ from tracer.model.counters import ModuleStats, json_fields, summary_fields
 from tracer.model.dups import DUP_TAIL_NS, TIE_NS, RequestVerdict, Verdict, kernel_disagrees
 from tracer.model.loads import LoadVerdict, Rule
 from tracer.model.profile import (
+    ANNOUNCE_SOURCE_TEXT,
     NS_PER_S,
     PROFILE_6_1,
     PROFILE_6_4,
@@ -50,6 +51,7 @@ from tracer.stories import STALE_NS
 
 __all__ = [
     "ALL_BUSY_TIMEOUT_NS",
+    "ANNOUNCE_SOURCE_TEXT",
     "DUP_TAIL_NS",
     "MAX_KMOD_CONCURRENT",
     "MODULE_INIT_COMPRESSED_FILE",

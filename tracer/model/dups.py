@@ -12,7 +12,8 @@ Timing the trace cannot see, and what the model does about it:
 * The completion is taken to run at the first announce (the deferred form's work item
   latency is not modelled), so waiters asleep then get its ret in both forms. Only a wait
   duplicate arriving in the tail after a later announce depends on the form: "deferred"
-  gives it the latest announce's ret, "first" the first one's. Where the form was assumed
+  (6.4 on) gives it the latest announce's ret, "first" (the refcount rework, 7.2 on) the
+  first one's. tracer/kernel.py dups_form() tells them apart; where the form was assumed
   such a verdict is marked indeterminate "announce-assumed".
 * Two arrivals the trace cannot order at kmod_dup_mutex ("tie", see unordered()): where
   dups.c was traced, a later request entering kmod_dup_request_exists_wait() before the
@@ -262,12 +263,16 @@ class Dups:
             if ent.done_ns + self.tail_ns <= t:
                 del self.entries[name]
             else:
-                # dup_ret = ret again and the completion queued again (a no-op for waiters;
-                # delete_work stays where the first completion put it). The "first" form
-                # returns early instead: first_ret keeps what it would hand out.
+                # deferred (6.4 on): kmod_dup_request_announce() sets dup_ret = ret again
+                # and queue_work(complete_work) again (a no-op for waiters; the pending
+                # delete_work stays where the first completion queued it).
+                # first (7.2 on): "if (!kmod_req || completion_done(...)) return;", so
+                # dup_ret keeps the first ret: first_ret holds it, and _duplicate() reads
+                # the one the form keeps.
                 ent.dup_ret = ret
             return []
-        # First announce: dup_ret = ret; complete_all(); delete_work in tail_ns.
+        # First announce: dup_ret = ret; complete_all() (deferred: from complete_work, not
+        # timed here; first: inside kmod_dup_mutex); delete_work queued for tail_ns.
         ent.dup_ret = ent.first_ret = ret
         ent.done_ns = t
         oracle = self.actual.dups

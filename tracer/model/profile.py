@@ -5,14 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Final, Literal
 
-# dups.c completion form (kernel-semantics.md section 2). "deferred": every announce stores
-# dup_ret and queues kmod_dup_request_complete(), so a later announce can overwrite what
-# waiters read (every released kernel 6.4 to 7.1). "first": newer trees ignore announces
-# once completion_done().
+# dups.c completion form (kernel-semantics.md section 2; tracer/kernel.py dups_form() has
+# the releases). "deferred": every announce stores dup_ret and queues
+# kmod_dup_request_complete(), so a later announce can overwrite what waiters read (6.4 on).
+# "first": the refcount rework ignores announces once completion_done() (7.2 on).
 Announce = Literal["first", "deferred"]
-# Where the form came from: "detected" (dups.c and kmod_dup_request_complete built in),
-# "assumed" (no dups.c to look at: deferred by default), "override" (--announce).
-AnnounceSource = Literal["detected", "assumed", "override"]
+# Where the form came from: "detected" (dups.c's own struct or symbols), "release" (no
+# dups.c to look at: the form of that release), "assumed" (neither says: deferred),
+# "override" (--announce).
+AnnounceSource = Literal["detected", "release", "assumed", "override"]
+# How each source reads in the text views.
+ANNOUNCE_SOURCE_TEXT: Final = {"detected": "detected", "release": "by release",
+                               "assumed": "assumed", "override": "override"}
 
 NS_PER_S: Final = 1_000_000_000
 
@@ -60,4 +64,4 @@ def profile_note(p: Profile) -> str:
     """The same, one line for the text report."""
     stats = ("MODULE_STATS figures as this kernel counts them" if p.module_stats else
              "MODULE_STATS figures modelled: what a kernel with CONFIG_MODULE_STATS would count")
-    return f"dups.c announce form {p.announce} ({p.announce_source}); {stats}"
+    return f"dups.c announce form {p.announce} ({ANNOUNCE_SOURCE_TEXT[p.announce_source]}); {stats}"
