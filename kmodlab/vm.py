@@ -232,13 +232,31 @@ def resolve_kernel(spec: str, progress: Progress) -> KernelImage:
     if path.is_dir():
         raise VMError(f"kernel {spec} is a directory: give its boot/vmlinuz-RELEASE file")
     if path.is_file():
-        m = re.match(r"vmlinuz-(.+)", path.name)
-        if not m:
-            raise VMError(f"{spec}: expected a file named vmlinuz-RELEASE")
-        root = path.parent.parent if (path.parent.parent / "lib" / "modules").is_dir() else None
-        return KernelImage(m[1], path, root)
+        return kernel_file(path)
     raise VMError(f"unknown kernel {spec!r}: use stable, backports, trixie-backports or a "
                   "path to vmlinuz-RELEASE")
+
+
+def kernel_file(path: Path) -> KernelImage:
+    """A kernel named by its file: ROOT/boot/vmlinuz-RELEASE, or 7.x Debian's split layout
+    ROOT/usr/lib/modules/RELEASE/vmlinuz (linux-binary-RELEASE). ROOT is the system's own
+    / (an installed kernel: KernelImage.root None, so `--boot` takes it) or a tree of its
+    own whose modules the guest links in (KernelImage.root)."""
+    parent = path.parent
+    m = re.fullmatch(r"vmlinuz-(.+)", path.name)
+    if m:
+        release, root = m[1], parent.parent
+    elif path.name == "vmlinuz" and parent.parent.name == "modules" \
+            and parent.parent.parent.name == "lib":
+        release = parent.name
+        usr = parent.parent.parent.parent
+        root = usr.parent if usr.name == "usr" else usr
+    else:
+        raise VMError(f"{path}: expected a file named vmlinuz-RELEASE, or "
+                      "lib/modules/RELEASE/vmlinuz")
+    installed = root.resolve() == Path("/")
+    has_tree = any((root / d / "lib" / "modules").is_dir() for d in (".", "usr"))
+    return KernelImage(release, path, None if installed or not has_tree else root)
 
 
 def kvm_usable(vmlinuz: Path, timeout: float = 20.0) -> bool:

@@ -109,3 +109,35 @@ def test_summary_from_systemd_timestamps() -> None:
         ExecMainStartTimestampMonotonic=9_000_000)}, "manager": _props(
         UserspaceTimestampMonotonic=5_000_000)})
     assert "ready_s" not in bare and bare["udevd_s"] == pytest.approx(4.0)
+
+
+def test_an_installed_kernel_is_taken_by_its_file() -> None:
+    """`vm --boot -k /boot/vmlinuz-REL`: a kernel installed in / is no cache tree (whose
+    modules the guest would link in; --boot refuses those), whatever layout it has."""
+    installed = sorted(Path("/boot").glob("vmlinuz-*"))
+    assert installed, "the stable kernel is installed by the test bootstrap"
+    kern = vm.resolve_kernel(str(installed[-1]), lambda m: None)
+    assert (kern.release, kern.vmlinuz, kern.root) == (
+        installed[-1].name.removeprefix("vmlinuz-"), installed[-1], None)
+
+
+@pytest.mark.parametrize("layout", ["boot/vmlinuz-7.3.4+deb13-amd64",
+                                    "usr/lib/modules/7.3.4+deb13-amd64/vmlinuz"])
+def test_a_kernel_tree_of_its_own_keeps_its_root(tmp_path: Path, layout: str) -> None:
+    (tmp_path / "usr" / "lib" / "modules" / "7.3.4+deb13-amd64").mkdir(parents=True)
+    f = tmp_path / layout
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_bytes(b"MZ")
+    kern = vm.resolve_kernel(str(f), lambda m: None)
+    assert (kern.release, kern.vmlinuz, kern.root) == ("7.3.4+deb13-amd64", f, tmp_path)
+
+
+@pytest.mark.parametrize(("name", "error"), [
+    ("bzImage", "expected a file named vmlinuz-RELEASE, or lib/modules/RELEASE/vmlinuz"),
+    ("vmlinuz", "expected a file named vmlinuz-RELEASE, or lib/modules/RELEASE/vmlinuz"),
+])  # fmt: skip
+def test_a_kernel_file_of_no_known_name_is_refused(tmp_path: Path, name: str,
+                                                   error: str) -> None:  # fmt: skip
+    (tmp_path / name).write_bytes(b"MZ")
+    with pytest.raises(vm.VMError, match=error):
+        vm.resolve_kernel(str(tmp_path / name), lambda m: None)
