@@ -361,7 +361,17 @@ def document(r: Report) -> dict[str, Any]:
         "early": None if r.early is None else {
             k: v for k, v in r.early.items() if k != "type"} | {
             "events_in_trace": r.early_events},
+        **advice_json(r),
     }
+
+
+def advice_json(r: Report) -> dict[str, Any]:
+    """`advice` (tracer/advice.py, per repeated module) and the modules.alias it read."""
+    from tracer import advice
+
+    a = advice.build(r)
+    return {"advice": a.to_json(),
+            "modules_alias": {"path": a.modules_alias or None, "found": a.alias_found}}
 
 
 def _wrap(line: str, wide: bool) -> list[str]:
@@ -420,6 +430,7 @@ def render_text(r: Report, wide: bool = False) -> list[str]:
     out += _wrap(early.summary(r.early, r.early_events), wide)
     out += damage_lines(r.loss)
     out += module_summary(r, wide)
+    out += advice_lines(r, wide)
     out += warning_lines(r.loss)
     return out
 
@@ -482,5 +493,13 @@ def render_boot(r: Report, wide: bool = False) -> list[str]:
     out += table_lines(bymodule.COLUMNS, bymodule.table_rows(r.by_module, 60 if wide else 18),
                        width)
     out += _wrap(profile_note(r.profile), wide)
+    out += advice_lines(r, wide)
     out += warning_lines(r.loss)
     return out
+
+
+def advice_lines(r: Report, wide: bool) -> list[str]:
+    """Why each repeated module repeated and what would stop it (tracer/advice.py)."""
+    from tracer import advice
+
+    return advice.lines(advice.build(r), wide, LINE_WIDTH)
