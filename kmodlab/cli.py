@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
+from tracer.cli import announce_option, show_report
 from tracer.cli import fail as _fail
 from tracer.cli import progress as _progress
-from tracer.cli import show_report
 from tracer.record import TraceFormatError
 
 
@@ -104,19 +104,26 @@ def bench(kernel_spec: str, no_vm: bool, events: int, sizes: str, modprobes: int
 
 @click.command()
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="results directory")
+@click.option("--source", type=click.Choice(["6.12", "7.3"]), default="6.12",
+              show_default=True,
+              help="the oracle's source series: 6.12 (bookworm-backports, dups.c's deferred "
+              "form) or 7.3 (trixie-backports, its refcount form: the first announce wins)")
 @click.option("--build-only", is_flag=True, help="build (or find) the oracle kernel and stop")
 @click.option("--trace-dir", type=click.Path(file_okay=False, exists=True),
               help="check an earlier oracle run's results instead of booting")
 @click.option("--save-golden", type=click.Path(file_okay=False),
               help="after a run with parity OK, keep its results as a golden recording in "
                    "this directory (tests/data/oracle-RELEASE), replayed by `make test`")
-def parity(out: str | None, build_only: bool, trace_dir: str | None,
-           save_golden: str | None) -> None:
+@announce_option
+def parity(out: str | None, source: str, build_only: bool, trace_dir: str | None,
+           save_golden: str | None, announce: str | None = None) -> None:
     """Prove the model against the oracle kernel's own dups.c and MODULE_STATS.
 
-    Builds Debian's linux-source-6.12 with MODULE_DEBUG_AUTOLOAD_DUPS and MODULE_STATS
-    once (cached; 14 to 88 minutes on 2 cores), boots it, runs the oracle storms and
-    prints per-request and per-run parity. Exit status 1 on any mismatch.
+    Builds Debian's linux-source-6.12 (or -7.3) with MODULE_DEBUG_AUTOLOAD_DUPS and
+    MODULE_STATS once (cached; 14 to 88 minutes on 2 cores), boots it, runs the oracle
+    storms and prints per-request and per-run parity. Exit status 1 on any mismatch.
+    --announce models the other dups.c form, to see where they differ (no golden is
+    saved from such a run).
     """
     from kmodlab import oracle
     from kmodlab import parity as paritymod
@@ -124,7 +131,7 @@ def parity(out: str | None, build_only: bool, trace_dir: str | None,
 
     if trace_dir is None:
         try:
-            kern = oracle.build(_progress)
+            kern = oracle.build(_progress, source=source)
             if build_only:
                 click.echo(f"oracle kernel {kern.release}: {kern.vmlinuz}")
                 return
@@ -138,12 +145,12 @@ def parity(out: str | None, build_only: bool, trace_dir: str | None,
     else:
         outdir = Path(trace_dir)
     try:
-        par = paritymod.run(outdir)
+        par = paritymod.run(outdir, announce)
     except TraceFormatError as e:
         _fail(f"{e}; is {outdir} the results directory of an oracle run?")
     for line in paritymod.render(par):
         click.echo(line)
-    if save_golden is not None and par.ok:
+    if save_golden is not None and par.ok and announce is None:
         try:
             click.echo(f"golden recording: {oracle.save_golden(outdir, Path(save_golden))}")
         except (OSError, vmmod.VMError) as e:

@@ -244,7 +244,7 @@ def main() -> int:
     else:
         scenarios = [storms.Scenario(**d) for d in json.loads(args.scenarios)]
     kmodstorm = None
-    if not args.command and any(s.generator in ("kthread", "finit")
+    if not args.command and any(s.generator in ("kthread", "finit", "late-announce")
                                    for s in scenarios):
         progress("building kmodstorm against this kernel's headers")
         kmodstorm = storms.build_kmodstorm(release, args.cache / "kmodstorm")

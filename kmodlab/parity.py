@@ -240,13 +240,17 @@ def render(par: Parity) -> list[str]:
     return lines
 
 
-def run(outdir: Path) -> Parity:
-    """Parity of one oracle run's results directory (trace.jsonl, stats-*.txt)."""
+def run(outdir: Path, announce: str | None = None) -> Parity:
+    """Parity of one oracle run's results directory (trace.jsonl, stats-*.txt); with
+    ANNOUNCE, the model runs that dups.c form instead of the one the trace says."""
+    from tracer.kernel import announce_form
     from tracer.record import read_trace
     from tracer.session import listed_hooks, replay
 
     trace = read_trace(str(outdir / "trace.jsonl"))
     features = trace.features
+    if announce is not None:
+        features = features.with_announce(announce_form(announce))
     par = Parity()
     if not features.dups:
         par.mismatches.append(Mismatch("kernel", f"{features.release} has no dups.c: "

@@ -4,7 +4,8 @@ Userspace storms fork N children that block on one pipe and exec together when
 it closes; the kernel-thread storm loads kmodlab/kmodstorm, which fires N
 request_module() calls from N kthreads at once. Load storms call finit_module() and
 init_module() directly (ctypes): kmod 30 never passes MODULE_INIT_COMPRESSED_FILE, and
-no tool hands init_module() a bad buffer.
+no tool hands init_module() a bad buffer. The late-announce storm orders its requests
+with a fanotify permission event that holds one helper's exec (late_announce()).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import errno
 import hashlib
 import lzma
 import os
+import select
 import shutil
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -79,8 +82,12 @@ def _socket(family: int) -> Callable[[], int]:
 @dataclass(slots=True)
 class Scenario:
     name: str
-    generator: str  # how the storm is made: kthread, rtnl, fs, socket, modprobe, selftest
-    target: str  # module / link kind / fs type / family number
+    # how the storm is made: kthread, rtnl, fs, socket, modprobe, selftest, finit,
+    # init-efault, late-announce
+    generator: str
+    # module / link kind / fs type / family number; finit: alternatives separated by "|"
+    # (a module renamed between releases), the first the kernel has is loaded
+    target: str
     count: int
     nowait: bool = False
     mixed: bool = False  # kthread storms: odd threads nowait, even ones wait
@@ -117,6 +124,7 @@ class Scenario:
             "selftest": [],
             "finit": [],
             "init-efault": [],
+            "late-announce": [f"fs-{self.target}"],
         }[self.generator]
 
 
@@ -168,7 +176,14 @@ def xz(data: bytes) -> bytes:
 
 def load_files(sc: Scenario, kmodstorm: Path | None) -> list[Path]:
     """The file each finit_module() caller opens: one shared file, or one copy each."""
-    data = module_file(sc.target, kmodstorm).read_bytes()
+    *others, last = sc.target.split("|")
+    for name in others:
+        with contextlib.suppress(FileNotFoundError):
+            path = module_file(name, kmodstorm)
+            break
+    else:
+        name, path = last, module_file(last, kmodstorm)
+    data = path.read_bytes()
     if sc.compress:
         data = xz(data)
     if sc.corrupt:
@@ -177,7 +192,7 @@ def load_files(sc: Scenario, kmodstorm: Path | None) -> list[Path]:
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     suffix = ".ko.xz" if sc.compress else ".ko"
-    paths = [d / f"{sc.target}-{i}" / f"{sc.target}{suffix}"
+    paths = [d / f"{name}-{i}" / f"{name}{suffix}"
              for i in range(sc.count if sc.copies else 1)]
     for p in paths:  # the same base name: the module's, as modprobe would open it
         p.parent.mkdir()
@@ -232,6 +247,129 @@ def slow_modprobe(delay: float, status: int | None = None) -> Iterator[None]:
         knob.write_text(real)
 
 
+# include/uapi/linux/fanotify.h
+FAN_CLOEXEC = 0x01
+FAN_CLASS_CONTENT = 0x04
+FAN_MARK_ADD = 0x01
+FAN_OPEN_EXEC_PERM = 0x00040000
+FAN_ALLOW = 0x01
+AT_FDCWD = -100
+_FAN_EVENT = struct.Struct("=IBBHQii")  # struct fanotify_event_metadata
+_FAN_RESPONSE = struct.Struct("=iI")  # struct fanotify_response
+_libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
+_libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int,
+                                ctypes.c_char_p]
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_void_p]
+
+
+class HeldExec:
+    """fanotify FAN_OPEN_EXEC_PERM on one file: each exec of it (kernel_execve() of a
+    usermode helper included) sleeps in the kernel until allow() answers its event.
+    Needs CONFIG_FANOTIFY_ACCESS_PERMISSIONS: OSError (ENOSYS, EINVAL) where it is off.
+    Closing the group answers every event still held: allowed."""
+
+    def __init__(self, path: Path) -> None:
+        fd = _libc.fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC, os.O_RDONLY)
+        if fd < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"fanotify_init: {os.strerror(e)}")
+        self.fd = fd
+        if _libc.fanotify_mark(fd, FAN_MARK_ADD, FAN_OPEN_EXEC_PERM, AT_FDCWD,
+                               str(path).encode()) < 0:
+            e = ctypes.get_errno()
+            os.close(fd)
+            raise OSError(e, f"fanotify_mark {path}: {os.strerror(e)}")
+
+    def next_exec(self, timeout: float) -> tuple[int, int] | None:
+        """(event fd, pid) of the next exec held, or None after TIMEOUT seconds."""
+        if not select.select([self.fd], [], [], timeout)[0]:
+            return None
+        data = os.read(self.fd, _FAN_EVENT.size)
+        _, _, _, _, _, efd, pid = _FAN_EVENT.unpack(data[:_FAN_EVENT.size])
+        return efd, pid
+
+    def allow(self, event: tuple[int, int]) -> None:
+        os.write(self.fd, _FAN_RESPONSE.pack(event[0], FAN_ALLOW))
+        os.close(event[0])
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _mount_errno(fstype: str) -> int:
+    """mount(2) of FSTYPE: get_fs_type() calls request_module("fs-FSTYPE"), a wait
+    request; the errno it fails with (ENODEV for a type no module registers)."""
+    os.makedirs("/tmp/kmt-mnt", exist_ok=True)
+    r = _libc.mount(b"none", b"/tmp/kmt-mnt", fstype.encode(), 0, None)
+    return 0 if r == 0 else ctypes.get_errno()
+
+
+def _forked(job: Callable[[], int]) -> int:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            code = job()
+        except BaseException:  # noqa: BLE001 - a child never returns into the parent
+            code = 111
+        os._exit(code & 0xFF)
+    return pid
+
+
+def late_announce(sc: Scenario, kmodstorm: Path) -> list[int]:
+    """A second announce for an entry already completed, then SC.count wait duplicates
+    inside its 60 s tail: the two dups.c forms hand them different values.
+
+    1. An untracked request_module_nowait("fs-TARGET") (kmodstorm, nowait=1) passes
+       kmod_dup_request_exists_wait() with no entry; its helper's exec of the modprobe
+       wrapper is held (HeldExec), so call_usermodehelper_exec(UMH_WAIT_EXEC) and its
+       announce wait.
+    2. A wait request for the same name (mount -t TARGET) creates the entry; its helper
+       runs modprobe, which finds nothing (exit 1): the first announce, ret 256, completes
+       the entry and starts the 60 s tail.
+    3. The held exec is allowed: the nowait request's call_usermodehelper_exec() returns 0
+       and announces 0 for the same name (by name only, so it finds the entry).
+    4. SC.count more wait requests: duplicates of the completed entry. The deferred form
+       (kmod_dup_request_announce() overwrites dup_ret every time) hands them 0, the
+       refcount form (it returns once completion_done()) 256.
+
+    Returns the statuses: insmod's, then each mount's errno (ENODEV: the request's value
+    stays inside the kernel); [-errno] of fanotify where the kernel lacks permission
+    events, nothing run; [-ETIMEDOUT] if a held exec never came."""
+    wrapper = Path("/run/kmt-late/modprobe")
+    wrapper.parent.mkdir(exist_ok=True)
+    knob = Path("/proc/sys/kernel/modprobe")
+    real = knob.read_text().strip()
+    wrapper.write_text(f'#!/bin/sh\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    try:
+        held = HeldExec(wrapper)
+    except OSError as e:
+        return [-(e.errno or errno.EIO)]
+    statuses: list[int] = []
+    knob.write_text(str(wrapper))
+    try:
+        nowait = subprocess.Popen(["insmod", str(kmodstorm), f"name=fs-{sc.target}",
+                                   "count=1", "nowait=1"])
+        first_exec = held.next_exec(30.0)  # the nowait request's helper, held
+        if first_exec is None:
+            return [-errno.ETIMEDOUT, nowait.wait()]
+        anchor = _forked(lambda: _mount_errno(sc.target))
+        anchor_exec = held.next_exec(30.0)  # the wait request's helper: let it run
+        if anchor_exec is not None:
+            held.allow(anchor_exec)
+        anchor_status = os.waitstatus_to_exitcode(os.waitpid(anchor, 0)[1])
+        held.allow(first_exec)  # the late announce
+        statuses = [nowait.wait(), anchor_status]
+    finally:
+        knob.write_text(real)
+        held.close()
+    statuses += [os.waitstatus_to_exitcode(os.waitpid(_forked(
+        lambda: _mount_errno(sc.target)), 0)[1]) for _ in range(sc.count)]
+    subprocess.run(["rmmod", "kmodstorm"], check=False)
+    return statuses
+
+
 def run(sc: Scenario, kmodstorm: Path | None) -> None:
     time.sleep(sc.pause_before)
     sc.start_ns = time.monotonic_ns()
@@ -271,6 +409,9 @@ def run(sc: Scenario, kmodstorm: Path | None) -> None:
     elif sc.generator == "init-efault":
         sc.statuses = fork_together([_init_bad_buffer(int(sc.target))
                                      for _ in range(sc.count)])
+    elif sc.generator == "late-announce":
+        assert kmodstorm is not None
+        sc.statuses = late_announce(sc, kmodstorm)
     else:
         raise ValueError(f"unknown storm generator {sc.generator}")
     time.sleep(0.5)  # let helpers spawned by nowait requests finish
@@ -301,7 +442,7 @@ def oracle_scenarios() -> list[Scenario]:
         Scenario("signed-copies", "finit", "tun", 6, copies=True),
         # one xz file: idempotent() joins them; xz copies: len + compressed_len each
         Scenario("xz-shared", "finit", "xxhash_generic", 4, flags=xz, compress=True),
-        Scenario("xz-copies", "finit", "blake2b_generic", 4, flags=xz, compress=True,
+        Scenario("xz-copies", "finit", "blake2b_generic|blake2b", 4, flags=xz, compress=True,
                  copies=True),
         Scenario("xz-corrupt", "finit", "xor", 2, flags=xz, compress=True, corrupt=True,
                  copies=True),
@@ -309,6 +450,10 @@ def oracle_scenarios() -> list[Scenario]:
         Scenario("bad-params", "finit", "kmodstorm_fail", 1, params="err=bogus"),
         Scenario("init-fails", "finit", "kmodstorm_fail", 1),
         Scenario("init-efault", "init-efault", "65536", 2),
+        # an untracked nowait request announces after the entry's first announce, then 3
+        # wait duplicates come inside the tail: deferred hands them the later ret (0), the
+        # refcount form the first (256). Needs fanotify permission events (the 7.3 oracle)
+        Scenario("late-announce", "late-announce", "kmt-late-none", 3),
         # entries are deleted 60 s after completion: this one must anchor anew
         Scenario("tail-after", "kthread", "dummy", 5, pause_before=65.0),
     ]
