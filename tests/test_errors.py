@@ -291,7 +291,8 @@ def test_parity_of_a_directory_without_results(tmp_path: Path) -> None:
 @pytest.mark.parametrize("raw", ["0", "-1", "abc", "4097", "8 "])
 def test_a_bad_kretprobe_instance_count_says_what_is_allowed(
         raw: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tracer.probes import TracerError, env_maxactive
+    from tracer.errors import TracerError
+    from tracer.probes import env_maxactive
 
     monkeypatch.setenv("KMODTRACE_MAXACTIVE", raw)
     with pytest.raises(TracerError, match=r"KMODTRACE_MAXACTIVE=.* \(fix: 1 to 4096"):
@@ -310,7 +311,8 @@ def test_kretprobe_instances_from_the_environment(monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize("raw", ["no", "2", "true", " 0"])
 def test_a_bad_trampoline_switch_says_what_is_allowed(
         raw: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tracer.probes import TracerError, env_trampolines
+    from tracer.errors import TracerError
+    from tracer.probes import env_trampolines
 
     monkeypatch.setenv("KMODTRACE_TRAMPOLINES", raw)
     with pytest.raises(TracerError, match=r"KMODTRACE_TRAMPOLINES=.* \(fix: 0 for the "):

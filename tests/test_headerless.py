@@ -11,7 +11,8 @@ import pytest
 
 from tests.conftest import VMRun
 from tracer import btf, kernel
-from tracer.probes import RESCUE_HOOK, Tracer, TracerError
+from tracer.errors import TracerError
+from tracer.probes import RESCUE_HOOK, Tracer
 
 
 @pytest.mark.vm

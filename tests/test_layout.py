@@ -55,3 +55,13 @@ def test_the_lab_stays_out_of_a_tracer_run() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT).stdout.strip()
     assert json.loads(out.splitlines()[-1]) == ["kmodlab", "kmodlab.cli"]
+
+
+def test_options_do_not_pull_in_the_bpf_side() -> None:
+    """The CLI checks a session's options before it starts compiling: options.py raises
+    TracerError from its leaf module (tracer/errors.py), not from probes.py."""
+    code = ("import sys; import tracer.options\n"
+            "print(sorted(m for m in ('tracer.probes', 'bcc') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout.strip()
+    assert out == "[]"

@@ -15,8 +15,9 @@ from typing import Any, NoReturn
 import click
 
 from tracer import __version__
+from tracer.errors import TracerError
 from tracer.options import Options, check_options
-from tracer.probes import Tracer, TracerError
+from tracer.probes import Tracer
 from tracer.record import TraceFormatError, TraceOutputError, check_output
 from tracer.text import shown
 

@@ -16,12 +16,13 @@ from typing import IO, Any
 
 from tracer import btf, bymodule, early, kernel, report, reportdata, requester, udev
 from tracer.boot import start_timeout_extender
+from tracer.errors import TracerError
 from tracer.events import Event, Kind
 from tracer.kernel import announce_form
 from tracer.ksyms import KernelSymbols
 from tracer.model import LoadVerdict, RequestVerdict
 from tracer.options import Options, check_options
-from tracer.probes import Attached, Tracer, TracerError
+from tracer.probes import Attached, Tracer
 from tracer.record import Procs, TraceWriter, make_header, open_output
 from tracer.session import Judge, judge_correlator
 from tracer.stories import Load, Request, kmod_name

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 
-from tracer.probes import TracerError
+from tracer.errors import TracerError
 from tracer.record import check_output
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from tracer import btf as btfmod
 from tracer import callsites, kernel, misses
+from tracer.errors import TracerError
 from tracer.events import Event, c_definitions, decode
 
 # Package data, found the way bcc finds its helpers.h: it ships inside the wheel.
@@ -44,10 +45,6 @@ DEFAULT_RINGBUF_PAGES = 16384
 # 10 000-thread storm left 20 000 records, all decoded and held at once (and their trace
 # lines buffered, 3 MB), which raised the recorder's heap for good (issue #14).
 DEFAULT_BATCH = 1024
-
-
-class TracerError(RuntimeError):
-    """A one-line, user-facing reason the tracer cannot run."""
 
 
 class _Background:
