@@ -371,7 +371,11 @@ def boot_status(root: str) -> None:
 @click.argument("which", required=False)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--wide", is_flag=True, help="every detail, past 100 columns")
-def boot_show(which: str | None, as_json: bool, wide: bool) -> None:
+@click.option("--metrics", type=click.Path(dir_okay=False), metavar="FILE",
+              help="also write the boot's figures in the Prometheus text format, for "
+                   "node_exporter's textfile collector (atomically, never through a link)")
+def boot_show(which: str | None, as_json: bool, wide: bool,
+              metrics: str | None = None) -> None:
     """Report the last boot's trace, or WHICH: a boot id (prefix), 0, -1, ..."""
     from tracer import boot as bootmod
     from tracer import report, reportdata
@@ -381,6 +385,8 @@ def boot_show(which: str | None, as_json: bool, wide: bool) -> None:
     except ValueError as e:
         fail(str(e))
     say(f"boot trace {path}", err=True)
+    if metrics:
+        write_metrics(str(path), metrics)
     if as_json:
         show_report(str(path), as_json=True)
         return
@@ -392,6 +398,19 @@ def boot_show(which: str | None, as_json: bool, wide: bool) -> None:
         say(line)
     say("every request and load:")
     say(f"  kmodtrace report {path}")
+
+
+def write_metrics(trace_file: str, out: str) -> None:
+    """`boot show --metrics`: the whole boot's figures (tracer/metrics.py), whatever the
+    filters keep on screen."""
+    from tracer import metrics, reportdata
+
+    try:
+        check_output(out, "metrics file", keep=trace_file)
+        metrics.write(out, reportdata.read(trace_file), keep=trace_file)
+    except (TraceFormatError, TraceOutputError) as e:
+        fail(str(e))
+    say(f"wrote {out} (Prometheus text format)", err=True)
 
 
 @boot.command("diff", context_settings={"ignore_unknown_options": True})  # A may be -1
