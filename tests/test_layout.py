@@ -65,3 +65,11 @@ def test_options_do_not_pull_in_the_bpf_side() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT).stdout.strip()
     assert out == "[]"
+
+
+def test_the_timelines_do_not_import_each_other() -> None:
+    """The plot and the Perfetto export share their tracks through tracer/timeline.py."""
+    for name in ("plot", "perfetto"):
+        other = {"plot": "tracer.perfetto", "perfetto": "tracer.plot"}[name]
+        src = (ROOT / "tracer" / f"{name}.py").read_text()
+        assert not {m for m in imported_modules(src) if m == other or m.startswith(other + ".")}

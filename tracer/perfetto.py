@@ -35,6 +35,7 @@ from tracer.record import open_output
 from tracer.report import load_fields, module_json, request_fields
 from tracer.session import Replay
 from tracer.stories import Load, Request, decode_wait_status
+from tracer.timeline import load_group, request_group, time_span
 
 # A request that waited at least this long for the kmod throttle gets a "queued" slice.
 QUEUED_SLICE_NS = 1_000_000
@@ -42,16 +43,6 @@ QUEUED_SLICE_NS = 1_000_000
 
 def _us(ns: int) -> float:
     return ns / 1000.0
-
-
-def request_group(req: Request) -> str:
-    """The track a request goes on: its request string."""
-    return req.display_name or "(unnamed request)"
-
-
-def load_group(load: Load) -> str:
-    """The track a load attempt goes on: its kmod module name."""
-    return load.module or "(unknown module)"
 
 
 @dataclass(slots=True)
@@ -83,27 +74,6 @@ def _child(name: str, cat: str, start: int | None, end: int | None, parent: _Sli
     if end is None:
         args = args | {"unfinished": True}
     return _Slice(name, cat, s, e, args)
-
-
-def story_times(req_or_load: Request | Load) -> list[int]:
-    """Every timestamp a request or load story has seen."""
-    if isinstance(req_or_load, Request):
-        r = req_or_load
-        ts = [r.start_ns, r.tp_ns, r.end_ns, r.umh_start_ns, r.umh_end_ns]
-    else:
-        ld = req_or_load
-        ts = [ld.start_ns, ld.end_ns, ld.init_start_ns, ld.init_end_ns]
-    return [t for t in ts if t is not None]
-
-
-def time_span(rep: Replay) -> tuple[int, int]:
-    """(first, last) timestamp of every story in `rep`; (0, 0) if it has none.
-
-    The one definition of a replay's extent for both timelines (this one and tracer.plot).
-    """
-    ts = [t for r, _ in rep.requests for t in story_times(r)]
-    ts += [t for ld, _ in rep.loads for t in story_times(ld)]
-    return (min(ts), max(ts)) if ts else (0, 0)
 
 
 def _last_ns(rep: Replay) -> int:

@@ -1,6 +1,6 @@
 """A replayed trace as a timeline picture (PNG or SVG), drawn with matplotlib.
 
-One row per name, grouped as in tracer.perfetto: requests by request string, loads by kmod
+One row per name, grouped as in tracer.timeline: requests by request string, loads by kmod
 module name (a request string equal to a module name shares its row). Inside a row, the
 requests are stacked on lanes above the load attempts so that concurrent ones stay
 visible; past MAX_LANES lanes, bars share lanes. Bars shorter than a pixel or two are
@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Final
 
 from tracer import report
 from tracer.model import LoadVerdict, RequestVerdict
-from tracer.perfetto import load_group, request_group, time_span
 from tracer.record import open_output
 from tracer.session import Replay
 from tracer.stories import Load, Request
 from tracer.text import shown
+from tracer.timeline import load_group, request_group, time_span
 
 if TYPE_CHECKING:
     from matplotlib.artist import Artist
