@@ -98,7 +98,7 @@ def test_foreign_files_are_rejected(tmp_path: Path, content: str) -> None:
     '{"type": "event"}',  # an event with no kind
     '{"type": "event", "kind": 3, "bogus": 1}',  # a field the layout does not have
     '{"type": "proc", "pid": "1", "comm": "x", "cmdline": "", "parents": []}',
-    '{"type": "header", "format": "kmodtrace-trace", "version": 1}',  # a second header
+    # (a second header ends the trace: tests/test_input_bounds.py)
     '{"type": "what"}',
     '{"type": "event", "kind": true}',  # a bool is not an int
     '{"type": "event", "kind": 3, "pid": null}',
@@ -126,16 +126,17 @@ def test_event_lines_of_any_key_order_and_early_mark(tmp_path: Path) -> None:
     lines = p.read_text().splitlines()
     lines[1:1] = [
         '{"name": "b", "kind": 3, "type": "event", "ts_ns": 2}',
-        '{"type": "event", "kind": 3, "ts_ns": 2, "name": "b"}',
+        '{"type": "event", "kind": 3, "ts_ns": 3, "name": "b"}',  # (not 2: a duplicate)
         '{"type": "event", "kind": 3, "early": 1, "pid": 7}',
-        '{"early": "yes", "type": "event", "kind": 3, "pid": 7}',
+        '{"early": "yes", "type": "event", "kind": 3, "pid": 7, "ts_ns": 1}',
         '{"type": "event", "kind": 1, "ret": -17, "path": "x", "comm": "c", "size": 9}',
     ]
     p.write_text("\n".join(lines) + "\n")
     tr = read_trace(str(p))
     assert tr.bad_lines == 0 and tr.early_events == 2
-    assert tr.events == [Event(ts_ns=2, kind=3, name="b")] * 2 + [Event(kind=3, pid=7)] * 2 + [
-        Event(kind=1, ret=-17, path="x", comm="c", size=9)]
+    assert tr.events == [Event(ts_ns=2, kind=3, name="b"), Event(ts_ns=3, kind=3, name="b"),
+                         Event(kind=3, pid=7), Event(ts_ns=1, kind=3, pid=7),
+                         Event(kind=1, ret=-17, path="x", comm="c", size=9)]
 
 
 def test_a_second_trailer_is_a_bad_line(tmp_path: Path) -> None:

@@ -18,9 +18,12 @@ from typing import Annotated, Any
 
 import msgspec
 
-U32 = Annotated[int, "u32"]
-U64 = Annotated[int, "u64"]
-S64 = Annotated[int, "s64"]
+# The C type first (LAYOUT reads it), then the bounds msgspec checks as a trace line
+# decodes: a value no hook can produce is a bad line. (msgspec takes no bound past int64:
+# a u64 is checked for its sign only.)
+U32 = Annotated[int, "u32", msgspec.Meta(ge=0, le=2**32 - 1)]
+U64 = Annotated[int, "u64", msgspec.Meta(ge=0)]
+S64 = Annotated[int, "s64", msgspec.Meta(ge=-2**63, le=2**63 - 1)]
 
 
 def Str(size: int) -> Any:
@@ -59,6 +62,8 @@ class Kind(enum.IntEnum):
     PATIENT_CHECK = 21
 
 
+# A kind of the Kind enum, which msgspec checks on decoding (an unknown kind is a bad line)
+KnownKind = Annotated[int, "u32", msgspec.Meta(ge=int(min(Kind)), le=int(max(Kind)))]
 NAME_LEN: int = 64
 PATH_LEN = 128
 
@@ -71,7 +76,7 @@ class Event(msgspec.Struct, tag="event", tag_field="type", forbid_unknown_fields
     omits fields at their defaults: a trace line holds what the hook set."""
 
     ts_ns: U64 = 0  # CLOCK_MONOTONIC (bpf_ktime_get_ns)
-    kind: U32 = 0
+    kind: KnownKind = 0
     pid: U32 = 0  # tgid
     tid: U32 = 0
     ppid: U32 = 0

@@ -12,17 +12,20 @@ import gc
 import os
 import platform
 import stat
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import attrgetter
 from typing import Any
 
 import msgspec
 import orjson
 
 from tracer import __version__, text
-from tracer.events import Event, RecordDecoder
+from tracer.events import LAYOUT, Event, Kind, RecordDecoder
 from tracer.kernel import Features
 
 FORMAT = "kmodtrace-trace"
@@ -194,6 +197,7 @@ class Trace:
     trailer: dict[str, Any] | None = None
     first_bad_line: int | None = None
     bad_lines: int = 0
+    first_bad_why: str | None = None  # what is wrong with first_bad_line
     procs: Procs = field(default_factory=dict)
     modaliases: dict[str, str] = field(default_factory=dict)  # devpath -> MODALIAS
     early: dict[str, Any] | None = None  # the "early" record: the boot-time trace drained
@@ -217,26 +221,110 @@ class Trace:
                 continue
         return out
 
-    def bad(self, n: int) -> None:
+    def bad(self, n: int, why: str) -> None:
+        """Line N is not used: counted, and named if it is the first (WHY says why)."""
         self.bad_lines += 1
-        if self.first_bad_line is None:
-            self.first_bad_line = n
+        if self.first_bad_line is None or n < self.first_bad_line:
+            self.first_bad_line, self.first_bad_why = n, why
 
 
-def iter_lines(path: str) -> Iterator[tuple[int, str]]:
+# Input limits (README, "Input limits"). A line is read in chunks and never held whole past
+# LINE_CAP: a longer one is skipped to its newline and counted as a bad line. Standard
+# input (`-`) may hold STDIN_CAP bytes at most: a pipe has no end a reader can see coming.
+LINE_CAP = 1 << 20
+STDIN_CAP = 1 << 30
+CHUNK = 1 << 18  # bytes per read(2); below LINE_CAP, so only a chunk's first line can pass it
+STDIN = "-"
+# What iter_lines yields for a line over LINE_CAP (its bytes are gone); as JSON it is
+# invalid, so the reader's fast path refuses it as any corrupt line.
+TOO_LONG = b"\0 line over LINE_CAP"
+_NOT_FILE = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISDIR, "a directory"))
+
+
+def _not_a_file(path: str, mode: int) -> TraceFormatError | None:
+    if stat.S_ISREG(mode):
+        return None
+    what = next((name for test, name in _NOT_FILE if test(mode)), "not a regular file")
+    return TraceFormatError(f"{path} is {what}, not a trace: {_HOW}, or `-` to read one "
+                            "from standard input")
+
+
+def _open(path: str) -> tuple[Callable[[int], bytes | None], Callable[[], None], int]:
+    """(read, close, byte limit) of PATH, a regular file, or of standard input for `-`.
+
+    The type is checked before open(2), which on a device can act (a watchdog arms), and
+    again on the descriptor, opened non-blocking: a FIFO with no writer, or a file that
+    was swapped for one, is refused instead of waiting forever. The descriptor stays
+    non-blocking (a regular file ignores it; a procfs file that would block says so)."""
+    if path == STDIN:
+        stdin = sys.stdin.buffer
+        return stdin.read, lambda: None, STDIN_CAP
     try:
-        f = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed below
-    except IsADirectoryError as e:
-        raise TraceFormatError(f"{path} is a directory, not a trace: {_HOW}") from e
+        err = _not_a_file(path, os.stat(path).st_mode)
+        if err is not None:
+            raise err
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError as e:
         raise TraceFormatError(f"{path}: no such file: {_HOW}") from e
     except OSError as e:
         raise TraceFormatError(f"cannot read {path}: {e.strerror}") from e
-    with f:
-        try:
-            yield from enumerate(f, 1)
-        except OSError as e:
-            raise TraceFormatError(f"cannot read {path}: {e.strerror}") from e
+    err = _not_a_file(path, os.fstat(fd).st_mode)
+    if err is not None:
+        os.close(fd)
+        raise err
+    f = os.fdopen(fd, "rb", buffering=0)
+    return f.read, f.close, -1
+
+
+def iter_lines(path: str) -> Iterator[tuple[int, bytes]]:
+    """(number, line without its newline) of each line of PATH (`-`: standard input),
+    read CHUNK bytes at a time; TOO_LONG for a line over LINE_CAP, of which at most
+    LINE_CAP + CHUNK bytes were ever held. TraceFormatError if PATH is not a regular file
+    (or `-`), cannot be read, or is standard input past STDIN_CAP."""
+    read, close, limit = _open(path)
+    name = "standard input" if path == STDIN else path
+    n, rest, skipping, total = 0, b"", False, 0
+    try:
+        while True:
+            try:
+                chunk = read(CHUNK)
+            except OSError as e:
+                raise TraceFormatError(f"cannot read {name}: {e.strerror}") from e
+            if chunk is None:  # non-blocking: the file would block (not a plain file)
+                raise TraceFormatError(f"cannot read {name}: it would block, not a trace "
+                                       f"file ({_HOW})")
+            if not chunk:
+                break
+            total += len(chunk)
+            if 0 <= limit < total:
+                raise TraceFormatError(
+                    f"standard input holds more than {limit >> 30} GiB: save the trace to a "
+                    "file and give its path")
+            if skipping:  # inside a line over the cap: drop it up to its newline
+                end = chunk.find(b"\n")
+                if end < 0:
+                    continue
+                n += 1
+                yield n, TOO_LONG
+                skipping, chunk = False, chunk[end + 1:]
+            lines = chunk.split(b"\n")
+            if rest:
+                lines[0] = rest + lines[0]
+                if len(lines[0]) > LINE_CAP and len(lines) > 1:
+                    lines[0] = TOO_LONG
+            rest = lines.pop()
+            if len(rest) > LINE_CAP:
+                rest, skipping = b"", True
+            yield from enumerate(lines, n + 1)
+            n += len(lines)
+        if skipping or len(rest) > LINE_CAP:
+            yield n + 1, TOO_LONG
+        elif rest:  # a last line with no newline (a killed recorder's)
+            yield n + 1, rest
+    finally:
+        close()
 
 
 # An "event" line: the event's fields, its record type and the early mark (any value)
@@ -262,11 +350,16 @@ def _proc(obj: dict[str, Any]) -> tuple[tuple[int, str], tuple[str, tuple[str, .
 
 
 def read_trace(path: str) -> Trace:
-    """The trace in PATH; TraceFormatError if it is not one.
+    """The trace in PATH (`-`: standard input); TraceFormatError if it is not one.
 
-    Every later line that is not a valid event, proc or trailer record (corrupt JSON, an
-    object of no known type, a field of the wrong type, a second header or trailer) is
-    counted in bad_lines, the first one named in first_bad_line, and skipped.
+    Every later line that is not a valid record is counted in bad_lines, the first one
+    named in first_bad_line (with why, first_bad_why), and not used: corrupt JSON, a line
+    over LINE_CAP, an object of no known type, a field of the wrong type or out of its C
+    type's range, an unknown kind, a timestamp past the trailer's end_mono_ns, the same
+    event (kind, thread, timestamp) a second time, a trailer count that is not a count
+    (that count then reads as unknown). A trace ends at its trailer, or where a second
+    header starts another one: every line from there on is a bad line, none of it read
+    (two traces concatenated never mix).
     """
     # A million events are a million acyclic objects that live as long as the report:
     # the cyclic GC would rescan them all, again and again, while they pile up and
@@ -284,66 +377,192 @@ def read_trace(path: str) -> Trace:
 
 def _read_trace(path: str) -> Trace:
     lines = iter_lines(path)
+    name = "standard input" if path == STDIN else path
     for n, line in lines:  # the first line: the header, or this is no trace
+        if line is TOO_LONG:
+            raise TraceFormatError(f"{name}: line {n} is longer than {LINE_CAP >> 20} MiB: "
+                                   f"not a kmodtrace trace ({_HOW})")
         try:
             obj = orjson.loads(line)
         except ValueError:
             obj = None
         if not isinstance(obj, dict):
-            raise TraceFormatError(f"{path}: line {n} is not JSON: not a kmodtrace trace"
+            raise TraceFormatError(f"{name}: line {n} is not JSON: not a kmodtrace trace"
                                    f" ({_HOW})")
         if obj.get("type") != "header" or obj.get("format") != FORMAT:
-            raise TraceFormatError(f"{path}: no kmodtrace header: not a kmodtrace trace "
+            raise TraceFormatError(f"{name}: no kmodtrace header: not a kmodtrace trace "
                                    f"({_HOW})")
         version = obj.get("version")
         if type(version) is not int or version > FORMAT_VERSION:
             raise TraceFormatError(
-                f"{path}: trace format version {version!r}, this kmodtrace reads "
+                f"{name}: trace format version {version!r}, this kmodtrace reads "
                 f"{FORMAT_VERSION}: report it with the kmodtrace that recorded it")
         trace = Trace(header=obj)
-        _read_records(trace, lines)
+        _check_events(trace, _read_records(trace, lines))
         return trace
-    raise TraceFormatError(f"{path}: empty file: not a kmodtrace trace ({_HOW})")
+    raise TraceFormatError(f"{name}: empty file: not a kmodtrace trace ({_HOW})")
 
 
-def _read_records(trace: Trace, lines: Iterator[tuple[int, str]]) -> None:
-    """The lines after the header. Events, nearly all of them, take the first branch,
-    with the names it needs bound locally: it runs a million times."""
+@dataclass(slots=True)
+class _Seen:
+    """What the reader notes for the checks no single line allows (_check_events)."""
+
+    # [first line, count] of each run of consecutive lines after the header that hold no
+    # kept event. Each run but the first follows a kept event, so there are as many as
+    # events at most: memory stays proportional to what is kept, however many bad lines.
+    runs: list[list[int]] = field(default_factory=list)
+    # the timestamps of events not newer than every event before them (only these can
+    # repeat one), and the newest
+    late: list[int] = field(default_factory=list)
+    newest: int = -1
+
+
+def _read_records(trace: Trace, lines: Iterator[tuple[int, bytes]]) -> _Seen:
+    """The lines after the header; what _check_events() needs. Events, nearly all of
+    them, take the first branch, with the names it needs bound locally: it runs a million
+    times."""
     fast, invalid, event_cls = _event_line, msgspec.DecodeError, Event
     loads, event, append = text.loads, _event, trace.events.append
+    seen = _Seen()
+    runs, late_append = seen.runs, seen.late.append
+    last = -1  # the newest timestamp so far
     for n, line in lines:
         try:
             ev = fast(line)
             if type(ev) is event_cls and ev.kind:  # kind 0: present or defaulted?
                 append(ev)
+                ts = ev.ts_ns
+                if ts > last:
+                    last = ts
+                else:  # a recorder writes in time order: few are late
+                    late_append(ts)
                 continue
         except invalid:
             pass
+        if runs and runs[-1][0] + runs[-1][1] == n:
+            runs[-1][1] += 1
+        else:
+            runs.append([n, 1])
         try:
             obj = loads(line)
         except ValueError:
-            trace.bad(n)
+            trace.bad(n, f"longer than {LINE_CAP >> 20} MiB" if line is TOO_LONG
+                      else "not JSON")
             continue
         if isinstance(obj, dict) and obj.get("type") == "event":
             # the slow path's own name: `ev` above is the fast decoder's Event | _Other
             checked = event(obj)
-            if checked is None:
-                trace.bad(n)
+            why = "not an event's fields" if checked is None else _out_of_range(checked)
+            if checked is None or why is not None:
+                trace.bad(n, why or "")
+                continue
+            append(checked)
+            if checked.ts_ns > last:
+                last = checked.ts_ns
             else:
-                append(checked)
-                if "early" in obj:
-                    trace.early_events += 1
+                late_append(checked.ts_ns)
+            runs[-1][1] -= 1  # an event after all
+            if not runs[-1][1]:
+                runs.pop()
+            if "early" in obj:
+                trace.early_events += 1
         else:
-            _record(trace, n, obj)
+            after = _record(trace, n, obj)
+            if after is not None:
+                break
+    else:
+        seen.newest = last
+        return seen
+    seen.newest = last
+    # the trace ended at line n: the rest is not read into it
+    for n, _ in lines:
+        trace.bad(n, after)
+    return seen
 
 
-def _record(trace: Trace, n: int, obj: Any) -> None:
-    """Line N, any record but an event."""
+# Each integer field's range: its C type's (the recorder writes nothing else)
+_RANGES = tuple((name, *{"u32": (0, 2**32 - 1), "u64": (0, 2**64 - 1),
+                         "s64": (-2**63, 2**63 - 1)}[ctype])
+                for name, ctype, _ in LAYOUT if ctype != "char")
+_KINDS = frozenset(Kind)
+
+
+def _out_of_range(ev: Event) -> str | None:
+    """Why EV, decoded by the slow path, is no event a recorder wrote; None if it may be.
+    (The fast path's decoder checks the same bounds, events.Event's annotations.)"""
+    if ev.kind not in _KINDS:
+        return f"unknown kind {ev.kind}"
+    for name, lo, hi in _RANGES:
+        if not lo <= getattr(ev, name) <= hi:
+            return f"{name} out of range"
+    return None
+
+
+def _check_events(trace: Trace, seen: _Seen) -> None:
+    """What no single line shows: an event after the trailer's end, or one seen twice
+    (the same kind, thread and timestamp: the later line is the bad one). Only a trace
+    with late events or one past the end is scanned again: C loops over the timestamps,
+    then a Python loop over the few events they single out."""
+    events = trace.events
+    end: object = (trace.trailer or {}).get("end_mono_ns")
+    past = end if type(end) is int and seen.newest > end else None
+    if not seen.late and past is None:
+        return
+    ts = list(map(attrgetter("ts_ns"), events))
+    bad: dict[int, str] = {}
+    if past is not None:
+        for i in compress(range(len(ts)), map(past.__lt__, ts)):
+            bad[i] = "ts_ns after the trailer's end_mono_ns"
+    again = set(seen.late)
+    keys: set[tuple[int, int, int]] = set()
+    for i in compress(range(len(ts)), map(again.__contains__, ts)):
+        ev = events[i]
+        key = (ev.kind, ev.tid, ev.ts_ns)
+        if key in keys:
+            bad.setdefault(i, "an event seen before (same kind, thread and ts_ns)")
+        keys.add(key)
+    if not bad:
+        return
+    for i, why in bad.items():
+        trace.bad(_line_of(i, seen.runs), why)
+    events[:] = [ev for i, ev in enumerate(events) if i not in bad]
+
+
+def _line_of(i: int, runs: list[list[int]]) -> int:
+    """The line of the Ith event read: after the header, less the lines of no event."""
+    line = i + 2
+    for first, count in runs:
+        if first > line:
+            break
+        line += count
+    return line
+
+
+def _trailer_counts(obj: dict[str, Any]) -> list[str]:
+    """The trailer's counts that are not counts (an int >= 0, no bool), removed from OBJ:
+    each then reads as unknown, never as the value a damaged file holds."""
+    wrong: list[str] = []
+    for key in ("lost", "missed", "events", "end_mono_ns"):
+        if key in obj and (type(obj[key]) is not int or obj[key] < 0):
+            wrong.append(key)
+            del obj[key]
+    for key in ("misses", "rescue"):  # name -> count
+        v = obj.get(key)
+        if key in obj and (not isinstance(v, dict) or not all(
+                type(c) is int and c >= 0 for c in v.values())):
+            wrong.append(key)
+            del obj[key]
+    return wrong
+
+
+def _record(trace: Trace, n: int, obj: Any) -> str | None:
+    """Line N, any record but an event; if the trace ends with it, what the lines after
+    it are."""
     kind = obj.get("type") if isinstance(obj, dict) else None
     if kind == "proc":
         proc = _proc(obj)
         if proc is None:
-            trace.bad(n)
+            trace.bad(n, "a proc record with a wrong field")
         else:
             trace.procs[proc[0]] = proc[1]
     elif kind == "device":
@@ -351,10 +570,20 @@ def _record(trace: Trace, n: int, obj: Any) -> None:
         if isinstance(devpath, str) and isinstance(modalias, str):
             trace.modaliases[devpath] = modalias
         else:
-            trace.bad(n)
+            trace.bad(n, "a device record with a wrong field")
     elif kind == "early" and trace.early is None:
         trace.early = obj
-    elif kind == "trailer" and trace.trailer is None:
+    elif kind == "trailer":
+        wrong = _trailer_counts(obj)
+        if wrong:
+            trace.bad(n, f"trailer's {', '.join(wrong)} not a count (read as unknown)")
         trace.trailer = obj
+        return "after the trailer (one trace per file)"
+    elif kind == "header":
+        trace.bad(n, "a second header (one trace per file: the next is not read)")
+        return "in a second trace"
+    elif kind == "early":
+        trace.bad(n, "a second early record")
     else:
-        trace.bad(n)
+        trace.bad(n, "no record of a known type")
+    return None
