@@ -120,6 +120,23 @@ def test_init_fails_while_racers_get_ebusy_gives_a_blacklist(modules_dir: str) -
                                       "load_ns": 40_000_000, "modprobe_spawns": 0}
 
 
+def test_a_dependency_that_never_binds_blacklists_the_module_the_lookup_matched(
+        modules_dir: str) -> None:
+    """edac_mce_amd's init fails; udev's lookup matched amd64_edac, which needs it, and
+    libkmod checks the blacklist of the looked-up module, not of its dependencies."""
+    loads = [_load(0, "edac_mce_amd", -errno.ENODEV, cpu=0, init_ret=-errno.ENODEV),
+             _load(1, "edac_mce_amd", -errno.EBUSY, cpu=1, wasted=1000)]
+    [a] = _advice(_report(loads), modules_dir)
+    assert a.kind == "blacklist"
+    assert a.cause == (f"udev: 2 device(s) (cpu:2), MODALIAS {CPU_ALIAS} matched "
+                       "`cpu:type:x86,ven0002fam000Fmod*:feature:*` of amd64_edac, which "
+                       "depend(s) on edac_mce_amd (modules.dep): loaded as a dependency",)
+    assert a.text == BLACKLIST.format(m="amd64_edac")
+    assert a.facts[-1] == ("udev's lookups matched amd64_edac, which need(s) edac_mce_amd "
+                           "(modules.dep); libkmod checks the blacklist of the module a lookup "
+                           "resolved to, not of its dependencies")
+
+
 def test_same_errno_everywhere_converged_by_idempotent(modules_dir: str) -> None:
     """6.5+: the waiters of a failing winner fail with its errno and read nothing."""
     loads = [_load(0, "acpi_cpufreq", -errno.ENODEV, cpu=0, init_ret=-errno.ENODEV)]
@@ -158,6 +175,20 @@ def test_per_device_alias_racing_with_itself_gives_a_preload(modules_dir: str) -
                "a kernel with idempotent() would have converged 2 of them (3.9KiB of "
                "MODULE_STATS bytes)"),
         savings=Savings(attempts=3, read_bytes=3000, wasted_bytes=6000, load_ns=30_000_000))
+
+
+def test_a_dependency_racing_is_preloaded_through_the_module_that_pulls_it(
+        modules_dir: str) -> None:
+    loads = [_load(i, m, 0 if i % 3 == 0 else -errno.EEXIST, cpu=i % 3, wasted=10)
+             for i, m in enumerate(["kvm"] * 3 + ["kvm_amd"] * 3)]
+    kvm, kvm_amd = _advice(_report(loads), modules_dir)
+    assert (kvm.module, kvm.kind, kvm_amd.module, kvm_amd.kind) == (
+        "kvm", "preload", "kvm_amd", "preload")
+    assert kvm.text.startswith("load kvm_amd once, early: a line `kvm_amd` in "
+                               "/etc/modules-load.d/kvm_amd.conf, ")
+    assert kvm.facts[-1] == ("udev's lookups matched kvm_amd, which need(s) kvm "
+                             "(modules.dep) and loaded: preloading kvm_amd loads kvm too")
+    assert kvm_amd.text.startswith("load kvm_amd once, early: ")
 
 
 def test_init_module_loads_are_not_converged_by_idempotent(modules_dir: str) -> None:

@@ -305,6 +305,11 @@ def _saves(s: Savings) -> str:
     return ", ".join(parts) or "nothing measurable"
 
 
+def _names(names: Sequence[str], top: int = 4) -> str:
+    more = len(names) - top
+    return ", ".join(names[:top]) + (f" and {more} more" if more > 0 else "")
+
+
 def _short(alias: str, room: int = 60) -> str:
     return alias if len(alias) <= room else alias[: room - 3] + "..."
 
@@ -437,6 +442,23 @@ class _Builder:
                                  eexist))
         return out
 
+    def lookups(self, mod: str, loads: list[tuple[Load, LoadVerdict | None]]
+                ) -> tuple[bool, set[str], int]:
+        """What udev's lookups for MOD's loads resolved to: whether a MODALIAS matched
+        MOD's own pattern, the modules whose pattern matched and that need MOD
+        (modules.dep), and how many loads' MODALIAS the trace lacks."""
+        own, via, unknown = False, set(), 0
+        for ld, _ in loads:
+            if ld.device is None:
+                continue
+            if not ld.device.modalias or not self.info.found:
+                unknown += 1
+                continue
+            hits = self.info.matches(ld.device.modalias)
+            own = own or any(m == mod for _, m in hits)
+            via |= {m for _, m in hits if m != mod and self.info.needs(m, mod)}
+        return own, via, unknown
+
     def blacklist(self, mod: str, pats: tuple[str, ...], cause: tuple[str, ...],
                   base: list[str], loads: list[tuple[Load, LoadVerdict | None]],
                   alias_loads: list[tuple[Load, LoadVerdict | None]],
@@ -446,10 +468,26 @@ class _Builder:
         n_alias = len(alias_loads)
         facts.append(f"{n_alias} of the {len(loads)} attempts were alias lookups (udev's "
                      "MODALIAS or a kernel request's alias), which libkmod's blacklist stops")
-        text = (f"blacklist {mod} on this machine: a line `blacklist {mod}` in "
-                f"/etc/modprobe.d/, or `modprobe.blacklist={mod}` on the kernel command line; "
-                "libkmod then skips the alias load before reading the file (not "
-                f"`module_blacklist={mod}`: the kernel refuses that only after the read, "
+        own, via, unknown = self.lookups(mod, alias_loads)
+        targets = [mod]
+        if via and not own:  # libkmod checks the blacklist of the looked-up module only
+            targets = sorted(via)
+            facts.append(f"udev's lookups matched {', '.join(targets)}, which need(s) {mod} "
+                         f"(modules.dep); libkmod checks the blacklist of the module a "
+                         f"lookup resolved to, not of its dependencies")
+        elif unknown and self.info.found:
+            users = sorted(m for m, deps in self.info.deps.items() if mod in deps)
+            if users:
+                facts.append(f"the MODALIAS of {unknown} load(s) is not in the trace; "
+                             f"modules.dep lists {_names(users)} as needing {mod}: if the "
+                             "lookup matched one of them, blacklist that one instead")
+        words = ",".join(targets)
+        lines_ = (f"a line `blacklist {targets[0]}`" if len(targets) == 1
+                  else "a `blacklist` line for each")
+        text = (f"blacklist {' '.join(targets)} on this machine: {lines_} in "
+                f"/etc/modprobe.d/, or `modprobe.blacklist={words}` on the kernel command "
+                "line; libkmod then skips the alias load before reading the file (not "
+                f"`module_blacklist={words}`: the kernel refuses that only after the read, "
                 "which saves nothing)")
         return Advice(mod, pats, cause, "blacklist", text, tuple(facts), _savings(alias_loads))
 
@@ -472,7 +510,16 @@ class _Builder:
             saved = sum(v.bytes_saved for _, v in could if v is not None)
             facts.append(f"a kernel with idempotent() would have converged {len(could)} of "
                          f"them ({_bytes(saved)} of MODULE_STATS bytes)")
-        text = (f"load {mod} once, early: a line `{mod}` in /etc/modules-load.d/{mod}.conf, "
+        _own, via, _unknown = self.lookups(mod, dev_eexist)
+        loaded = sorted(m for m in via if (row := self.r.by_module.get(m)) is not None
+                        and row.ok > 0)
+        target = mod
+        if loaded and not _own:  # the module the lookups matched pulls this one in
+            target = loaded[0]
+            facts.append(f"udev's lookups matched {', '.join(loaded)}, which need(s) {mod} "
+                         f"(modules.dep) and loaded: preloading {target} loads {mod} too")
+        text = (f"load {target} once, early: a line `{target}` in "
+                f"/etc/modules-load.d/{target}.conf, "
                 "with systemd-modules-load.service ordered before "
                 "systemd-udev-trigger.service (a drop-in with "
                 "`Before=systemd-udev-trigger.service`: they are not ordered by default), "
