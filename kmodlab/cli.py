@@ -29,19 +29,32 @@ from tracer.record import TraceFormatError
               "`boot show --json` and systemd's timings land in the results directory")
 @click.option("--no-unit", is_flag=True,
               help="with --boot: the same boot without the unit (the baseline for its delay)")
+@click.option("--advice-from", type=click.Path(dir_okay=False, exists=True), metavar="TRACE",
+              help="with --boot: apply the advice of the boot traced in TRACE (a blacklist on "
+                   "the kernel command line, a modules-load.d preload ordered before udev's "
+                   "coldplug); compare the two with `kmodtrace boot diff`")
 def vm(kernel_spec: str, out: str | None, cpus: int, memory: str, kvm: bool | None,
-       command: str | None, boot_trace: bool, no_unit: bool) -> None:
+       command: str | None, boot_trace: bool, no_unit: bool,
+       advice_from: str | None = None) -> None:
     """Boot a stock Debian kernel in virtme-ng, trace storms (or COMMAND, or the boot)."""
     from kmodlab import vm as vmmod
 
+    if advice_from and not boot_trace:
+        _fail("--advice-from applies a boot's advice to another boot (fix: add --boot)", 2)
     try:
         kern = vmmod.resolve_kernel(kernel_spec, _progress)
         outdir = Path(out or f"out/vm-{kern.release}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
         if boot_trace:
             from kmodlab import vmboot
 
+            applied = None
+            if advice_from:
+                try:
+                    applied = vmboot.advice_from(advice_from, _progress)
+                except TraceFormatError as e:
+                    _fail(str(e))
             rc = vmboot.run_boot(kern, outdir, _progress, cpus=cpus, memory=memory, kvm=kvm,
-                                 unit=not no_unit)
+                                 unit=not no_unit, applied=applied)
         else:
             args = ["--command", command] if command else []
             rc = vmmod.run_guest(kern, outdir, args, _progress, cpus=cpus, memory=memory,

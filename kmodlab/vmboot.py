@@ -41,6 +41,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,7 @@ GUEST_FSTAB_PATH = "/etc/kmodtrace-vmboot.fstab"
 VNG_CONF = {"systemd": {"masks": ["getty@"], "fstab": GUEST_FSTAB_PATH}}
 
 NAMESPACE_SCRIPT = r"""set -e
-tmp=$1 units=$2 conf=$3 fstab=$4 collect=$5; shift 5
+tmp=$1 units=$2 conf=$3 fstab=$4 collect=$5 modload=$6; shift 6
 mount -t tmpfs kmodtrace-vmboot "$tmp"
 mkdir "$tmp/upper" "$tmp/work" "$tmp/root"
 mknod "$tmp/upper/.dockerenv" c 0 0
@@ -157,6 +158,10 @@ cp "$conf" "$tmp/root$HOME/.config/virtme-ng/virtme-ng.conf"
 cp "$fstab" "$tmp/root/etc/kmodtrace-vmboot.fstab"
 cp "$collect" "$tmp/root/etc/kmodtrace-vmboot-collect"
 chmod 0755 "$tmp/root/etc/kmodtrace-vmboot-collect"
+if [ -s "$modload" ]; then
+  mkdir -p "$tmp/root/etc/modules-load.d"
+  cp "$modload" "$tmp/root/etc/modules-load.d/kmodtrace-advice.conf"
+fi
 while [ "$1" != -- ]; do mount --bind "$1" "$tmp/root$1"; shift; done
 shift
 exec chroot "$tmp/root" "$@"
@@ -164,7 +169,7 @@ exec chroot "$tmp/root" "$@"
 
 
 def namespace_prefix(unit_dir: Path, shared: list[Path], tmp: Path,
-                     collect: str = "#!/bin/sh\n") -> list[str]:
+                     collect: str = "#!/bin/sh\n", modules_load: str = "") -> list[str]:
     """Run the rest where the guest's root (the host's /) has unit_dir as /etc/systemd/system.
 
     A private mount namespace (unshare) and, in it, a root that is an overlay of the host's
@@ -174,18 +179,71 @@ def namespace_prefix(unit_dir: Path, shared: list[Path], tmp: Path,
     QEMU's 9p export of / is that root; the SHARED directories (the results, the cache)
     are bound through, so what the guest writes there reaches the host. vng there reads
     a virtme-ng.conf of ours whose systemd.fstab gives the guest a tmpfs /var/log, and
-    the collector's script COLLECT at COLLECT_PATH.
+    the collector's script COLLECT at COLLECT_PATH; MODULES_LOAD, if not empty, is
+    /etc/modules-load.d/kmodtrace-advice.conf there (a previous boot's preload advice).
     Nothing outside the namespace changes; the overlay's upper layer is a tmpfs on TMP.
     """
     tmp.mkdir(parents=True, exist_ok=True)
     conf, fstab = tmp.parent / "virtme-ng.conf", tmp.parent / "fstab"
-    script = tmp.parent / "collect"
+    script, modload = tmp.parent / "collect", tmp.parent / "modules-load.conf"
     conf.write_text(json.dumps(VNG_CONF) + "\n")
     fstab.write_text(GUEST_FSTAB)
     script.write_text(collect)
+    modload.write_text(modules_load)
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
             NAMESPACE_SCRIPT, "kmodtrace-vmboot", str(tmp), str(unit_dir), str(conf),
-            str(fstab), str(script), *[str(d) for d in shared], "--"]
+            str(fstab), str(script), str(modload), *[str(d) for d in shared], "--"]
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """A previous boot's advice (tracer/advice.py), applied to the next boot: the modules
+    to blacklist on the kernel command line, and those to preload from modules-load.d,
+    with systemd-modules-load.service ordered before udev's coldplug trigger (systemd
+    does not order them), so that udev's lookups find them live."""
+
+    blacklist: tuple[str, ...] = ()
+    preload: tuple[str, ...] = ()
+    source: str = ""  # the trace the advice came from
+
+    def append(self) -> list[str]:
+        """The kernel command line words: libkmod's blacklist, read by udev's kmod builtin
+        and modprobe alike."""
+        return [f"modprobe.blacklist={','.join(self.blacklist)}"] if self.blacklist else []
+
+    def modules_load(self) -> str:
+        """/etc/modules-load.d/kmodtrace-advice.conf; "" when nothing is preloaded."""
+        if not self.preload:
+            return ""
+        return (f"# kmodtrace: preloaded on the advice of {self.source}\n"
+                + "".join(f"{m}\n" for m in self.preload))
+
+
+ORDER_DROPIN = "systemd-modules-load.service.d/kmodtrace-advice.conf"
+ORDER_TEXT = ("# kmodtrace: the preloaded modules are live before udev's coldplug looks them "
+              "up\n[Unit]\nBefore=systemd-udev-trigger.service\n")
+
+
+def advice_from(trace: str, progress: vm.Progress) -> Applied:
+    """The blacklist and preload advice of the boot traced in TRACE (its kernel's
+    modules.alias read from /lib/modules, which the guest shares)."""
+    from tracer import advice, reportdata
+
+    a = advice.build(reportdata.read(trace))
+    applied = Applied(tuple(a.targets("blacklist")), tuple(a.targets("preload")), trace)
+    if not a.alias_found:
+        progress(f"{a.modules_alias} is not there: udev's lookups not resolved")
+    progress(f"advice of {trace}: blacklist {' '.join(applied.blacklist) or 'nothing'}; "
+             f"preload {' '.join(applied.preload) or 'nothing'}")
+    return applied
+
+
+def apply_to_units(applied: Applied, unit_dir: Path) -> None:
+    """The ordering drop-in, in the guest's /etc/systemd/system copy."""
+    if applied.preload:
+        dropin = unit_dir / ORDER_DROPIN
+        dropin.parent.mkdir(parents=True, exist_ok=True)
+        dropin.write_text(ORDER_TEXT)
 
 
 def _usec(props: dict[str, str], key: str) -> int | None:
@@ -242,8 +300,9 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
 
 def run_boot(kern: vm.KernelImage, out: Path, progress: vm.Progress, cpus: int = 2,
              memory: str = "2G", kvm: bool | None = None, unit: bool = True,
-             timeout: float = 2400) -> int:
-    """Boot systemd with (or without) the installed unit on CPUS vCPUs; results in OUT."""
+             timeout: float = 2400, applied: Applied | None = None) -> int:
+    """Boot systemd with (or without) the installed unit on CPUS vCPUs; results in OUT.
+    APPLIED: a previous boot's advice, applied to this one."""
     if kern.root is not None:
         # Not headers (the unit's tracer builds from BTF): systemd-udevd loads modules
         # from /lib/modules/RELEASE as the boot starts, before the lab could link a
@@ -254,6 +313,8 @@ def run_boot(kern: vm.KernelImage, out: Path, progress: vm.Progress, cpus: int =
                          f"{kern.release})")
     out.mkdir(parents=True, exist_ok=True)
     unit_dir = prepare_unit_dir(unit, progress)
+    applied = applied or Applied()
+    apply_to_units(applied, unit_dir)
     progress(f"booting systemd as PID 1 {'with' if unit else 'without'} {boot.UNIT_NAME} "
              f"(console log: {out / 'console.log'})")
     for stale in ("bootstats.json", "collect.rc"):
@@ -262,11 +323,11 @@ def run_boot(kern: vm.KernelImage, out: Path, progress: vm.Progress, cpus: int =
     # nothing, the collector's (collect.rc) does
     line = early_line(kern) if unit else None
     vm.run_guest(kern, out, ["--boot-collect"], progress, cpus=cpus, memory=memory, kvm=kvm,
-                 timeout=timeout, append=boot_append(line), systemd=True,
+                 timeout=timeout, append=boot_append(line) + applied.append(), systemd=True,
                  qemu_opts=["-cpu", "max"],
                  prefix=namespace_prefix(unit_dir, [out, vm.cache_dir()],
                                          vm.cache_dir() / "vmboot" / "ns",
-                                         collect_script(out, unit)),
+                                         collect_script(out, unit), applied.modules_load()),
                  console=out / "console.log", exec_command=[COLLECT_PATH])
     stats_path, rc_path = out / "bootstats.json", out / "collect.rc"
     if not stats_path.exists() or not rc_path.exists():

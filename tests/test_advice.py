@@ -115,7 +115,8 @@ def test_init_fails_while_racers_get_ebusy_gives_a_blacklist(modules_dir: str) -
                "6.1.0-test)",
                "4 of the 4 attempts were alias lookups (udev's MODALIAS or a kernel "
                "request's alias), which libkmod's blacklist stops"),
-        savings=Savings(attempts=4, read_bytes=4000, wasted_bytes=3000, load_ns=40_000_000))
+        savings=Savings(attempts=4, read_bytes=4000, wasted_bytes=3000, load_ns=40_000_000),
+        targets=("acpi_cpufreq",))
     assert a.to_json()["savings"] == {"attempts": 4, "read_bytes": 4000, "wasted_bytes": 3000,
                                       "load_ns": 40_000_000, "modprobe_spawns": 0}
 
@@ -132,6 +133,7 @@ def test_a_dependency_that_never_binds_blacklists_the_module_the_lookup_matched(
                        "`cpu:type:x86,ven0002fam000Fmod*:feature:*` of amd64_edac, which "
                        "depend(s) on edac_mce_amd (modules.dep): loaded as a dependency",)
     assert a.text == BLACKLIST.format(m="amd64_edac")
+    assert a.targets == ("amd64_edac",)
     assert a.facts[-1] == ("udev's lookups matched amd64_edac, which need(s) edac_mce_amd "
                            "(modules.dep); libkmod checks the blacklist of the module a lookup "
                            "resolved to, not of its dependencies")
@@ -174,7 +176,8 @@ def test_per_device_alias_racing_with_itself_gives_a_preload(modules_dir: str) -
                "of one file each read it",
                "a kernel with idempotent() would have converged 2 of them (3.9KiB of "
                "MODULE_STATS bytes)"),
-        savings=Savings(attempts=3, read_bytes=3000, wasted_bytes=6000, load_ns=30_000_000))
+        savings=Savings(attempts=3, read_bytes=3000, wasted_bytes=6000, load_ns=30_000_000),
+        targets=("kvm",))
 
 
 def test_a_dependency_racing_is_preloaded_through_the_module_that_pulls_it(
@@ -189,6 +192,7 @@ def test_a_dependency_racing_is_preloaded_through_the_module_that_pulls_it(
     assert kvm.facts[-1] == ("udev's lookups matched kvm_amd, which need(s) kvm "
                              "(modules.dep) and loaded: preloading kvm_amd loads kvm too")
     assert kvm_amd.text.startswith("load kvm_amd once, early: ")
+    assert (kvm.targets, kvm_amd.targets) == (("kvm_amd",), ("kvm_amd",))
 
 
 def test_init_module_loads_are_not_converged_by_idempotent(modules_dir: str) -> None:
@@ -299,8 +303,8 @@ def test_text_and_json_carry_the_advice(modules_dir: str) -> None:
     doc = report.document(r)
     assert [(e["module"], e["kind"], e["pattern"]) for e in doc["advice"]] == [
         ("acpi_cpufreq", "blacklist", ["init-fails-racers-ebusy"])]
-    assert set(doc["advice"][0]) == {"module", "pattern", "cause", "kind", "advice", "facts",
-                                     "savings"}
+    assert set(doc["advice"][0]) == {"module", "pattern", "cause", "kind", "advice",
+                                     "targets", "facts", "savings"}
 
 
 def test_recorded_udev_coldplug(modules_dir: str) -> None:

@@ -28,11 +28,38 @@ def test_namespace_prefix(tmp_path: Path) -> None:
     pre = vmboot.namespace_prefix(Path("/cache/unit/etc/systemd/system"),
                                   [Path("/out"), Path("/cache")], tmp_path / "ns")
     assert pre[:4] == ["unshare", "--mount", "--propagation", "private"]
-    assert pre[-8:] == [str(tmp_path / "ns"), "/cache/unit/etc/systemd/system",
+    assert pre[-9:] == [str(tmp_path / "ns"), "/cache/unit/etc/systemd/system",
                         str(tmp_path / "virtme-ng.conf"), str(tmp_path / "fstab"),
-                        str(tmp_path / "collect"), "/out", "/cache", "--"]
+                        str(tmp_path / "collect"), str(tmp_path / "modules-load.conf"),
+                        "/out", "/cache", "--"]
     assert (tmp_path / "ns").is_dir()
     assert " /var/log tmpfs " in (tmp_path / "fstab").read_text()
+    assert (tmp_path / "modules-load.conf").read_text() == ""  # no advice: no file
+
+
+def test_advice_applied_to_a_boot(tmp_path: Path) -> None:
+    """A blacklist on the kernel command line, the preload in modules-load.d, and
+    systemd-modules-load ordered before udev's coldplug trigger."""
+    applied = vmboot.Applied(("acpi_cpufreq", "amd64_edac"), ("kvm_amd", "aesni_intel"),
+                             "/b/boot-1.jsonl")
+    assert applied.append() == ["modprobe.blacklist=acpi_cpufreq,amd64_edac"]
+    assert applied.modules_load() == ("# kmodtrace: preloaded on the advice of "
+                                      "/b/boot-1.jsonl\nkvm_amd\naesni_intel\n")
+    vmboot.apply_to_units(applied, tmp_path)
+    dropin = (tmp_path / vmboot.ORDER_DROPIN).read_text()
+    assert "[Unit]\nBefore=systemd-udev-trigger.service\n" in dropin
+    assert vmboot.Applied().append() == [] and vmboot.Applied().modules_load() == ""
+    vmboot.apply_to_units(vmboot.Applied(), tmp_path / "none")
+    assert not (tmp_path / "none").exists()
+
+
+def test_advice_of_a_recorded_boot(tmp_path: Path) -> None:
+    """vm --boot --advice-from: what the advice of a trace turns into."""
+    trace = Path(__file__).parent / "data" / "vm-6.1-udev" / "trace.jsonl"
+    said: list[str] = []
+    applied = vmboot.advice_from(str(trace), said.append)
+    assert applied.blacklist[:1] == ("acpi_cpufreq",) and applied.preload == ()
+    assert said[-1].startswith(f"advice of {trace}: blacklist acpi_cpufreq ")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root")
@@ -49,12 +76,14 @@ def test_namespace_hides_dockerenv_and_shows_the_units(tmp_path: Path) -> None:
              f"&& test -s {vmboot.GUEST_FSTAB_PATH} && test -x {vmboot.COLLECT_PATH} "
              f"&& touch {shared}/written")
     pre = vmboot.namespace_prefix(units, [shared], tmp_path / "ns",
-                                  vmboot.collect_script(shared, unit=True))
+                                  vmboot.collect_script(shared, unit=True), "kvm_amd\n")
+    probe += (" && test \"$(cat /etc/modules-load.d/kmodtrace-advice.conf)\" = kvm_amd"
+              f" && touch {shared}/preloaded")
     p = subprocess.run([*pre, "sh", "-c", probe], capture_output=True, text=True, check=False)
     if p.returncode != 0 and "unshare failed" in p.stderr:
         pytest.skip(f"no mount namespaces here: {p.stderr.strip()}")
     assert p.returncode == 0, p.stderr
-    assert (shared / "written").exists()
+    assert (shared / "written").exists() and (shared / "preloaded").exists()
 
 
 def test_kernel_command_line() -> None:

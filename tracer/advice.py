@@ -216,11 +216,14 @@ class Advice:
     text: str
     facts: tuple[str, ...]
     savings: Savings | None  # None for `none`
+    # the modules to blacklist or preload (`kmodtrace vm --boot --advice-from` applies
+    # them); empty for kernel-caller and none
+    targets: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"module": self.module, "pattern": list(self.patterns),
                 "cause": list(self.cause), "kind": self.kind, "advice": self.text,
-                "facts": list(self.facts),
+                "targets": list(self.targets), "facts": list(self.facts),
                 "savings": None if self.savings is None else self.savings.to_json()}
 
 
@@ -234,6 +237,10 @@ class AdviceSet:
 
     def to_json(self) -> list[dict[str, Any]]:
         return [a.to_json() for a in self.items]
+
+    def targets(self, kind: str) -> list[str]:
+        """Every module the advice of KIND (blacklist, preload) names, sorted, once."""
+        return sorted({t for a in self.items if a.kind == kind for t in a.targets})
 
 
 def _ms(ns: int) -> str:
@@ -489,7 +496,8 @@ class _Builder:
                 "line; libkmod then skips the alias load before reading the file (not "
                 f"`module_blacklist={words}`: the kernel refuses that only after the read, "
                 "which saves nothing)")
-        return Advice(mod, pats, cause, "blacklist", text, tuple(facts), _savings(alias_loads))
+        return Advice(mod, pats, cause, "blacklist", text, tuple(facts), _savings(alias_loads),
+                      tuple(targets))
 
     def preload(self, mod: str, pats: tuple[str, ...], cause: tuple[str, ...],
                 base: list[str], loads: list[tuple[Load, LoadVerdict | None]],
@@ -524,7 +532,8 @@ class _Builder:
                 "systemd-udev-trigger.service (a drop-in with "
                 "`Before=systemd-udev-trigger.service`: they are not ordered by default), "
                 "so that udev's later lookups find it live and load nothing")
-        return Advice(mod, pats, cause, "preload", text, tuple(facts), _savings(dev_eexist))
+        return Advice(mod, pats, cause, "preload", text, tuple(facts), _savings(dev_eexist),
+                      (target,))
 
     def kernel_caller(self, mod: str, pats: tuple[str, ...], cause: tuple[str, ...],
                       m: _Module, repeats: Mapping[tuple[str, str], int]) -> Advice:
