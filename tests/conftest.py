@@ -57,6 +57,15 @@ def vm_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     return _boot(request.param, tmp_path_factory)
 
 
+@pytest.fixture(autouse=True)
+def _documents_match_the_schema(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every `report --json`, `boot diff --json` document and `live --json` story a test
+    makes in this process is validated against tracer/report.schema.json as it is made."""
+    from tests import schema_check
+
+    schema_check.hook(monkeypatch)
+
+
 # ---- what the run stands on, and what each phase took --------------------------------------
 
 # Debian's packages cannot be pinned (the archive drops old versions): their versions head

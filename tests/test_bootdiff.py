@@ -199,7 +199,7 @@ def test_cli_json_schema() -> None:
     p = kmodtrace("boot", "diff", "--json", "--slower", "30", T61, UDEV)
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
-    assert doc["version"] == 1 and doc["threshold"] == {"pct": 30.0, "ms": 50.0}
+    assert doc["schema_version"] == 2 and doc["threshold"] == {"pct": 30.0, "ms": 50.0}
     for side, path, kernel in (("a", T61, "6.1.0-56-amd64"), ("b", UDEV, "6.1.0-56-amd64")):
         h = doc[side]
         assert h["path"] == path and h["kernel"] == kernel and h["cpus"] == 2

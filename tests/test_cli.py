@@ -29,7 +29,7 @@ def test_report_table_of_a_recorded_storm() -> None:
     out = p.stdout
     assert "kernel 6.1.0-56-amd64 profile 6.1: 791 events, lost 0" in out
     dummy = next(ln.split() for ln in out.splitlines() if ln.startswith("dummy "))
-    # per module: MODULE TRIES OK FAILED WASTED DEVICES SPAN LOAD REQS DUPS
+    # per module: MODULE TRIES OK FAILED WASTED DEVICES SPAN LOAD REQS DUPS REJ
     assert dummy[1:4] == ["10", "1", "EEXIST:9"] and dummy[8:10] == ["50", "49"]
     # fs-minix requests are joined to the minix module they loaded: one row
     minix = next(ln.split() for ln in out.splitlines() if ln.startswith("minix "))
@@ -53,7 +53,7 @@ def test_report_json_schema() -> None:
     p = kmodtrace("report", "--json", str(TRACE))
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
-    assert rep["version"] == 1
+    assert rep["schema_version"] == 2
     assert rep["kernel"] == "6.1.0-56-amd64" and rep["lost_events"] == 0 and rep["complete"]
     assert rep["first_bad_line"] is None and rep["bad_lines"] == 0
     req = next(r for r in rep["requests"] if r["name"] == "kmt-no-such-module")

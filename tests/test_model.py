@@ -944,15 +944,15 @@ def test_counters_are_defined_once_for_table_and_json() -> None:
     from tracer import report
 
     assert report.SUMMARY_COLUMNS == (
-        "MODULE", "REQS", "DUPS", "MODPROBE", "LOADS", "OK", "FAILED", "CONVERGED", "XREADS",
-        "WASTED", "RACE(ms)", "DUPWAIT(ms)", "COST(ms)")  # fmt: skip
+        "MODULE", "REQS", "DUPS", "REJ", "MODPROBE", "LOADS", "OK", "FAILED", "CONVERGED",
+        "XREADS", "WASTED", "RACE(ms)", "DUPWAIT(ms)", "COST(ms)")  # fmt: skip
     m = Model(PROFILE_6_1)
     replay(m, [mkreq(1, "xfs", 0, 3 * MS, 0), mkreq(2, "xfs", MS, 4 * MS, 0)],
            [mkload(1, MS, 2 * MS, 0), mkload(2, MS, 2 * MS, -errno.EEXIST, ino=8)])
     s = m.modules()["xfs"]
     (row,) = report.summary_rows({"xfs": s})  # COST: the dup's 3 ms modprobe + 1 ms EEXIST
-    assert row == ("xfs", "2", "1", "2/1", "2", "1", "EEXIST:1", "0", "1", "7.8KiB", "1.00",
-                   "2.00", "4.0")  # fmt: skip
+    assert row == ("xfs", "2", "1", "0", "2/1", "2", "1", "EEXIST:1", "0", "1", "7.8KiB",
+                   "1.00", "2.00", "4.0")  # fmt: skip
     doc = report.module_json(s)
     # the README's `report --json` modules{name} keys
     assert {"requests", "duplicates", "untracked", "modprobe_spawns", "modprobe_needed",

@@ -87,7 +87,8 @@ def test_wheel_holds_package_data_and_entry_points(installed: Installed) -> None
     with zipfile.ZipFile(installed.wheel) as z:
         names = set(z.namelist())
         eps = next(z.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
-    for data in ("tracer/bpf/kmodtrace.bpf.c", "kmodlab/kmodstorm/kmodstorm.c",
+    for data in ("tracer/bpf/kmodtrace.bpf.c", "tracer/report.schema.json",
+                 "kmodlab/kmodstorm/kmodstorm.c",
                  "kmodlab/kmodstorm/kmodstorm_fail.c", "kmodlab/kmodstorm/Makefile",
                  "kmodlab/programs.tsv"):
         assert data in names, f"{data} is not in the wheel"
@@ -138,8 +139,17 @@ def test_report_of_a_recorded_trace(installed: Installed) -> None:
 
 
 def test_report_json(installed: Installed) -> None:
-    rep = json.loads(installed.kmodtrace("report", "--json", "trace.jsonl").stdout)
+    from tests.schema_check import check_report
+
+    rep = check_report(json.loads(installed.kmodtrace("report", "--json", "trace.jsonl").stdout))
     assert rep["kernel"] == "6.1.0-56-amd64" and rep["requests"] and rep["loads"]
+
+
+def test_the_installed_schema_is_the_checkout_s(installed: Installed) -> None:
+    """The schema ships as package data and tracer.schema reads it from there."""
+    out = installed.python("from tracer import schema; import json; "
+                           "print(json.dumps(schema.load()))")
+    assert json.loads(out) == json.loads((ROOT / "tracer" / "report.schema.json").read_text())
 
 
 def test_help_lists_the_lab_commands(installed: Installed) -> None:

@@ -36,7 +36,6 @@ from tracer.boot import find_boot_trace
 from tracer.bymodule import ModuleRow
 from tracer.reportdata import Report
 
-DIFF_VERSION = 1
 # Regressions first, then improvements: the order of the table and of the status choice.
 STATUSES = ("new", "gone", "slower", "more", "faster", "fewer", "same")
 MARKS = {"new": "+", "gone": "-", "slower": ">", "more": "^", "faster": "<", "fewer": "v",
@@ -182,9 +181,10 @@ def diff(a: Boot, b: Boot, threshold: Threshold = Threshold()) -> BootDiff:
 
 
 def document(d: BootDiff) -> dict[str, Any]:
-    """The `boot diff --json` document (version 1)."""
+    """The `boot diff --json` document: $defs/boot_diff of tracer/report.schema.json, whose
+    version it carries (its rows are `report --json`'s by_module rows)."""
     return {
-        "version": DIFF_VERSION,
+        "schema_version": report.SCHEMA_VERSION,
         "threshold": {"pct": d.threshold.pct, "ms": d.threshold.ms},
         "a": d.a.headline(), "b": d.b.headline(), "counts": d.counts(),
         "modules": {m.module: m.to_json() for m in d.modules},

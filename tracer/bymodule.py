@@ -23,9 +23,10 @@ _NOT_ATTEMPTS = frozenset({"unknown"})
 
 @dataclass(slots=True)
 class ModuleRow:
-    module: str
-    requests: int = 0
+    module: str  # "" for loads the kernel could not name (Report.unnamed)
+    requests: int = 0  # reached module:module_request (dups.c saw them), as the model counts
     duplicates: int = 0  # requests a dups.c kernel would have converged
+    rejected: int = 0  # requests stopped before module:module_request: not in requests
     aliases: Counter[str] = field(default_factory=Counter)  # request strings, MODALIASes
     devices: Counter[str] = field(default_factory=Counter)  # devpath -> load attempts
     subsystems: Counter[str] = field(default_factory=Counter)  # subsystem -> attempts
@@ -53,7 +54,8 @@ class ModuleRow:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "module": self.module, "requests": self.requests, "duplicates": self.duplicates,
+            "module": self.module or None, "requests": self.requests,
+            "duplicates": self.duplicates, "rejected": self.rejected,
             "aliases": dict(self.aliases), "devices": dict(self.devices),
             "subsystems": dict(self.subsystems), "attempts": self.attempts, "ok": self.ok,
             "converged": self.converged, "failures": dict(self.failures),
@@ -102,18 +104,26 @@ class ByModule:
 
     def __init__(self) -> None:
         self._rows: dict[str, ModuleRow] = {}
+        self._unnamed: ModuleRow | None = None  # loads the kernel could not name
         self._learned: dict[str, set[str]] = {}  # request string -> modules it loaded
         self._requests: Counter[str] = Counter()  # request string -> requests
         self._duplicates: Counter[str] = Counter()
+        self._rejected: Counter[str] = Counter()
 
     def add_load(self, load: Load, verdict: LoadVerdict | None) -> None:
-        if not load.module:
+        if not load.module:  # init_module() whose image could not be read (EFAULT)
+            if self._unnamed is None:
+                self._unnamed = ModuleRow("")
+            _add_load(self._unnamed, load, verdict)
             return
         _add_load(_row(self._rows, load.module), load, verdict)
         if load.alias and load.request_id is not None:  # modprobe's: the request string
             self._learned.setdefault(load.alias, set()).add(load.module)
 
     def add_request(self, req: Request, verdict: RequestVerdict | None) -> None:
+        if (verdict.verdict == "rejected") if verdict is not None else req.rejected:
+            self._rejected[req.display_name] += 1
+            return
         self._requests[req.display_name] += 1
         if verdict is not None and verdict.verdict == "duplicate":
             self._duplicates[req.display_name] += 1
@@ -130,24 +140,37 @@ class ByModule:
         """Rows keyed by module, requests attributed to every module their string led to;
         a request string that led to no module keeps a row of its own."""
         rows = {k: replace(r, aliases=Counter(r.aliases)) for k, r in self._rows.items()}
-        for name, n in self._requests.items():
+        for name in self._requests.keys() | self._rejected.keys():
+            n, rejected = self._requests[name], self._rejected[name]
             for mod in self.modules_of(name) or {name}:
                 row = _row(rows, mod)
                 row.requests += n
+                row.rejected += rejected
                 row.duplicates += self._duplicates[name]
-                row.aliases[name] += n
+                row.aliases[name] += n + rejected
         return rows
 
+    def unnamed(self) -> ModuleRow | None:
+        """The row of the loads the kernel could not name, if any: kept out of rows()
+        (no module is named ""), counted in Loading."""
+        return None if self._unnamed is None else replace(self._unnamed)
 
-def join(requests: Iterable[tuple[Request, RequestVerdict | None]],
-         loads: Iterable[tuple[Load, LoadVerdict | None]]) -> dict[str, ModuleRow]:
-    """Rows keyed by kmod module name for a finished replay."""
+
+def accumulate(requests: Iterable[tuple[Request, RequestVerdict | None]],
+               loads: Iterable[tuple[Load, LoadVerdict | None]]) -> ByModule:
+    """The rows of a finished replay, named and unnamed."""
     acc = ByModule()
     for load, lv in loads:
         acc.add_load(load, lv)
     for req, rv in requests:
         acc.add_request(req, rv)
-    return acc.rows()
+    return acc
+
+
+def join(requests: Iterable[tuple[Request, RequestVerdict | None]],
+         loads: Iterable[tuple[Load, LoadVerdict | None]]) -> dict[str, ModuleRow]:
+    """Rows keyed by kmod module name for a finished replay."""
+    return accumulate(requests, loads).rows()
 
 
 def request_modules(requests: Iterable[tuple[Request, RequestVerdict | None]],
@@ -198,22 +221,26 @@ def _aliases(row: ModuleRow, width: int) -> str:
 
 # What a boot debugger asks first comes first: the devices before the request counts.
 COLUMNS = ("MODULE", "TRIES", "OK", "FAILED", "WASTED", "DEVICES", "SPAN(s)", "LOAD(s)",
-           "REQS", "DUPS", "ALIASES")
+           "REQS", "DUPS", "REJ", "ALIASES")
+# How the text views name the loads the kernel could not name (JSON: unnamed_loads).
+UNNAMED = "(unnamed)"
 
 
-def table_rows(rows: Mapping[str, ModuleRow], alias_width: int = 18) -> list[tuple[str, ...]]:
-    """Modules tried more than once first, most wasted first: the boot debugger's order."""
+def table_rows(rows: Mapping[str, ModuleRow], alias_width: int = 18,
+               unnamed: ModuleRow | None = None) -> list[tuple[str, ...]]:
+    """Modules tried more than once first, most wasted first: the boot debugger's order.
+    UNNAMED: the row of the loads the kernel could not name, shown as "(unnamed)"."""
     from tracer.report import errno_counts, human_bytes  # the one formatter of each
 
-    ordered = sorted(rows.values(), key=lambda r: (not r.repeated, -r.wasted_bytes,
-                                                   -r.attempts, r.module))
+    ordered = sorted([*rows.values(), *([unnamed] if unnamed is not None else [])],
+                     key=lambda r: (not r.repeated, -r.wasted_bytes, -r.attempts, r.module))
     out: list[tuple[str, ...]] = []
     for r in ordered:
         ok_conv = r.converged - sum(r.converged_failures.values())
         ok = f"{r.ok} ({ok_conv} converged)" if ok_conv else str(r.ok)
-        out.append((r.module[:20], str(r.attempts), ok,
+        out.append(((r.module or UNNAMED)[:20], str(r.attempts), ok,
                     errno_counts(r.failures, r.converged_failures),
                     human_bytes(r.wasted_bytes), _devices(r), f"{r.span_ns / 1e9:.3f}",
                     f"{r.load_ns / 1e9:.3f}", str(r.requests), str(r.duplicates),
-                    _aliases(r, alias_width)))
+                    str(r.rejected), _aliases(r, alias_width)))
     return out

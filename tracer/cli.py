@@ -416,7 +416,7 @@ def write_metrics(trace_file: str, out: str) -> None:
 @boot.command("diff", context_settings={"ignore_unknown_options": True})  # A may be -1
 @click.argument("a")
 @click.argument("b")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable diff (version 1)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable diff (see README)")
 @click.option("--wide", is_flag=True, help="every detail, past 100 columns")
 @click.option("--slower", type=click.FloatRange(min=0), default=25.0, show_default=True,
               metavar="PCT", help="a load or span time changed by at least PCT % ...")

@@ -415,7 +415,7 @@ class Run:
             self.features, self.judge.model.modules(), self.by_module.rows(),
             reportdata.Loss(self.correlator.events, lost, missed, misses, True, 0, None,
                             self.judge.model.stats().len_unknown),
-            self.window, end_ns))
+            self.window, end_ns, self.by_module.unnamed()))
 
     def print_summary(self, r: reportdata.Report) -> None:
         """Live's exit summary: a rendering of its Report, to stderr."""

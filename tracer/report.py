@@ -23,8 +23,9 @@ from tracer.reportdata import Loading, Loss, Report
 from tracer.session import Replay
 from tracer.stories import Load, Request, decode_wait_status
 
-# `report --json` document version (README: "report --json schema (version 1)").
-REPORT_VERSION = 1
+# `report --json` document version: tracer/report.schema.json's, which this issue's
+# successors change by adding keys there (tests/test_schema.py holds the two together).
+SCHEMA_VERSION = 2
 # Default lines fit a terminal this wide; --wide prints every detail.
 LINE_WIDTH = 100
 
@@ -110,7 +111,7 @@ def request_line(req: Request, v: RequestVerdict | None, t0_ns: int, wide: bool 
         if v is not None and v.verdict == "duplicate":
             detail.append(f"duplicate request for module {req.name} (dups: ret "
                           f"{v.predicted_ret}, wait {_ms(v.would_wait_ns)}ms)")
-        elif v is not None:
+        elif v is not None and not (req.rejected and v.verdict == "rejected"):
             detail.append(v.verdict)
         if kernel_disagrees(req, v):
             detail.append(f"!k kernel: {req.kernel_verdict} ret {req.kernel_ret}")
@@ -168,8 +169,9 @@ def load_line(load: Load, v: LoadVerdict | None, t0_ns: int, wide: bool = False,
             detail.append(f"dev={load.device.devpath.rsplit('/', 1)[-1]}")
         if load.init_ns is not None:
             detail.append(f"init={_ms(load.init_ns)}ms")
-    return _line((load.start_ns - t0_ns) / 1e9, load.pid, load.comm, what, load.module, ret,
-                 _ms(load.duration_ns), detail, wide, width)
+    return _line((load.start_ns - t0_ns) / 1e9, load.pid, load.comm, what,
+                 load.module or bymodule.UNNAMED, ret, _ms(load.duration_ns), detail, wide,
+                 width)
 
 
 def proc_json(procs: Procs, pid: int, comm: str) -> dict[str, Any]:
@@ -209,7 +211,8 @@ REQUEST_FIELDS: dict[str, RequestField] = {
 
 LOAD_FIELDS: dict[str, LoadField] = {
     "type": lambda ld, v: "load", "id": lambda ld, v: ld.id,
-    "module": lambda ld, v: ld.module, "syscall": lambda ld, v: ld.syscall,
+    "module": lambda ld, v: ld.module or None,  # None: the kernel could not name it
+    "syscall": lambda ld, v: ld.syscall,
     "pid": lambda ld, v: ld.pid, "tid": lambda ld, v: ld.tid, "comm": lambda ld, v: ld.comm,
     "ppid": lambda ld, v: ld.ppid, "file": lambda ld, v: ld.file,
     "inode": lambda ld, v: None if ld.inode is None else list(ld.inode),
@@ -280,6 +283,8 @@ def summary_rows(mods: Mapping[str, ModuleStats]) -> list[tuple[str, ...]]:
             return human_bytes(v)
         if unit == "ns":
             return _ms(v)
+        if unit == "name":
+            return v or bymodule.UNNAMED
         return f"{v:.1f}" if unit == "ms" else str(v)
 
     cols = [(f.name, f.metadata["unit"], f.metadata["of"]) for f in summary_fields()]
@@ -341,10 +346,13 @@ def load(path: str, announce: str | None = None) -> tuple[Trace, Replay]:
 
 
 def document(r: Report) -> dict[str, Any]:
-    """The `report --json` document (see the README for the schema)."""
+    """The `report --json` document: tracer/report.schema.json declares every key (the
+    README's schema section is made from it)."""
     loss = r.loss
+    modules = dict(r.modules)
+    unnamed_model = modules.pop("", None)  # the model keys unnamed loads (and "") as ""
     return {
-        "version": REPORT_VERSION,
+        "schema_version": SCHEMA_VERSION,
         "kernel": r.kernel, "profile": r.profile.name,
         "lost_events": loss.lost, "missed_probes": loss.missed,
         "missed_by_hook": None if loss.by_hook is None else dict(loss.by_hook),
@@ -355,12 +363,13 @@ def document(r: Report) -> dict[str, Any]:
                      for q, v in r.requests],
         "loads": [load_json(ld, v) | proc_json(r.procs, ld.pid, ld.comm)
                   for ld, v in r.loads],
-        "modules": {k: module_json(m) for k, m in r.modules.items()},
+        "modules": {k: module_json(m) for k, m in modules.items()},
         "by_module": {k: row.to_json() for k, row in r.by_module.items()},
+        "unnamed": None if r.unnamed is None and unnamed_model is None else {
+            "loads": None if r.unnamed is None else r.unnamed.to_json(),
+            "model": None if unnamed_model is None else module_json(unnamed_model)},
         "loading": loading_json(r.loading),
-        "early": None if r.early is None else {
-            k: v for k, v in r.early.items() if k != "type"} | {
-            "events_in_trace": r.early_events},
+        "early": early_json(r.early, r.early_events),
         **advice_json(r),
     }
 
@@ -372,6 +381,31 @@ def advice_json(r: Report) -> dict[str, Any]:
     a = advice.build(r)
     return {"advice": a.to_json(),
             "modules_alias": {"path": a.modules_alias or None, "found": a.alias_found}}
+
+
+# The early record's keys (tracer/early.py drain()) by type: the trace is read as it is, so
+# the document keeps these only, each null where the record lacks it or holds another type.
+_EARLY_KEYS: dict[str, type] = {
+    "attach_begin_ns": int, "attach_end_ns": int, "configured": bool, "probes": list,
+    "ignored_probes": list, "gap": str, "clock": str, "clock_offset_ns": int,
+    "overrun": int, "probes_off_ns": int, "events": int, "seen_by_both": int,
+    "after_attach": int, "unparsed_lines": int, "first_ns": int, "not_early": list,
+    "switched_off": bool,
+}
+
+
+def _early_value(v: Any, kind: type) -> Any:
+    if kind is list:
+        return [x for x in v if isinstance(x, str)] if isinstance(v, list) else None
+    return v if type(v) is kind else None
+
+
+def early_json(info: Mapping[str, Any] | None, events_in_trace: int) -> dict[str, Any] | None:
+    """`early`: what the kernel's boot-time trace gave (null: the trace has no such record)."""
+    if info is None:
+        return None
+    return {k: _early_value(info.get(k), kind) for k, kind in _EARLY_KEYS.items()} | {
+        "events_in_trace": events_in_trace}
 
 
 def _wrap(line: str, wide: bool) -> list[str]:
@@ -440,8 +474,8 @@ def module_summary(r: Report, wide: bool) -> list[str]:
     to the modules they led to; with wide, also the model's table per request string
     (dups.c's own keys)."""
     out = ["", "per module:", *_wrap(headline(r.loading)[0], wide)]
-    out += table_lines(bymodule.COLUMNS, bymodule.table_rows(r.by_module, 60 if wide else 18),
-                       None if wide else LINE_WIDTH)
+    out += table_lines(bymodule.COLUMNS, bymodule.table_rows(
+        r.by_module, 60 if wide else 18, r.unnamed), None if wide else LINE_WIDTH)
     if wide:
         out += ["", "per request string and module name (the model's keys, as dups.c's):"]
         out += table_lines(SUMMARY_COLUMNS, summary_rows(r.modules), None)
@@ -490,8 +524,8 @@ def render_boot(r: Report, wide: bool = False) -> list[str]:
         out += _wrap(line, wide)
     out.append("")
     width = None if wide else LINE_WIDTH
-    out += table_lines(bymodule.COLUMNS, bymodule.table_rows(r.by_module, 60 if wide else 18),
-                       width)
+    out += table_lines(bymodule.COLUMNS, bymodule.table_rows(
+        r.by_module, 60 if wide else 18, r.unnamed), width)
     out += _wrap(profile_note(r.profile), wide)
     out += advice_lines(r, wide)
     out += warning_lines(r.loss)

@@ -77,11 +77,11 @@ class Loading:
     tracer_attached_ns: int | None
     traced_to_ns: int | None
     busy_ns: int | None  # time with a load in flight; None: live keeps no stories to tell
-    attempts: int  # (f)init_module calls
-    modules: int  # rows of by_module
+    attempts: int  # (f)init_module calls, unnamed ones included
+    modules: int  # rows of by_module (named modules)
     repeated_modules: tuple[str, ...]  # tried more than once, sorted
     extra_attempts: int  # attempts past the first of each repeated module
-    wasted_bytes: int  # MODULE_STATS bytes the failed attempts cost
+    wasted_bytes: int  # MODULE_STATS bytes the failed attempts cost, unnamed ones included
     load_ns: int  # time in (f)init_module calls, summed over calls
 
     @property
@@ -91,17 +91,20 @@ class Loading:
 
 
 def loading(rows: Mapping[str, ModuleRow], busy_ns: int | None, attached_ns: int | None,
-            traced_from_ns: int | None, traced_to_ns: int | None) -> Loading:
-    """The loading figures, each summed once from the per-module rows."""
+            traced_from_ns: int | None, traced_to_ns: int | None,
+            unnamed: ModuleRow | None = None) -> Loading:
+    """The loading figures, each summed once from the per-module rows and the unnamed
+    loads' row (attempts, bytes and time count; it is no module, so no repeat)."""
     repeated = [r for r in rows.values() if r.repeated]
+    every = [*rows.values(), *([unnamed] if unnamed is not None else [])]
     return Loading(
         traced_from_ns=traced_from_ns, tracer_attached_ns=attached_ns,
         traced_to_ns=traced_to_ns, busy_ns=busy_ns,
-        attempts=sum(r.attempts for r in rows.values()), modules=len(rows),
+        attempts=sum(r.attempts for r in every), modules=len(rows),
         repeated_modules=tuple(sorted(r.module for r in repeated)),
         extra_attempts=sum(r.attempts - 1 for r in repeated),
-        wasted_bytes=sum(r.wasted_bytes for r in rows.values()),
-        load_ns=sum(r.load_ns for r in rows.values()),
+        wasted_bytes=sum(r.wasted_bytes for r in every),
+        load_ns=sum(r.load_ns for r in every),
     )
 
 
@@ -118,13 +121,14 @@ class Report:
     requests: tuple[JudgedRequest, ...]
     loads: tuple[JudgedLoad, ...]
     modules: Mapping[str, ModuleStats]  # the model's rows, keyed as dups.c keys
-    by_module: Mapping[str, ModuleRow]  # one row per kernel module
+    by_module: Mapping[str, ModuleRow]  # one row per kernel module; no "" key
     loading: Loading
     loss: Loss
     procs: Procs  # (pid, comm) -> (cmdline, parents), as the recorder saw them
     ksyms: Mapping[int, str]  # call site -> symbol
     early: dict[str, Any] | None  # the early trace's record, if one was drained
     early_events: int
+    unnamed: ModuleRow | None = None  # loads the kernel could not name (EFAULT init_module)
 
     @property
     def profile(self) -> Profile:
@@ -139,7 +143,8 @@ class Report:
 def build(trace: Trace, rep: Replay) -> Report:
     """The Report of a trace and its replay: every figure counted here, once."""
     h = trace.header
-    rows = bymodule.join(rep.requests, rep.loads)
+    acc = bymodule.accumulate(rep.requests, rep.loads)
+    rows, unnamed = acc.rows(), acc.unnamed()
     start = _int(h.get("start_mono_ns"))
     kernel, boot_id = h.get("kernel"), h.get("boot_id")
     return Report(
@@ -150,23 +155,23 @@ def build(trace: Trace, rep: Replay) -> Report:
         modules=rep.judge.model.modules(), by_module=rows,
         loading=loading(rows, bymodule.busy_ns(ld for ld, _ in rep.loads), start,
                         early.traced_from_ns(trace.early, start),
-                        _int((trace.trailer or {}).get("end_mono_ns"))),
+                        _int((trace.trailer or {}).get("end_mono_ns")), unnamed),
         loss=replace(trace_loss(trace), len_unknown=rep.judge.model.stats().len_unknown),
         procs=trace.procs, ksyms=trace.ksyms,
-        early=trace.early, early_events=trace.early_events,
+        early=trace.early, early_events=trace.early_events, unnamed=unnamed,
     )
 
 
 def from_live(features: Features, modules: Mapping[str, ModuleStats],
               rows: Mapping[str, ModuleRow], loss: Loss, window: tuple[int, int],
-              end_ns: int) -> Report:
+              end_ns: int, unnamed: ModuleRow | None = None) -> Report:
     """The Report at live's exit: its rows and counters, no stories (printed already).
     WINDOW: when attaching began and ended."""
     return Report(
         kernel=features.release, boot_id=None, cpus=None, features=features,
         requests=(), loads=(), modules=modules, by_module=rows,
-        loading=loading(rows, None, window[1], window[0], end_ns), loss=loss,
-        procs={}, ksyms={}, early=None, early_events=0,
+        loading=loading(rows, None, window[1], window[0], end_ns, unnamed), loss=loss,
+        procs={}, ksyms={}, early=None, early_events=0, unnamed=unnamed,
     )
 
 
@@ -175,7 +180,7 @@ def only_module(report: Report, module: str) -> Report:
     rows = {k: r for k, r in report.by_module.items() if k == module}
     lo = report.loading
     return replace(
-        report, by_module=rows,
+        report, by_module=rows, unnamed=None,
         modules={k: m for k, m in report.modules.items() if kmod_name(k) == module},
         loading=loading(rows, lo.busy_ns, lo.tracer_attached_ns, lo.traced_from_ns,
                         lo.traced_to_ns))

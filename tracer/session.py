@@ -52,10 +52,11 @@ class Judge:
         self.model.request_arrive(req)
 
     def request_return(self, req: Request) -> None:
-        if req.tp_ns is not None:
-            self._verdicts[req.id] = self.model.request_done(req)
-            if req.name in self._awaiting:
-                self._release(req.name, announced_only=True)
+        # every request gets its verdict: one that never reached the tracepoint is
+        # "rejected" (the model counts it so, apart from the requests dups.c saw)
+        self._verdicts[req.id] = self.model.request_done(req)
+        if req.tp_ns is not None and req.name in self._awaiting:
+            self._release(req.name, announced_only=True)
 
     def request_complete(self, req: Request) -> None:
         verdict = self._verdicts.pop(req.id, None)

@@ -40,7 +40,8 @@ class ModuleStats:
     firsts: int = _stat()
     duplicates: int = _stat(json=True, column="DUPS")
     untracked: int = _stat(json=True)
-    rejected: int = _stat()  # stopped before the tracepoint (LSM, throttle, no modprobe path)
+    # stopped before the tracepoint (LSM, throttle, no modprobe path): not in requests
+    rejected: int = _stat(json=True, column="REJ")
     # modprobe helpers seen on the actual kernel, against what dups would have run
     modprobe_spawns: int = _stat(json=True, column="MODPROBE", of="modprobe_needed")
     modprobe_needed: int = _stat(json=True, derive=lambda m: m.firsts + m.untracked)
