@@ -159,7 +159,7 @@ def test_ebpf_prints_the_program_without_root_or_bcc(tmp_path: Path) -> None:
 
 def test_failed_only_filter_on_a_recorded_storm() -> None:
     """-x keeps duplicates, failures and loads that wasted memory, as bcc's -x keeps errors."""
-    from tracer.live import Filter
+    from tracer.reportdata import Filter
 
     _, rep = report.load(str(TRACE))
     keep = Filter(None, None, failed_only=True)

@@ -72,7 +72,8 @@ def test_the_wheel_carries_the_schema() -> None:
 @pytest.mark.parametrize("name", sorted(TRACES))
 def test_every_recorded_trace_gives_a_valid_document(name: str) -> None:
     doc = check_report(json.loads(_cli("report", "--json", str(TRACES[name]))))
-    assert doc["schema_version"] == 2
+    assert doc["schema_version"] == 2 and doc["filter"] is None
+    assert check_report(json.loads(_cli("report", "--json", "-x", str(TRACES[name]))))["filter"]
     for story in doc["requests"] + doc["loads"]:
         check_story(story)
 

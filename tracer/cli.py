@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -20,6 +20,9 @@ from tracer.options import Options, check_options
 from tracer.probes import Tracer
 from tracer.record import TraceFormatError, TraceOutputError, check_output
 from tracer.text import shown
+
+if TYPE_CHECKING:  # reportdata replays traces: imported where a command needs it
+    from tracer.reportdata import Filter
 
 DEBUG_ENV = "KMODTRACE_DEBUG"
 
@@ -147,11 +150,18 @@ def _trace(opts: Options) -> None:
     sys.exit(rc)
 
 
+pid_option = click.option("-p", "--pid", type=int,
+                          help="only stories of this requester/loader pid")
+module_option = click.option("-m", "--module",
+                             help="only this module or request name (dashes = underscores)")
+failed_option = click.option("-x", "--failed", "failed_only", is_flag=True,
+                             help="only duplicates, failures and loads that wasted memory")
+
+
 @main.command()
-@click.option("-p", "--pid", type=int, help="only stories of this requester/loader pid")
-@click.option("-m", "--module", help="only this module or request name (dashes = underscores)")
-@click.option("-x", "--failed", "failed_only", is_flag=True,
-              help="only duplicates, failures and loads that wasted memory")
+@pid_option
+@module_option
+@failed_option
 @click.option("-T", "--timestamp", "timestamps", is_flag=True, help="print wall-clock time")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines, one per story")
 @click.option("--wide", is_flag=True, help="every detail, past 100 columns")
@@ -210,17 +220,34 @@ def record(output: str, duration: float | None, ready_file: str | None,
 @click.option("--perfetto", type=click.Path(dir_okay=False),
               help="also write Chrome trace JSON for ui.perfetto.dev")
 @click.option("--plot", type=click.Path(dir_okay=False), help="also draw the timeline (.png/.svg)")
+@pid_option
+@module_option
+@failed_option
 @announce_option
 def report_cmd(trace_file: str, as_json: bool, wide: bool, perfetto: str | None = None,
-               plot: str | None = None, announce: str | None = None) -> None:
-    """Judge a recorded trace offline: the same model as `live`."""
-    show_report(trace_file, as_json, perfetto, plot, wide, announce)
+               plot: str | None = None, pid: int | None = None, module: str | None = None,
+               failed_only: bool = False, announce: str | None = None) -> None:
+    """Judge a recorded trace offline: the same model as `live`.
+
+    -p, -m and -x keep the stories of that pid, of that module, or the duplicates and
+    failures, and the per-module rows they touch (each with its whole-trace figures);
+    --perfetto and --plot draw the whole trace.
+    """
+    show_report(trace_file, as_json, perfetto, plot, wide, announce,
+                _filter(pid, module, failed_only))
+
+
+def _filter(pid: int | None, module: str | None, failed_only: bool) -> Filter:
+    from tracer.reportdata import Filter
+
+    return Filter(pid, module, failed_only)
 
 
 def show_report(trace_file: str, as_json: bool = False, perfetto: str | None = None,
                 plot: str | None = None, wide: bool = False,
-                announce: str | None = None) -> None:
-    """What `report` prints; `boot show` and the lab's `vm` print the same."""
+                announce: str | None = None, flt: Filter | None = None) -> None:
+    """What `report` prints; `boot show` and the lab's `vm` print the same. FLT: a
+    reportdata.Filter (-p, -m, -x) for the text and JSON views."""
     from tracer import report, reportdata
 
     try:
@@ -232,6 +259,8 @@ def show_report(trace_file: str, as_json: bool = False, perfetto: str | None = N
     except (TraceFormatError, TraceOutputError) as e:
         fail(str(e))
     judged = reportdata.build(trace, rep)
+    if flt is not None:
+        judged = reportdata.narrow(judged, flt)
     if perfetto:
         from tracer.perfetto import write_chrome_trace
 
@@ -374,9 +403,17 @@ def boot_status(root: str) -> None:
 @click.option("--metrics", type=click.Path(dir_okay=False), metavar="FILE",
               help="also write the boot's figures in the Prometheus text format, for "
                    "node_exporter's textfile collector (atomically, never through a link)")
-def boot_show(which: str | None, as_json: bool, wide: bool,
+@pid_option
+@module_option
+@failed_option
+def boot_show(which: str | None, as_json: bool, wide: bool, pid: int | None = None,
+              module: str | None = None, failed_only: bool = False,
               metrics: str | None = None) -> None:
-    """Report the last boot's trace, or WHICH: a boot id (prefix), 0, -1, ..."""
+    """Report the last boot's trace, or WHICH: a boot id (prefix), 0, -1, ...
+
+    -p, -m and -x keep the modules that pid's stories, that module's, or the duplicates
+    and failures touched (as `report` does).
+    """
     from tracer import boot as bootmod
     from tracer import report, reportdata
 
@@ -387,11 +424,12 @@ def boot_show(which: str | None, as_json: bool, wide: bool,
     say(f"boot trace {path}", err=True)
     if metrics:
         write_metrics(str(path), metrics)
+    flt = _filter(pid, module, failed_only)
     if as_json:
-        show_report(str(path), as_json=True)
+        show_report(str(path), as_json=True, flt=flt)
         return
     try:
-        judged = reportdata.read(str(path))
+        judged = reportdata.narrow(reportdata.read(str(path)), flt)
     except TraceFormatError as e:
         fail(str(e))
     for line in report.render_boot(judged, wide):

@@ -24,8 +24,9 @@ from tracer.model import LoadVerdict, RequestVerdict
 from tracer.options import Options, check_options
 from tracer.probes import Attached, Tracer
 from tracer.record import Procs, TraceWriter, make_header, open_output
+from tracer.reportdata import Filter
 from tracer.session import Judge, judge_correlator
-from tracer.stories import Load, Request, kmod_name
+from tracer.stories import Load, Request
 from tracer.text import shown
 
 # Events from different CPUs reach the ring buffer slightly out of order; hold
@@ -40,32 +41,6 @@ MAX_PROCS = 100_000
 # Where a requester or loader first shows up: describe it while it still lives.
 _STARTS = frozenset({Kind.REQ_ENTER, Kind.FINIT_ENTER, Kind.INIT_ENTER})
 _TS_WIDTH = len("HH:MM:SS.mmm ")  # -T's prefix
-
-
-class Filter:
-    def __init__(self, pid: int | None, module: str | None, failed_only: bool = False) -> None:
-        self.pid = pid
-        self.module = kmod_name(module) if module else None
-        self.failed_only = failed_only
-
-    def request(self, req: Request, v: RequestVerdict | None = None) -> bool:
-        if self.pid is not None and req.pid != self.pid:
-            return False
-        if self.failed_only and not (req.rejected or req.ret not in (0, None)
-                                     or (v is not None and v.verdict == "duplicate")):
-            return False
-        if self.module is not None:
-            names = {kmod_name(req.display_name), kmod_name(req.umh_name)}
-            return self.module in names
-        return True
-
-    def load(self, load: Load, v: LoadVerdict | None = None) -> bool:
-        if self.pid is not None and load.pid != self.pid:
-            return False
-        if self.failed_only and not (load.ret not in (0, None) or (
-                v is not None and (v.outcome != "loaded" or v.wasted_bytes))):
-            return False
-        return self.module is None or load.module == self.module
 
 
 def sd_notify(message: str) -> None:

@@ -359,6 +359,7 @@ def document(r: Report) -> dict[str, Any]:
         "complete": loss.complete, "first_bad_line": loss.first_bad_line,
         "bad_lines": loss.bad_lines, "len_unknown": loss.len_unknown,
         **profile_json(r.profile),
+        "filter": filter_json(r),
         "requests": [request_json(q, v, r.ksyms) | proc_json(r.procs, q.pid, q.comm)
                      for q, v in r.requests],
         "loads": [load_json(ld, v) | proc_json(r.procs, ld.pid, ld.comm)
@@ -381,6 +382,16 @@ def advice_json(r: Report) -> dict[str, Any]:
     a = advice.build(r)
     return {"advice": a.to_json(),
             "modules_alias": {"path": a.modules_alias or None, "found": a.alias_found}}
+
+
+def filter_json(r: Report) -> dict[str, Any] | None:
+    """`filter`: what -p, -m and -x kept, and how much the whole trace had."""
+    n = r.narrowed
+    if n is None:
+        return None
+    f = n.filter
+    return {"pid": f.pid, "module": f.module, "failed_only": f.failed_only,
+            "total_requests": n.requests, "total_loads": n.loads, "total_modules": n.modules}
 
 
 # The early record's keys (tracer/early.py drain()) by type: the trace is read as it is, so
@@ -406,6 +417,15 @@ def early_json(info: Mapping[str, Any] | None, events_in_trace: int) -> dict[str
         return None
     return {k: _early_value(info.get(k), kind) for k, kind in _EARLY_KEYS.items()} | {
         "events_in_trace": events_in_trace}
+
+
+def filter_lines(r: Report) -> list[str]:
+    """What -p, -m and -x left out, in one line (none without a filter)."""
+    n = r.narrowed
+    if n is None:
+        return []
+    return [f"only {n.filter.describe()}: {len(r.requests)} of {n.requests} requests, "
+            f"{len(r.loads)} of {n.loads} loads, {len(r.by_module)} of {n.modules} modules"]
 
 
 def _wrap(line: str, wide: bool) -> list[str]:
@@ -459,6 +479,7 @@ def render_text(r: Report, wide: bool = False) -> list[str]:
     stories += [(ld.start_ns, load_line(ld, v, t0, wide)) for ld, v in r.loads]
     out = [header(wide), *(line for _, line in sorted(stories)), ""]
     out.append(f"kernel {r.kernel} profile {r.profile.name}: {counts_line(r.loss)}")
+    out += filter_lines(r)
     out += hook_lines(r.loss)
     out += _wrap(profile_note(r.profile), wide)
     out += _wrap(early.summary(r.early, r.early_events), wide)
@@ -519,6 +540,7 @@ def render_boot(r: Report, wide: bool = False) -> list[str]:
         out.append(f"traced from {start / 1e9:.2f} s after boot"
                    + (f" to {end / 1e9:.2f} s" if end is not None else " (no trailer)"))
     out += [counts_line(r.loss), *hook_lines(r.loss), *damage_lines(r.loss)]
+    out += filter_lines(r)
     out += _wrap(early.summary(r.early, r.early_events), wide)
     for line in headline(lo):
         out += _wrap(line, wide)

@@ -9,7 +9,7 @@ reporters are the pattern).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,6 +23,48 @@ from tracer.stories import Load, Request, kmod_name
 
 JudgedRequest = tuple[Request, RequestVerdict | None]
 JudgedLoad = tuple[Load, LoadVerdict | None]
+
+
+class Filter:
+    """What -p, -m and -x keep (live, report, boot show): a story of that pid, of that
+    module (dashes = underscores), a duplicate, a failure or a load that wasted memory."""
+
+    def __init__(self, pid: int | None, module: str | None, failed_only: bool = False) -> None:
+        self.pid = pid
+        self.module = kmod_name(module) if module else None
+        self.failed_only = failed_only
+
+    @property
+    def active(self) -> bool:
+        return self.pid is not None or self.module is not None or self.failed_only
+
+    def describe(self) -> str:
+        """"pid 7, module xfs, failed only"."""
+        parts = [f"pid {self.pid}"] if self.pid is not None else []
+        parts += [f"module {self.module}"] if self.module is not None else []
+        return ", ".join(parts + (["duplicates and failures"] if self.failed_only else []))
+
+    def request(self, req: Request, v: RequestVerdict | None = None,
+                led_to: Collection[str] = ()) -> bool:
+        """LED_TO: the modules the request led to (its modprobe's loads), where known."""
+        if self.pid is not None and req.pid != self.pid:
+            return False
+        if self.failed_only and not (req.rejected or req.ret not in (0, None)
+                                     or (v is not None and v.verdict in ("duplicate",
+                                                                         "rejected"))):
+            return False
+        if self.module is not None:
+            names = {kmod_name(req.display_name), kmod_name(req.umh_name), *led_to}
+            return self.module in names
+        return True
+
+    def load(self, load: Load, v: LoadVerdict | None = None) -> bool:
+        if self.pid is not None and load.pid != self.pid:
+            return False
+        if self.failed_only and not (load.ret not in (0, None) or (
+                v is not None and (v.outcome != "loaded" or v.wasted_bytes))):
+            return False
+        return self.module is None or load.module == self.module
 
 
 def _int(v: object) -> int | None:
@@ -109,6 +151,16 @@ def loading(rows: Mapping[str, ModuleRow], busy_ns: int | None, attached_ns: int
 
 
 @dataclass(frozen=True, slots=True)
+class Narrowed:
+    """A Report cut to what a Filter keeps, and how much there was before."""
+
+    filter: Filter
+    requests: int  # stories and per-module rows of the whole trace
+    loads: int
+    modules: int
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     """A trace judged: its stories, its rows, its figures and its losses."""
 
@@ -129,6 +181,7 @@ class Report:
     early: dict[str, Any] | None  # the early trace's record, if one was drained
     early_events: int
     unnamed: ModuleRow | None = None  # loads the kernel could not name (EFAULT init_module)
+    narrowed: Narrowed | None = None  # what filter cut this Report, if one did
 
     @property
     def profile(self) -> Profile:
@@ -184,6 +237,42 @@ def only_module(report: Report, module: str) -> Report:
         modules={k: m for k, m in report.modules.items() if kmod_name(k) == module},
         loading=loading(rows, lo.busy_ns, lo.tracer_attached_ns, lo.traced_from_ns,
                         lo.traced_to_ns))
+
+
+def narrow(report: Report, flt: Filter) -> Report:
+    """REPORT cut to the stories FLT keeps (report and boot show -p, -m, -x) and to the
+    per-module rows those stories touch, each row with its figures over the whole trace
+    (a row is a module's story, not a pid's); `loading` sums the rows kept. The model's
+    rows kept are the kept requests' strings and the kept rows' names. Verdicts and
+    losses are the whole trace's: nothing is judged again."""
+    if not flt.active:
+        return report
+    acc = bymodule.accumulate(report.requests, report.loads)
+
+    def led_to(req: Request) -> set[str]:
+        return acc.modules_of(req.display_name) or {req.display_name}
+
+    requests = tuple((q, v) for q, v in report.requests if flt.request(q, v, led_to(q)))
+    loads = tuple((ld, v) for ld, v in report.loads if flt.load(ld, v))
+    names = {ld.module for ld, _ in loads if ld.module}
+    names |= {m for q, _ in requests for m in led_to(q)}
+    if flt.module is not None:
+        names &= {flt.module}
+    rows = {k: r for k, r in report.by_module.items() if k in names}
+    unnamed = report.unnamed if any(not ld.module for ld, _ in loads) else None
+    keys = {q.name for q, _ in requests} | {q.display_name for q, _ in requests}
+    keys |= {""} if unnamed is not None else set()
+    lo = report.loading
+    busy = None if lo.busy_ns is None else bymodule.busy_ns(
+        ld for ld, _ in report.loads if ld.module in rows or (unnamed and not ld.module))
+    return replace(
+        report, requests=requests, loads=loads, by_module=rows, unnamed=unnamed,
+        modules={k: m for k, m in report.modules.items()
+                 if k in keys or (k and kmod_name(k) in rows)},
+        loading=loading(rows, busy, lo.tracer_attached_ns, lo.traced_from_ns,
+                        lo.traced_to_ns, unnamed),
+        narrowed=Narrowed(flt, len(report.requests), len(report.loads),
+                          len(report.by_module)))
 
 
 def replay_file(path: str, announce: str | None = None) -> tuple[Trace, Replay]:

@@ -33,6 +33,7 @@ _PARTS = (
     ("module_row", "`by_module{module}`"),
     ("unnamed", "`unnamed`"),
     ("loading", "`loading`"),
+    ("filter", "`filter`"),
     ("early", "`early`"),
     ("boot_diff", "`boot diff --json`"),
     ("headline", "`boot diff --json`'s `a` and `b`"),
