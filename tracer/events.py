@@ -75,7 +75,9 @@ class Event(msgspec.Struct, tag="event", tag_field="type", forbid_unknown_fields
     strings, so the cyclic GC need not track the millions a replay keeps. Encoded, it
     omits fields at their defaults: a trace line holds what the hook set."""
 
-    ts_ns: U64 = 0  # CLOCK_MONOTONIC (bpf_ktime_get_ns)
+    # CLOCK_MONOTONIC (bpf_ktime_get_ns); bounded as a u64 cannot be, and 2**63 ns are
+    # 292 years of uptime
+    ts_ns: Annotated[int, "u64", msgspec.Meta(ge=0, le=2**63 - 1)] = 0
     kind: KnownKind = 0
     pid: U32 = 0  # tgid
     tid: U32 = 0

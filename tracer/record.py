@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import errno
 import gc
+import json
 import os
 import platform
 import stat
 import sys
 import time
+import typing
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +24,6 @@ from operator import attrgetter
 from typing import Any
 
 import msgspec
-import orjson
 
 from tracer import __version__, text
 from tracer.events import LAYOUT, Event, Kind, RecordDecoder
@@ -302,12 +303,10 @@ def iter_lines(path: str) -> Iterator[tuple[int, bytes]]:
                 raise TraceFormatError(
                     f"standard input holds more than {limit >> 30} GiB: save the trace to a "
                     "file and give its path")
-            if skipping:  # inside a line over the cap: drop it up to its newline
+            if skipping:  # inside a line over the cap, told already: drop it to its end
                 end = chunk.find(b"\n")
                 if end < 0:
                     continue
-                n += 1
-                yield n, TOO_LONG
                 skipping, chunk = False, chunk[end + 1:]
             lines = chunk.split(b"\n")
             if rest:
@@ -315,13 +314,13 @@ def iter_lines(path: str) -> Iterator[tuple[int, bytes]]:
                 if len(lines[0]) > LINE_CAP and len(lines) > 1:
                     lines[0] = TOO_LONG
             rest = lines.pop()
-            if len(rest) > LINE_CAP:
-                rest, skipping = b"", True
             yield from enumerate(lines, n + 1)
             n += len(lines)
-        if skipping or len(rest) > LINE_CAP:
-            yield n + 1, TOO_LONG
-        elif rest:  # a last line with no newline (a killed recorder's)
+            if len(rest) > LINE_CAP:  # told at once: a stream may never end the line
+                n += 1
+                yield n, TOO_LONG
+                rest, skipping = b"", True
+        if rest:  # a last line with no newline (a killed recorder's)
             yield n + 1, rest
     finally:
         close()
@@ -339,6 +338,24 @@ class _Other(msgspec.Struct, tag="", tag_field="type"):
 # an Event: 0.6 us where orjson's dict and _event took 1.5. Whatever it refuses (the
 # early mark, a missing kind, any other record, a bad line) takes the general path.
 _event_line = msgspec.json.Decoder(Event | _Other).decode
+
+
+_decode_any = msgspec.json.Decoder().decode
+
+
+def _loads(line: bytes) -> Any:
+    """A JSON value; ValueError if LINE is not JSON. msgspec, not text.loads's orjson,
+    which holds about twelve times a line's size while it parses it (a line of LINE_CAP
+    would cost 12 MiB); the stdlib's json reads the surrogate escapes msgspec refuses."""
+    try:
+        return _decode_any(line)
+    except msgspec.DecodeError as e:
+        if b"\\ud" not in line and b"\\uD" not in line:
+            raise ValueError("not JSON") from e
+    try:
+        return json.loads(line.decode("utf-8", "replace"))
+    except RecursionError as e:  # a hostile nesting the C parsers refuse by depth
+        raise ValueError("JSON nested too deep") from e
 
 
 def _proc(obj: dict[str, Any]) -> tuple[tuple[int, str], tuple[str, tuple[str, ...]]] | None:
@@ -383,7 +400,7 @@ def _read_trace(path: str) -> Trace:
             raise TraceFormatError(f"{name}: line {n} is longer than {LINE_CAP >> 20} MiB: "
                                    f"not a kmodtrace trace ({_HOW})")
         try:
-            obj = orjson.loads(line)
+            obj = _loads(line)
         except ValueError:
             obj = None
         if not isinstance(obj, dict):
@@ -422,7 +439,7 @@ def _read_records(trace: Trace, lines: Iterator[tuple[int, bytes]]) -> _Seen:
     them, take the first branch, with the names it needs bound locally: it runs a million
     times."""
     fast, invalid, event_cls = _event_line, msgspec.DecodeError, Event
-    loads, event, append = text.loads, _event, trace.events.append
+    loads, event, append = _loads, _event, trace.events.append
     seen = _Seen()
     runs, late_append = seen.runs, seen.late.append
     last = -1  # the newest timestamp so far
@@ -475,15 +492,35 @@ def _read_records(trace: Trace, lines: Iterator[tuple[int, bytes]]) -> _Seen:
         return seen
     seen.newest = last
     # the trace ended at line n: the rest is not read into it
+    for n, line in lines:  # the first line past a trailer: the next trace's header?
+        trace.bad(n, _SECOND if after == _AFTER and _is_header(line) else after)
+        break
     for n, _ in lines:
         trace.bad(n, after)
     return seen
 
 
-# Each integer field's range: its C type's (the recorder writes nothing else)
-_RANGES = tuple((name, *{"u32": (0, 2**32 - 1), "u64": (0, 2**64 - 1),
-                         "s64": (-2**63, 2**63 - 1)}[ctype])
-                for name, ctype, _ in LAYOUT if ctype != "char")
+def _is_header(line: bytes) -> bool:
+    try:
+        obj = _loads(line)
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and obj.get("type") == "header"
+
+
+def _ranges() -> tuple[tuple[str, int, int], ...]:
+    """Each integer field's range: the bounds the decoder checks (events.Event's
+    annotations), a u64's upper one, which msgspec cannot check, included."""
+    hints = typing.get_type_hints(Event, include_extras=True)
+    out = []
+    for name, _, size in LAYOUT:
+        if not size:
+            meta = next(m for m in hints[name].__metadata__ if isinstance(m, msgspec.Meta))
+            out.append((name, int(meta.ge or 0), 2**64 - 1 if meta.le is None else int(meta.le)))
+    return tuple(out)
+
+
+_RANGES = _ranges()
 _KINDS = frozenset(Kind)
 
 
@@ -555,6 +592,10 @@ def _trailer_counts(obj: dict[str, Any]) -> list[str]:
     return wrong
 
 
+_AFTER = "after the trailer (one trace per file)"
+_SECOND = "a second header (one trace per file: the next is not read)"
+
+
 def _record(trace: Trace, n: int, obj: Any) -> str | None:
     """Line N, any record but an event; if the trace ends with it, what the lines after
     it are."""
@@ -578,9 +619,9 @@ def _record(trace: Trace, n: int, obj: Any) -> str | None:
         if wrong:
             trace.bad(n, f"trailer's {', '.join(wrong)} not a count (read as unknown)")
         trace.trailer = obj
-        return "after the trailer (one trace per file)"
+        return _AFTER
     elif kind == "header":
-        trace.bad(n, "a second header (one trace per file: the next is not read)")
+        trace.bad(n, _SECOND)
         return "in a second trace"
     elif kind == "early":
         trace.bad(n, "a second early record")

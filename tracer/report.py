@@ -445,7 +445,9 @@ def damage_lines(loss: Loss) -> list[str]:
     if not loss.complete:
         out.append("trace has no trailer: the recorder was killed; all written events used")
     if loss.first_bad_line is not None:
-        out.append(f"{loss.bad_lines} unreadable line(s), first at line {loss.first_bad_line}")
+        why = f": {loss.first_bad_why}" if loss.first_bad_why else ""
+        out.append(f"{loss.bad_lines} unreadable line(s), first at line {loss.first_bad_line}"
+                   f"{why}; not used")
     if loss.len_unknown:
         out.append(f"{loss.len_unknown} failed load(s) with len unknown (no module_sig_check() "
                    "return): file size used")

@@ -88,6 +88,7 @@ class Loss:
     # failed loads MODULE_STATS charged info->len for with no MOD_LEN event showing it (a
     # missed module_sig_check() return, a full map, no MODULE_SIG): the size stood for it
     len_unknown: int = 0
+    first_bad_why: str | None = None  # what is wrong with the first bad line (record.py)
 
     @property
     def dropped(self) -> bool:
@@ -108,7 +109,8 @@ def trace_loss(trace: Trace) -> Loss:
     by_hook = {str(h): n for h, n in misses.items() if type(n) is int} \
         if isinstance(misses, dict) else None
     return Loss(len(trace.events), _int(trailer.get("lost")), _int(trailer.get("missed")),
-                by_hook, trace.trailer is not None, trace.bad_lines, trace.first_bad_line)
+                by_hook, trace.trailer is not None, trace.bad_lines, trace.first_bad_line,
+                first_bad_why=trace.first_bad_why)
 
 
 @dataclass(frozen=True, slots=True)
