@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.schema_check import check_diff
 from tracer import bootdiff, bymodule, report
 from tracer.bootdiff import Threshold
 from tracer.bymodule import ModuleRow
@@ -198,7 +199,7 @@ def test_cli_text_fits_100_columns_and_wide_keeps_everything() -> None:
 def test_cli_json_schema() -> None:
     p = kmodtrace("boot", "diff", "--json", "--slower", "30", T61, UDEV)
     assert p.returncode == 0, p.stderr
-    doc = json.loads(p.stdout)
+    doc = check_diff(json.loads(p.stdout))
     assert doc["schema_version"] == 2 and doc["threshold"] == {"pct": 30.0, "ms": 50.0}
     for side, path, kernel in (("a", T61, "6.1.0-56-amd64"), ("b", UDEV, "6.1.0-56-amd64")):
         h = doc[side]

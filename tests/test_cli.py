@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.schema_check import check_report
 from tracer import report, reportdata
 
 TRACE = Path(__file__).parent / "data" / "vm-6.1" / "trace.jsonl"
@@ -52,7 +53,7 @@ def test_report_wide_keeps_every_detail() -> None:
 def test_report_json_schema() -> None:
     p = kmodtrace("report", "--json", str(TRACE))
     assert p.returncode == 0, p.stderr
-    rep = json.loads(p.stdout)
+    rep = check_report(json.loads(p.stdout))
     assert rep["schema_version"] == 2
     assert rep["kernel"] == "6.1.0-56-amd64" and rep["lost_events"] == 0 and rep["complete"]
     assert rep["first_bad_line"] is None and rep["bad_lines"] == 0
@@ -95,7 +96,7 @@ def test_report_json_has_the_recorded_cmdlines() -> None:
     parents, as `live --json` does."""
     p = kmodtrace("report", "--json", str(TRACE_6_12))
     assert p.returncode == 0, p.stderr
-    rep = json.loads(p.stdout)
+    rep = check_report(json.loads(p.stdout))
     for story in rep["requests"] + rep["loads"]:
         assert isinstance(story["cmdline"], str) and isinstance(story["parents"], list)
     mount = [r for r in rep["requests"] if r["comm"] == "mount"]

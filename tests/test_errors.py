@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from kmodlab import oracle, vm
+from tests.schema_check import check_report
 
 ROOT = Path(__file__).parent.parent
 TRACE = Path(__file__).parent / "data" / "vm-6.1" / "trace.jsonl"
@@ -94,9 +95,9 @@ def test_a_corrupt_line_in_the_middle_is_named_and_the_report_goes_on(tmp_path: 
     p = kmodtrace("report", str(bad))
     assert p.returncode == 0, p.stderr
     assert "2 unreadable line(s), first at line 301" in p.stdout
-    doc = json.loads(kmodtrace("report", "--json", str(bad)).stdout)
+    doc = check_report(json.loads(kmodtrace("report", "--json", str(bad)).stdout))
     assert doc["first_bad_line"] == 301 and doc["bad_lines"] == 2 and doc["complete"]
-    good = json.loads(kmodtrace("report", "--json", str(TRACE)).stdout)
+    good = check_report(json.loads(kmodtrace("report", "--json", str(TRACE)).stdout))
     assert len(doc["requests"]) == len(good["requests"])  # nothing else was lost
 
 

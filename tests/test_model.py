@@ -984,7 +984,9 @@ def test_report_says_where_announce_and_stats_come_from(args: tuple[str, ...],
     p = subprocess.run([*run, "--json", str(trace)], capture_output=True, text=True,
                        cwd=root, timeout=120, check=False)  # fmt: skip
     assert p.returncode == 0, p.stderr
-    doc = json.loads(p.stdout)
+    from tests.schema_check import check_report
+
+    doc = check_report(json.loads(p.stdout))
     assert (doc["stats_source"], doc["announce"]) == ("modelled", announce)
     text = subprocess.run([*run, str(trace)], capture_output=True, text=True, cwd=root,
                           timeout=120, check=False).stdout  # fmt: skip

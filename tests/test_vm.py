@@ -42,6 +42,16 @@ def _witness_count(run: VMRun, scenario: str, event: str, name: str | None = Non
                and (name is None or w.name == name))
 
 
+def test_live_json_lines_match_the_schema(vm_run: VMRun) -> None:
+    """Every story `live --json` printed in the guest is a $defs/request or $defs/load of
+    tracer/report.schema.json."""
+    from tests.schema_check import check_story
+
+    assert vm_run.live
+    for story in vm_run.live:
+        check_story(story)
+
+
 def test_nothing_lost(vm_run: VMRun) -> None:
     tr = vm_run.trace
     assert tr.trailer is not None, "recording ended without a trailer"

@@ -75,9 +75,11 @@ def boot_run(tmp_path_factory: pytest.TempPathFactory, cpus: int, env: str) -> B
     console = (out / "console.log").read_text(errors="replace")[-3000:] if (
         out / "console.log").exists() else ""
     assert rc == 0, f"boot guest failed with {rc}: {console}"
+    from tests.schema_check import check_report  # `boot show --json` as the guest ran it
+
     return BootRun(out, json.loads((out / "bootstats.json").read_text()),
                    read_trace(str(out / "boot.jsonl")),
-                   json.loads((out / "boot-show.json").read_text()),
+                   check_report(json.loads((out / "boot-show.json").read_text())),
                    parse((out / "witness.txt").read_text()), seconds)
 
 
@@ -362,7 +364,9 @@ def test_boot_diff_of_2_and_16_vcpus(booted_small: BootRun, booted: BootRun) -> 
     p = subprocess.run([*cmd, "--json", str(a), str(b)], capture_output=True, text=True,
                        check=False)
     assert p.returncode == 0, p.stderr
-    d = json.loads(p.stdout)
+    from tests.schema_check import check_diff
+
+    d = check_diff(json.loads(p.stdout))
     assert d["a"]["cpus"] == 2 and d["b"]["cpus"] == CPUS
     for side, run in (("a", booted_small), ("b", booted)):
         rows = {k: m[side] for k, m in d["modules"].items() if m[side] is not None}
