@@ -15,8 +15,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kmodlab.semaphore import semaphore
 from tracer.events import Event, Kind
-from tracer.model import StatsSummary, semaphore
+from tracer.model import StatsSummary
 from tracer.model.throttle import ALL_BUSY_TIMEOUT_NS
 from tracer.session import Replay
 from tracer.stories import Request

@@ -46,7 +46,7 @@ from tracer.model.profile import (
     with_announce,
 )
 from tracer.model.stats import MODULE_INIT_COMPRESSED_FILE, ByteClass, DupFailed, StatsSummary
-from tracer.model.throttle import ALL_BUSY_TIMEOUT_NS, MAX_KMOD_CONCURRENT, Fate, semaphore
+from tracer.model.throttle import ALL_BUSY_TIMEOUT_NS, MAX_KMOD_CONCURRENT
 from tracer.stories import STALE_NS
 
 __all__ = [
@@ -65,7 +65,6 @@ __all__ = [
     "AnnounceSource",
     "ByteClass",
     "DupFailed",
-    "Fate",
     "LoadVerdict",
     "Model",
     "ModuleStats",
@@ -79,7 +78,6 @@ __all__ = [
     "profile_json",
     "profile_note",
     "profile_with_dups",
-    "semaphore",
     "summary_fields",
     "with_announce",
 ]
