@@ -206,3 +206,14 @@ def test_boot_show_takes_the_same_filters() -> None:
 def test_no_filter_says_nothing() -> None:
     assert not _only(_run("report", str(TRACE))) and not _only(_run("boot", "show"))
     assert json.loads("\n".join(_run("report", "--json", str(TRACE))))["filter"] is None
+
+
+def test_live_and_report_match_a_request_by_the_modules_it_led_to() -> None:
+    """live passes Filter.request what the request's modprobe loaded, as report does:
+    `-m minix` keeps the fs-minix requests in both."""
+    from tracer import reportdata
+
+    r = reportdata.read(str(TRACE))
+    flt = reportdata.Filter(None, "minix")
+    req, v = next((q, v) for q, v in r.requests if q.display_name == "fs-minix")
+    assert not flt.request(req, v) and flt.request(req, v, {"minix"})

@@ -254,7 +254,8 @@ class Run:
 
     def _show_request(self, req: Request, v: RequestVerdict | None) -> None:
         self.by_module.add_request(req, v)
-        if self.opts.quiet or not self.filter.request(req, v):
+        if self.opts.quiet or not self.filter.request(
+                req, v, self.by_module.modules_of(req.display_name)):
             return
         self.shown += 1
         if self.opts.json:

@@ -39,7 +39,7 @@ class Filter:
         return self.pid is not None or self.module is not None or self.failed_only
 
     def describe(self) -> str:
-        """"pid 7, module xfs, failed only"."""
+        """What it keeps, in words: "pid 7, module xfs, duplicates and failures"."""
         parts = [f"pid {self.pid}"] if self.pid is not None else []
         parts += [f"module {self.module}"] if self.module is not None else []
         return ", ".join(parts + (["duplicates and failures"] if self.failed_only else []))
