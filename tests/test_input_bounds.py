@@ -45,9 +45,10 @@ DATA = Path(__file__).parent / "data"
 TRACE = DATA / "vm-6.1" / "trace.jsonl"
 REAL = [DATA / d / "trace.jsonl" for d in ("vm-6.1", "vm-6.1-udev", "vm-6.12")]
 HOW = "give a file written by `kmodtrace record -o FILE`, or `-` to read one from standard input"
-# What reading may hold beside the line it is on: a chunk read, the part of a line carried
-# to the next chunk (at most LINE_CAP) and the copy that joins them.
-HELD = 2 * LINE_CAP + 4 * CHUNK
+# What reading may hold at once, a constant: the last line (at most LINE_CAP) and its
+# decoded value, the part of the next carried from chunk to chunk (at most LINE_CAP) and
+# the copy that joins it to the next chunk, a chunk read and its split.
+HELD = 4 * LINE_CAP + 4 * CHUNK
 
 
 def kmodtrace(*args: str, stdin: Any = subprocess.DEVNULL,
@@ -212,6 +213,13 @@ def test_standard_input_of_dev_zero_ends_at_the_first_line() -> None:
                            "kmodtrace trace (give a file written by `kmodtrace record -o FILE`)")
 
 
+def test_closed_standard_input_is_one_line() -> None:
+    p = subprocess.run(["bash", "-c", f"{shlex.quote(sys.executable)} -m tracer report - <&-"],
+                       capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
+    assert one_line(p) == ("kmodtrace: standard input is closed: give a file written by "
+                           "`kmodtrace record -o FILE`")
+
+
 def test_standard_input_is_capped(tmp_path: Path) -> None:
     """A header, then no end: reading stops at STDIN_CAP bytes with one line."""
     head = _file(tmp_path, _lines(0)[:1])
@@ -284,6 +292,16 @@ def test_a_duplicated_event_is_a_bad_line_named_by_its_line(tmp_path: Path) -> N
     tr2 = read_trace(str(_file(tmp_path, [ln for ln in lines if ln != "{"], "u.jsonl")))
     assert (tr2.bad_lines, tr2.first_bad_line, tr2.first_bad_why) == (
         1, dupline - 1, "an event seen before (same kind, thread and ts_ns)")
+
+
+def test_a_duplicated_early_event_is_counted_once(tmp_path: Path) -> None:
+    early = json.dumps({"type": "event", "kind": int(Kind.MOD_LOAD), "ts_ns": 7, "tid": 1,
+                        "name": "e", "early": 1})
+    lines = _lines(2)
+    lines[1:1] = [early, early]
+    tr = read_trace(str(_file(tmp_path, lines)))
+    assert (tr.bad_lines, tr.first_bad_line, tr.early_events) == (1, 3, 1)
+    assert _names(tr) == ["e", "m0", "m1"]
 
 
 def test_same_timestamp_of_another_thread_or_kind_is_no_duplicate(tmp_path: Path) -> None:
@@ -380,6 +398,8 @@ def _mutated(draw: st.DrawFn) -> bytes:
     start = draw(st.integers(1, len(src) - 1))
     lines = [src[0], *src[start:start + draw(st.integers(0, 40))], src[-1]]
     for _ in range(draw(st.integers(0, 6))):
+        if not lines:
+            break
         i = draw(st.integers(0, len(lines) - 1))
         op = draw(st.sampled_from(["drop", "dup", "bytes", "flip", "value", "long", "header",
                                    "swap"]))

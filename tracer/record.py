@@ -260,6 +260,8 @@ def _open(path: str) -> tuple[Callable[[int], bytes | None], Callable[[], None],
     was swapped for one, is refused instead of waiting forever. The descriptor stays
     non-blocking (a regular file ignores it; a procfs file that would block says so)."""
     if path == STDIN:
+        if sys.stdin is None:  # started with its descriptor 0 closed
+            raise TraceFormatError(f"standard input is closed: {_HOW}")
         stdin = sys.stdin.buffer
         return stdin.read, lambda: None, STDIN_CAP
     try:
@@ -432,6 +434,7 @@ class _Seen:
     # repeat one), and the newest
     late: list[int] = field(default_factory=list)
     newest: int = -1
+    early: list[int] = field(default_factory=list)  # indices of the events marked early
 
 
 def _read_records(trace: Trace, lines: Iterator[tuple[int, bytes]]) -> _Seen:
@@ -483,6 +486,7 @@ def _read_records(trace: Trace, lines: Iterator[tuple[int, bytes]]) -> _Seen:
                 runs.pop()
             if "early" in obj:
                 trace.early_events += 1
+                seen.early.append(len(trace.events) - 1)
         else:
             after = _record(trace, n, obj)
             if after is not None:
@@ -563,6 +567,7 @@ def _check_events(trace: Trace, seen: _Seen) -> None:
     for i, why in bad.items():
         trace.bad(_line_of(i, seen.runs), why)
     events[:] = [ev for i, ev in enumerate(events) if i not in bad]
+    trace.early_events -= len(bad.keys() & set(seen.early))
 
 
 def _line_of(i: int, runs: list[list[int]]) -> int:
