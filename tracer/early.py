@@ -53,6 +53,24 @@ MATCH_NS = 2_000_000
 # Written to trace_marker when a tracer has drained the buffer and switched the boot-time
 # probes off (do_exit fires on every exit): a later drain reads only what came before.
 END_MARK = "kmodtrace: boot-time probes off"
+# A word of its own on the line: kmodtrace-boot-beside.service runs where the command line
+# has it (ConditionKernelCommandLine=), kmodtrace-boot.service where it does not. The
+# kernel ignores an unknown parameter with a dot in its name (a module's parameter,
+# init/main.c unknown_bootoption()) and passes it neither to init nor to its environment.
+MARKER = "kmodtrace.early"
+# udev's broadcasts (tracer/udev.py): a worker sends each device it has handled to the udev
+# netlink group, and the kernel hands the message to netlink_broadcast(ssk, skb, portid,
+# group, allocation) in the worker's own context. There the message is kernel memory
+# (skb->data), so a fixed-size array fetch reads it (a user-memory array fetch, +u, fails
+# to parse on 6.1: "String accepts only memory argument"). The message is systemd's
+# struct monitor_netlink_header (40 bytes: "libudev\0", then the big-endian magic
+# 0xfeedcafe, header_size, properties_off, properties_len, ...) followed by the
+# properties, NUL-separated KEY=VALUE; the probe reads 16 bytes of the header from +8 and
+# the properties' first PATH_LEN bytes, as the BPF program does.
+UDEV_GROUP = 2  # MONITOR_GROUP_UDEV
+UDEV_MAGIC = 0xFECAEDFE  # htobe32(0xfeedcafe), read as a little-endian u32
+UDEV_HEADER = 40  # sizeof(struct monitor_netlink_header): where the properties start
+UDEV_WORDS = PATH_LEN // 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,14 +140,43 @@ def probes(btf: BTF, machine: str | None = None) -> list[Probe]:
                                                  f"len={a[1]}:u64", f"even={a[2]}:u8")),
         Probe("init_enter", False, "do_init_module"),
         Probe("init_exit", True, "do_init_module", (f"ret={ret}:s32",)),
+        *([] if (udev := udev_probe(btf, regs)) is None else [udev]),
     ]
 
 
+def udev_probe(btf: BTF, regs: Regs) -> Probe | None:
+    """netlink_broadcast's udev broadcasts (UDEV_GROUP above); None where the kernel has
+    no netlink_broadcast (its udev devices are then not in the early trace)."""
+    if not btf.has_function("netlink_broadcast"):
+        return None
+    try:
+        data = btf.offset("sk_buff", "data")
+    except BTFError as e:
+        raise EarlyError(f"the kernel's BTF lacks a member the udev probe reads: {e}") from e
+    a = regs.args
+    msg = f"+{data}({a[1]})"
+    return Probe("udev", False, "netlink_broadcast", (
+        f"grp={a[3]}:u32", f"hdr=+8({msg}):x64[2]",
+        f"props=+{UDEV_HEADER}({msg}):x64[{UDEV_WORDS}]"))
+
+
+# Of the kernel command line's 2048 bytes (x86 COMMAND_LINE_SIZE, its NUL included) the
+# words may take this many; the rest is the boot loader's and the user's (a GRUB line of
+# Debian's is about 100 bytes; virtme-ng's, in the lab, about 1000).
+CMDLINE_MAX = 2047
+CMDLINE_BUDGET = 1000
+
+
 def cmdline(btf: BTF, machine: str | None = None, buffer_kb: int = BUFFER_KB) -> str:
-    """The kernel command line words that record the early trace."""
+    """The kernel command line words that record the early trace; MARKER last."""
     defs = ";".join(p.definition().replace(" ", ",") for p in probes(btf, machine))
-    return " ".join((f"trace_event={','.join(TRACEPOINTS)}", f"kprobe_event={defs}",
-                     f"trace_buf_size={buffer_kb}K", "trace_clock=mono"))
+    line = " ".join((f"trace_event={','.join(TRACEPOINTS)}", f"kprobe_event={defs}",
+                     f"trace_buf_size={buffer_kb}K", "trace_clock=mono", MARKER))
+    if len(line) > CMDLINE_BUDGET:
+        raise EarlyError(f"the boot-time tracing words take {len(line)} bytes, more than "
+                         f"the {CMDLINE_BUDGET} of the kernel command line's {CMDLINE_MAX} "
+                         "they may use")
+    return line
 
 
 def in_cmdline(text: str) -> bool:
@@ -298,6 +345,23 @@ class Converter:
     def _init_exit(self, line: tracefs.Line) -> None:
         self._load_exit(line, Kind.INIT_EXIT)
 
+    # udev
+
+    def _udev(self, line: tracefs.Line) -> None:
+        """A udev worker's broadcast of the device it handled: UDEV_DEVICE as the BPF
+        program sends it (properties newline-separated, size their length)."""
+        f = tracefs.fields(line.rest)
+        if tracefs.number(f.get("grp", "0")) != UDEV_GROUP:
+            return  # a kernel uevent (group 1), rtnetlink...
+        hdr, props = words(f.get("hdr", "")), words(f.get("props", ""))
+        if len(hdr) != 2 or len(props) != UDEV_WORDS or hdr[0] & 0xFFFFFFFF != UDEV_MAGIC \
+                or hdr[1] & 0xFFFFFFFF != UDEV_HEADER:
+            return  # not systemd's monitor message, or laid out otherwise
+        length = hdr[1] >> 32
+        raw = b"".join(w.to_bytes(8, "little") for w in props)[:min(length, PATH_LEN - 1)]
+        text = raw.replace(b"\0", b"\n").decode("utf-8", "surrogateescape")
+        self._ev(line, Kind.UDEV_DEVICE, size=length, path=text)
+
     def _mod_load(self, line: tracefs.Line) -> None:
         self._ev(line, Kind.MOD_LOAD, name=line.rest.split(" ")[0][:NAME_LEN - 1])
 
@@ -329,14 +393,25 @@ _HANDLERS: dict[str, Callable[[Converter, tracefs.Line], None]] = {
     "module_free": Converter._mod_free,
     "init_enter": Converter._init_enter_mod,
     "init_exit": Converter._init_exit_mod,
+    "udev": Converter._udev,
 }
 # What an early event lacks beside a BPF one (the trace's "early" record says so).
 NOT_EARLY = {
-    "udev devices": "udev's broadcasts are read by a BPF tracepoint program only",
     "module length without signature": "module_sig_check's info->len needs the entry "
                                        "argument at return; loads count the bytes read",
     "requester's parent, modprobe's path": "read from task and subprocess_info structs",
 }
+
+
+def words(text: str) -> list[int]:
+    """An x64 array as tracefs prints it, "{0x1,0x2}", as unsigned numbers ([] if it is
+    none: a fetch that faulted prints no array)."""
+    if not (text.startswith("{") and text.endswith("}")):
+        return []
+    try:
+        return [int(w, 16) & (1 << 64) - 1 for w in text[1:-1].split(",")]
+    except ValueError:
+        return []
 
 
 def keep_once(early: list[Event], bpf: Iterable[Event], begin_ns: int,

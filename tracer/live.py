@@ -210,13 +210,14 @@ class Run:
                 self.tracer.watch_site(ev.ip)  # a new call site: see its returns
             # kthreadd's children (pid 2) have no cmdline to read: skipping them keeps a
             # kernel-thread storm from costing a /proc walk per thread
-            # an early event's process is long gone, and its pid may be another's now
-            if is_early:
+            # an early event's process is long gone, and its pid may be another's now;
+            # its device is mostly still there (early ones too: the boot-time trace's)
+            if kind == Kind.UDEV_DEVICE:
+                self._describe_device(ev)
+            elif is_early:
                 pass
             elif kind in _STARTS and ev.ppid != 2 and (ev.pid, ev.comm) not in self.procs:
                 self._describe(ev)
-            elif kind == Kind.UDEV_DEVICE:
-                self._describe_device(ev)
             if writer is not None:
                 writer.event(ev, early=is_early)
         # after the loop: what the stories show (processes, call sites) is read by then
