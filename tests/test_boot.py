@@ -1,5 +1,7 @@
-"""kmodtrace-boot.service: a unit systemd accepts, ordered before udev, installed and removed
-cleanly on a scratch root; the settle logic that ends a boot recording; finding a boot."""
+"""kmodtrace-boot.service and kmodtrace-boot-beside.service: units systemd accepts, the first
+ordered before udev, the second (boot-time tracing on the command line) beside it, installed
+and removed cleanly on a scratch root; which one the next boot uses; the settle logic that
+ends a boot recording; finding a boot."""
 
 from __future__ import annotations
 
@@ -12,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tracer import boot
+from tracer import boot, early
 
 UNIT_REL = "etc/systemd/system/kmodtrace-boot.service"
 LINK_REL = "etc/systemd/system/sysinit.target.wants/kmodtrace-boot.service"
+BESIDE_REL = "etc/systemd/system/kmodtrace-boot-beside.service"
+BESIDE_LINK_REL = "etc/systemd/system/sysinit.target.wants/kmodtrace-boot-beside.service"
 
 
 def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
@@ -50,18 +54,19 @@ def exe() -> list[str]:
 
 
 def analyze_verify(unit_dir: Path) -> tuple[int, list[str]]:
-    """systemd-analyze verify the unit and sysinit.target with unit_dir first in the unit path.
+    """systemd-analyze verify both units and sysinit.target with unit_dir first in the unit
+    path.
 
-    Verifying sysinit.target with the enable link in unit_dir builds the boot transaction
-    that contains our unit, so ordering cycles show up too. Returns the exit status and the
-    output lines about our unit.
+    Verifying sysinit.target with the enable links in unit_dir builds the boot transaction
+    that contains our units, so ordering cycles show up too. Returns the exit status and the
+    output lines about our units.
     """
     sa = shutil.which("systemd-analyze")
     if sa is None:
         pytest.fail("systemd-analyze is missing: install Debian's `systemd` package "
                     "(apt-get install -y systemd)")
     env = dict(os.environ, SYSTEMD_UNIT_PATH=f"{unit_dir}:", SYSTEMD_LOG_LEVEL="notice")
-    p = subprocess.run([sa, "verify", "--man=no", str(unit_dir / boot.UNIT_NAME),
+    p = subprocess.run([sa, "verify", "--man=no", *(str(unit_dir / n) for n in boot.UNIT_NAMES),
                         "sysinit.target"], capture_output=True, text=True, env=env,
                        timeout=120, check=False)
     lines = [ln for ln in (p.stdout + p.stderr).splitlines() if "kmodtrace" in ln]
@@ -74,16 +79,20 @@ def test_installed_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert rc == 0 and complaints == [], complaints
 
 
-@pytest.mark.parametrize("breakage", ["missing-exe", "cycle", "bad-specifier"])
+@pytest.mark.parametrize("breakage", ["missing-exe", "cycle", "bad-specifier",
+                                      "beside-missing-exe", "beside-bad-condition"])
 def test_verify_harness_catches_broken_units(tmp_path: Path, breakage: str) -> None:
-    """The check above is not vacuous: the same harness rejects broken variants."""
+    """The check above is not vacuous: the same harness rejects broken variants, of either
+    unit."""
     boot.install(root=str(tmp_path), exe=exe(), run_systemctl=False)
-    unit = tmp_path / UNIT_REL
+    unit = tmp_path / (BESIDE_REL if breakage.startswith("beside-") else UNIT_REL)
     text = unit.read_text()
-    if breakage == "missing-exe":
+    if breakage.endswith("missing-exe"):
         text = text.replace(f"ExecStart={exe()[0]}", "ExecStart=/nonexistent/kmodtrace")
     elif breakage == "cycle":  # we are Before=sysinit.target
         text = text.replace("[Service]", "After=sysinit.target\n\n[Service]")
+    elif breakage == "beside-bad-condition":
+        text = text.replace("ConditionKernelCommandLine=", "ConditionKernelCommandLin=")
     else:
         text = text.replace("boot-%b", "boot-%Q")
     unit.write_text(text)
@@ -94,13 +103,22 @@ def test_verify_harness_catches_broken_units(tmp_path: Path, breakage: str) -> N
 # --- what the unit says -----------------------------------------------------------------------
 
 
-def test_ordering_and_readiness_directives() -> None:
-    u = parse_unit(boot.unit_text(exe()))
+HELD = ("systemd-udevd.service", "systemd-udev-trigger.service",
+        "systemd-modules-load.service", "sysinit.target")
+
+
+@pytest.mark.parametrize("mode", [boot.HOLD, boot.BESIDE])
+def test_ordering_and_readiness_directives(mode: str) -> None:
+    u = parse_unit(boot.unit_text(exe(), mode=mode))
     assert u["Unit"]["DefaultDependencies"] == ["no"]
     before = words(u, "Unit", "Before")
-    for dep in ("systemd-udevd.service", "systemd-udev-trigger.service",
-                "systemd-modules-load.service", "sysinit.target", "shutdown.target"):
-        assert dep in before, dep
+    # holding mode: what loads modules waits for READY=1; beside mode: nothing waits
+    for dep in HELD:
+        assert (dep in before) == (mode == boot.HOLD), dep
+    assert "shutdown.target" in before
+    # the kernel command line picks exactly one of the two at each boot
+    assert u["Unit"]["ConditionKernelCommandLine"] == [
+        ("!" if mode == boot.HOLD else "") + early.MARKER]
     for mount in ("sys-kernel-tracing.mount", "sys-kernel-debug.mount"):
         assert mount in words(u, "Unit", "After") and mount in words(u, "Unit", "Wants")
     assert "shutdown.target" in words(u, "Unit", "Conflicts")
@@ -115,6 +133,61 @@ def test_ordering_and_readiness_directives() -> None:
         assert hazard not in svc and hazard not in u["Unit"], hazard
     caps = words(u, "Service", "CapabilityBoundingSet")
     assert {"CAP_SYS_ADMIN", "CAP_BPF", "CAP_PERFMON"} <= set(caps)
+    assert ("CAP_SYS_NICE" in caps) == (mode == boot.BESIDE)
+
+
+def test_beside_unit_compiles_at_low_priority_and_records_at_normal() -> None:
+    """Beside mode: nice 19 while Python starts and bcc compiles (not CPUWeight=, which
+    would turn on the cgroup cpu controller for every service of the boot), nice 0 for
+    every thread once READY=1 (ExecStartPost= runs after it; a failure to renice does not
+    fail the unit). The holding unit keeps the default priority: udev waits for it."""
+    argv = exe()
+    u = parse_unit(boot.unit_text(argv, mode=boot.BESIDE))
+    svc = u["Service"]
+    assert svc["Nice"] == [str(boot.COMPILE_NICE)] and boot.COMPILE_NICE == 19
+    assert "CPUWeight" not in svc and "StartupCPUWeight" not in svc
+    assert svc["ExecStartPost"] == ["-/bin/sh -c 'renice -n 0 -g \"$$MAINPID\"'"]
+    # the same recorder, the same trace file and its move as the holding unit
+    held = parse_unit(boot.unit_text(argv))["Service"]
+    for key in ("Type", "ExecStart", "ExecStopPost", "TimeoutStartSec", "RuntimeDirectory"):
+        assert svc[key] == held[key], key
+    assert "Nice" not in held and "ExecStartPost" not in held
+
+
+def test_renice_of_the_process_group_reaches_every_thread(tmp_path: Path) -> None:
+    """What ExecStartPost= runs, on a process of many threads in a group of its own: each
+    thread goes from nice 19 to 0 (renice -p would change the main thread alone)."""
+    if os.geteuid() != 0:
+        pytest.skip("raising a priority needs CAP_SYS_NICE")
+    code = ("import os, threading, time\n"
+            "os.nice(19)\n"
+            "for _ in range(3): threading.Thread(target=time.sleep, args=(60,), "
+            "daemon=True).start()\n"
+            "print(flush=True)\n"
+            "time.sleep(60)\n")
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"\n"
+        tasks = Path(f"/proc/{proc.pid}/task")
+
+        def nices() -> list[int]:
+            return [int((t / "stat").read_text().rsplit(")", 1)[1].split()[16])
+                    for t in tasks.iterdir()]
+
+        assert nices() == [19] * 4
+        cmd = shlex.split(parse_unit(boot.unit_text(exe(), mode=boot.BESIDE))["Service"][
+            "ExecStartPost"][0].removeprefix("-"))
+        cmd[-1] = cmd[-1].replace("$$", "$")  # systemd's unescaping of "$$"
+        p = subprocess.run(cmd, env=dict(os.environ, MAINPID=str(proc.pid)),
+                           capture_output=True, text=True, check=False)
+        assert p.returncode == 0, p.stderr
+        assert "new priority 0" in p.stdout
+        assert nices() == [0] * 4
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_exec_start_records_to_run_until_settled() -> None:
@@ -213,24 +286,72 @@ def test_install_uninstall_round_trip(tmp_path: Path, populated: bool) -> None:
     argv = exe()
 
     changed = boot.install(root=str(root), exe=argv)
-    assert str(root / UNIT_REL) in changed and str(root / LINK_REL) in changed
+    for rel in (UNIT_REL, LINK_REL, BESIDE_REL, BESIDE_LINK_REL):
+        assert str(root / rel) in changed, rel
     assert (root / UNIT_REL).read_text() == boot.unit_text(argv)
+    assert (root / BESIDE_REL).read_text() == boot.unit_text(argv, mode=boot.BESIDE)
     assert stat.S_IMODE((root / UNIT_REL).stat().st_mode) == 0o644
+    assert stat.S_IMODE((root / BESIDE_REL).stat().st_mode) == 0o644
     assert os.readlink(root / LINK_REL) == "/etc/systemd/system/kmodtrace-boot.service"
+    assert os.readlink(root / BESIDE_LINK_REL) == \
+        "/etc/systemd/system/kmodtrace-boot-beside.service"
     assert boot.install(root=str(root), exe=argv) == []
     st = boot.status(root=str(root), exe=argv)
     assert st["installed"] and st["enabled"] and st["current"] and st["warnings"] == []
+    assert all(u["installed"] and u["enabled"] and u["current"] for u in st["units"].values())
+    assert sorted(st["units"]) == sorted(boot.UNIT_NAMES)
+    assert st["mode"] == boot.HOLD and st["mode_cost"] == boot.MODE_COST[boot.HOLD]
     assert st["systemd"] is None
     assert len(st["traces"]) == (1 if populated else 0)
 
     notes: list[str] = []
     removed = boot.uninstall(root=str(root), notice=notes.append)
-    assert str(root / UNIT_REL) in removed and str(root / LINK_REL) in removed
+    for rel in (UNIT_REL, LINK_REL, BESIDE_REL, BESIDE_LINK_REL):
+        assert str(root / rel) in removed, rel
     assert listing(root) == before  # traces kept, nothing of ours left
     if populated:
         assert any("kept 1 recorded boot trace" in n for n in notes), notes
     assert boot.uninstall(root=str(root)) == []
     assert not boot.status(root=str(root))["installed"]
+
+
+@pytest.mark.usefixtures("no_systemctl")
+def test_uninstall_removes_a_lone_unit_of_either_mode(tmp_path: Path) -> None:
+    """A root where only one unit is left (an older kmodtrace installed the holding one
+    alone): status says it is incomplete, uninstall removes what there is."""
+    argv = exe()
+    boot.install(root=str(tmp_path), exe=argv)
+    for rel in (BESIDE_REL, BESIDE_LINK_REL):
+        (tmp_path / rel).unlink()
+    st = boot.status(root=str(tmp_path), exe=argv)
+    assert not st["installed"] and st["units"][boot.UNIT_NAME]["installed"]
+    assert any(f"{boot.BESIDE_UNIT} is missing" in w for w in st["warnings"]), st["warnings"]
+    assert sorted(boot.uninstall(root=str(tmp_path))) == sorted(
+        str(tmp_path / r) for r in (UNIT_REL, LINK_REL, "etc/systemd/system/sysinit.target.wants",
+                                    "etc/systemd/system", "etc/systemd", "etc"))
+
+
+def test_next_mode_follows_the_command_line(tmp_path: Path) -> None:
+    """The next boot is beside udev where its command line will have the words: the GRUB
+    drop-in of `boot install --bootloader`, else this boot's own line; else it holds."""
+    from tracer import bootline
+
+    line = f"trace_event=module_load kprobe_event=p:kmt/x,foo {early.MARKER}"
+    assert boot.next_mode(str(tmp_path), "ro quiet")[0] == boot.HOLD
+    mode, why = boot.next_mode(str(tmp_path), f"ro {line}")
+    assert mode == boot.BESIDE and "this boot's kernel command line" in why
+    old = "trace_event=module_load kprobe_event=p:kmt/x,foo"  # an older line: no marker
+    mode, why = boot.next_mode(str(tmp_path), f"ro {old}")
+    assert mode == boot.HOLD and early.MARKER in why and "boot cmdline" in why
+    (tmp_path / "etc/default").mkdir(parents=True)
+    (tmp_path / "etc/default/grub").write_text("")
+    bootline.install(str(tmp_path), line, lambda m: None)
+    mode, why = boot.next_mode(str(tmp_path), "ro quiet")
+    assert mode == boot.BESIDE and bootline.GRUB_DROPIN in why
+    bootline.install(str(tmp_path), old, lambda m: None)
+    mode, why = boot.next_mode(str(tmp_path), f"ro {line}")
+    assert mode == boot.HOLD and "--bootloader" in why
+    assert "udev" in boot.how_to_avoid_holding() and "boot cmdline" in boot.how_to_avoid_holding()
 
 
 @pytest.mark.usefixtures("no_systemctl")

@@ -64,7 +64,11 @@ def test_grub_dropin_round_trip(tmp_path: Path, stable: vm.KernelImage) -> None:
     assert any(w.startswith("'kprobe_event=") for w in sourced.split())
     again = run("boot", "install", "--root", str(tmp_path), "--bootloader", "--kernel",
                 stable.release)
-    assert again.returncode == 0 and again.stdout.strip() == "already installed"
+    assert again.returncode == 0 and again.stdout.splitlines()[0] == "already installed"
+    # the drop-in puts the marker on the next boot's line: the beside unit runs, udev waits
+    # for nothing
+    assert again.stdout.splitlines()[1].startswith("next boot: kmodtrace-boot-beside.service")
+    assert "udev and systemd-modules-load start when they would" in again.stdout
     gone = run("boot", "uninstall", "--root", str(tmp_path))
     assert gone.returncode == 0 and f"removed {dropin}" in gone.stdout
     assert not dropin.exists() and (tmp_path / "etc/default/grub").exists()
@@ -77,6 +81,25 @@ def test_without_bootloader_prints_the_line(tmp_path: Path, stable: vm.KernelIma
     assert p.stdout.strip().splitlines()[-1] == run(
         "boot", "cmdline", "--kernel", stable.release).stdout.strip()
     assert not (tmp_path / bootline.GRUB_DROPIN.lstrip("/")).exists()
+    # no line on this root: the next boot holds udev, and install says what that costs
+    # and how to avoid it
+    assert "next boot: kmodtrace-boot.service (no boot-time tracing" in p.stdout
+    assert "wait until the tracer has compiled and attached" in p.stdout
+    assert "--bootloader" in p.stdout and "boot cmdline" in p.stdout
+    st = run("boot", "status", "--root", str(tmp_path))
+    assert st.returncode == 0, st.stderr
+    assert "kmodtrace-boot-beside.service: installed, enabled" in st.stdout
+    assert "next boot: kmodtrace-boot.service" in st.stdout
+
+
+def test_the_words_fit_their_budget(stable: vm.KernelImage) -> None:
+    """With the udev probe the words stay within their share of the command line (the boot
+    loader's and the user's words need the rest), and carry the marker word that picks
+    the beside unit."""
+    line = early.cmdline(btf.load(str(stable.vmlinuz)), "x86_64")
+    assert len(line) <= early.CMDLINE_BUDGET < early.CMDLINE_MAX
+    assert line.split()[-1] == early.MARKER and early.in_cmdline(line)
+    assert ";p:kmt/udev,netlink_broadcast," in line
 
 
 def test_bootloader_refused_where_there_is_no_grub(tmp_path: Path,

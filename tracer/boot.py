@@ -1,10 +1,23 @@
 """Boot tracing: a systemd unit that records module loading from early boot until it settles.
 
-`kmodtrace boot install` writes `kmodtrace-boot.service` and enables it for sysinit.target;
-at the next boot it starts before systemd-udevd and systemd-modules-load (the two big
-sources of module loads), tells systemd it is ready once every probe is attached
-(Type=notify), and stops by itself once boot has settled. Modules loaded in the initramfs
-or by PID 1 before the unit starts are not seen.
+`kmodtrace boot install` writes two units and enables both for sysinit.target; the kernel
+command line picks which one runs (ConditionKernelCommandLine=), since a unit's ordering
+is static:
+
+- `kmodtrace-boot.service` (holding mode), when the line lacks boot-time tracing: it starts
+  before systemd-udevd and systemd-modules-load (the two big sources of module loads) and
+  tells systemd it is ready once every probe is attached (Type=notify), so those wait for
+  bcc's compile. Modules loaded in the initramfs or by PID 1 before it starts are not seen.
+- `kmodtrace-boot-beside.service` (beside mode), when the line has the words of
+  `kmodtrace boot cmdline` (their marker word, tracer/early.py MARKER): the kernel records
+  from its first instant, so nothing needs to wait. It is ordered before nothing of the
+  boot, compiles at nice 19 (not CPUWeight=: that would enable the cgroup cpu controller
+  for every service and change the scheduling of the boot it measures) and goes back to
+  nice 0 once attached (ExecStartPost=, which systemd runs after READY=1), so that it
+  drains its ring buffer at the priority of the loads it records; the drain of the
+  kernel's buffer then adds what came before.
+
+Both stop by themselves once boot has settled.
 
 Where the trace goes: at that point of boot the root file system is usually still
 read-only and /var may not be mounted, so the recorder writes to /run/kmodtrace (tmpfs)
@@ -33,7 +46,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-UNIT_NAME = "kmodtrace-boot.service"
+UNIT_NAME = "kmodtrace-boot.service"  # holding mode: udev waits for the attach
+BESIDE_UNIT = "kmodtrace-boot-beside.service"  # beside mode: with boot-time tracing
+HOLD, BESIDE = "hold", "beside"
+UNIT_OF = {HOLD: UNIT_NAME, BESIDE: BESIDE_UNIT}
+UNIT_NAMES = (UNIT_NAME, BESIDE_UNIT)
+# What a mode costs each boot, and how to get the other (boot install and boot status).
+MODE_COST = {
+    HOLD: "holding mode: systemd-udevd, udev's coldplug trigger and systemd-modules-load "
+          "wait until the tracer has compiled and attached (seconds on real hardware), and "
+          "what loads before it starts is not seen",
+    BESIDE: "beside mode: udev and systemd-modules-load start when they would without "
+            "kmodtrace; the tracer compiles at nice 19 beside them, and the kernel's "
+            "boot-time trace covers the boot until it attaches",
+}
 UNIT_DIR = "/etc/systemd/system"
 WANTED_BY = "sysinit.target"
 LOG_DIR = "/var/log/kmodtrace"
@@ -46,8 +72,12 @@ MAX_S = 300  # stop anyway after this long
 START_TIMEOUT_S = 60  # a tracer that never attaches cannot hold up boot longer
 STOP_TIMEOUT_S = 20
 
-CAPABILITIES = ("CAP_SYS_ADMIN", "CAP_BPF", "CAP_PERFMON", "CAP_SYSLOG", "CAP_SYS_RESOURCE",
-                "CAP_DAC_OVERRIDE")
+CAPABILITIES: tuple[str, ...] = ("CAP_SYS_ADMIN", "CAP_BPF", "CAP_PERFMON", "CAP_SYSLOG",
+                                 "CAP_SYS_RESOURCE", "CAP_DAC_OVERRIDE")
+# Beside mode: the compile runs at this nice value, and ExecStartPost= (after READY=1)
+# raises every thread of the recorder back to 0, which needs CAP_SYS_NICE.
+COMPILE_NICE = 19
+BESIDE_CAPABILITIES = (*CAPABILITIES, "CAP_SYS_NICE")
 SHOW_PROPERTIES = ("ActiveState", "SubState", "Result", "ExecMainStatus", "ExecMainStartTimestamp",
                    "ExecMainExitTimestamp")
 
@@ -100,14 +130,23 @@ def collect_script(src: str, log_dir: str) -> str:
             f"mv -f {src} {log_dir}/")
 
 
+def _marker() -> str:
+    from tracer.early import MARKER  # not at import: boot loads with the package
+
+    return MARKER
+
+
 def unit_text(exe: str | Sequence[str] | None = None, log_dir: str = LOG_DIR,
               settle_s: int = SETTLE_S, max_s: int = MAX_S,
-              start_timeout_s: int = START_TIMEOUT_S) -> str:
-    """The text of kmodtrace-boot.service.
+              start_timeout_s: int = START_TIMEOUT_S, mode: str = HOLD) -> str:
+    """The text of kmodtrace-boot.service (MODE hold) or kmodtrace-boot-beside.service
+    (MODE beside).
 
     exe: the kmodtrace executable (a str) or the argv prefix that runs it (e.g.
     [python, "-m", "tracer"]); default default_exe().
     """
+    if mode not in UNIT_OF:
+        raise ValueError(f"mode {mode!r}: not one of {', '.join(UNIT_OF)}")
     argv = _argv(exe)
     out = run_file()
     env = ""
@@ -116,25 +155,57 @@ def unit_text(exe: str | Sequence[str] | None = None, log_dir: str = LOG_DIR,
         env = f"Environment={_escape('PYTHONPATH=' + pkg_parent)}\n"
     cmd = " ".join(_escape(a) for a in argv)
     script = collect_script(out, log_dir)
-    return f"""\
+    marker = _marker()
+    if mode == HOLD:
+        head = f"""\
 # Installed by `kmodtrace boot install`; `kmodtrace boot uninstall` removes it.
 # Records module requests and loads from early boot (before udev and
 # systemd-modules-load) until boot settles; the trace ends up in {log_dir}.
+# Runs when the kernel command line lacks boot-time tracing ({marker});
+# with it, {BESIDE_UNIT} runs instead and holds nothing.
 # To skip it for one boot: systemd.mask={UNIT_NAME} on the kernel command line.
 [Unit]
 Description=kmodtrace: record module loading during boot
 DefaultDependencies=no
+ConditionKernelCommandLine=!{marker}
 Wants=sys-kernel-tracing.mount sys-kernel-debug.mount
 After=sys-kernel-tracing.mount sys-kernel-debug.mount
 Before=systemd-udevd.service systemd-udev-trigger.service systemd-modules-load.service
 Before={WANTED_BY} shutdown.target
 Conflicts=shutdown.target
-
+"""
+        extra, caps = "", CAPABILITIES
+    else:
+        head = f"""\
+# Installed by `kmodtrace boot install`; `kmodtrace boot uninstall` removes it.
+# Runs when the kernel command line has boot-time tracing ({marker}, from
+# `kmodtrace boot cmdline`): the kernel records from its first instant, so this
+# unit holds nothing back. udev and systemd-modules-load start as they would
+# without it; it compiles at nice {COMPILE_NICE}, returns to nice 0 once attached, drains
+# what the kernel recorded before, and records until boot settles; the trace
+# ends up in {log_dir}.
+# To skip it for one boot: systemd.mask={BESIDE_UNIT} on the kernel command line.
+[Unit]
+Description=kmodtrace: record module loading during boot, beside udev
+DefaultDependencies=no
+ConditionKernelCommandLine={marker}
+Wants=sys-kernel-tracing.mount sys-kernel-debug.mount
+After=sys-kernel-tracing.mount sys-kernel-debug.mount
+Before=shutdown.target
+Conflicts=shutdown.target
+"""
+        # -g: every thread of the recorder's process group (renice -p would change
+        # the main thread alone); systemd runs ExecStartPost= after READY=1.
+        # renice says "old priority 19, new priority 0" into the unit's journal.
+        extra = (f"Nice={COMPILE_NICE}\n"
+                 "ExecStartPost=-/bin/sh -c 'renice -n 0 -g \"$$MAINPID\"'\n")
+        caps = BESIDE_CAPABILITIES
+    return f"""{head}
 [Service]
 Type=notify
 NotifyAccess=main
 {env}ExecStart={cmd} record --output={out} --until-settled={settle_s} --duration={max_s}
-ExecStopPost=/bin/sh -c '{script}'
+{extra}ExecStopPost=/bin/sh -c '{script}'
 TimeoutStartSec={start_timeout_s}
 TimeoutStopSec={STOP_TIMEOUT_S}
 Restart=no
@@ -143,7 +214,7 @@ RuntimeDirectoryMode=0700
 RuntimeDirectoryPreserve=yes
 UMask=0077
 LimitMEMLOCK=infinity
-CapabilityBoundingSet={" ".join(CAPABILITIES)}
+CapabilityBoundingSet={" ".join(caps)}
 NoNewPrivileges=yes
 LockPersonality=yes
 RestrictRealtime=yes
@@ -404,13 +475,13 @@ class SettleWatcher:
 # --- install / uninstall -------------------------------------------------------------------
 
 
-def _paths(root: str | os.PathLike[str]) -> tuple[Path, Path]:
+def _paths(root: str | os.PathLike[str], name: str = UNIT_NAME) -> tuple[Path, Path]:
     base = Path(root) / UNIT_DIR.lstrip("/")
-    return base / UNIT_NAME, base / f"{WANTED_BY}.wants" / UNIT_NAME
+    return base / name, base / f"{WANTED_BY}.wants" / name
 
 
-def _link_target() -> str:
-    return f"{UNIT_DIR}/{UNIT_NAME}"  # what `systemctl enable` writes (absolute, in-root)
+def _link_target(name: str = UNIT_NAME) -> str:
+    return f"{UNIT_DIR}/{name}"  # what `systemctl enable` writes (absolute, in-root)
 
 
 def _systemd_running(root: str | os.PathLike[str]) -> bool:
@@ -534,35 +605,40 @@ def check_trusted(argv: Sequence[str]) -> None:
 
 def install(root: str = "/", exe: str | Sequence[str] | None = None, enable: bool = True,
             run_systemctl: bool = True, notice: Notice | None = None) -> list[str]:
-    """Write the unit (and its sysinit.target.wants link); return the paths changed.
+    """Write both units (and their sysinit.target.wants links); return the paths changed.
 
+    The kernel command line of each boot picks the one that runs (ConditionKernelCommandLine=).
     Idempotent: a second call returns []. BootError if the command is not root's alone
-    (check_trusted). The enable link is made here, so it works on a scratch root without
-    systemctl; `systemctl daemon-reload` runs only for root "/" on a
-    system running systemd.
+    (check_trusted), or a foreign file is in the way (checked before anything is written).
+    The enable links are made here, so it works on a scratch root without systemctl;
+    `systemctl daemon-reload` runs only for root "/" on a system running systemd.
     """
     argv = _argv(exe)
     check_trusted(argv)
-    unit, link = _paths(root)
-    changed: list[str] = []
-    _mkdirs(unit.parent, changed)
-    text = unit_text(argv)
-    if unit.is_symlink() or not unit.is_file() or unit.read_text() != text:
-        if unit.is_symlink():
-            unit.unlink()
-        _write_atomic(unit, text)
-        changed.append(str(unit))
     if enable:
-        target = _link_target()
-        if not (link.is_symlink() and os.readlink(link) == target):
+        for name in UNIT_NAMES:
+            link = _paths(root, name)[1]
             if link.exists() and not link.is_symlink():
                 raise BootError(f"{link} exists and is not a symlink; not touching it "
                                 "(fix: move it away if it is not yours, then install again)")
-            _mkdirs(link.parent, changed)
-            if link.is_symlink():
-                link.unlink()
-            link.symlink_to(target)
-            changed.append(str(link))
+    changed: list[str] = []
+    for mode, name in UNIT_OF.items():
+        unit, link = _paths(root, name)
+        _mkdirs(unit.parent, changed)
+        text = unit_text(argv, mode=mode)
+        if unit.is_symlink() or not unit.is_file() or unit.read_text() != text:
+            if unit.is_symlink():
+                unit.unlink()
+            _write_atomic(unit, text)
+            changed.append(str(unit))
+        if enable:
+            target = _link_target(name)
+            if not (link.is_symlink() and os.readlink(link) == target):
+                _mkdirs(link.parent, changed)
+                if link.is_symlink():
+                    link.unlink()
+                link.symlink_to(target)
+                changed.append(str(link))
     for w in _exe_warnings(argv, root):
         if notice:
             notice(f"warning: {w}")
@@ -573,20 +649,22 @@ def install(root: str = "/", exe: str | Sequence[str] | None = None, enable: boo
 
 def uninstall(root: str = "/", run_systemctl: bool = True,
               notice: Notice | None = None) -> list[str]:
-    """Remove the unit and its enable link (and the directories left empty by that).
+    """Remove both units and their enable links (and the directories left empty by that).
 
     Returns the paths removed ([] if nothing was installed). Recorded traces in
     /var/log/kmodtrace and /run/kmodtrace are kept; notice() says where they are.
     """
-    unit, link = _paths(root)
+    paths = [p for name in UNIT_NAMES for p in reversed(_paths(root, name))]
+    for p in paths:
+        if p.is_dir() and not p.is_symlink():
+            raise BootError(f"{p} is a directory, not what install wrote; not touching "
+                            "it (fix: move it away if it is not yours, then uninstall again)")
     removed: list[str] = []
-    for p in (link, unit):
+    for p in paths:
         if p.is_symlink() or p.exists():
-            if p.is_dir() and not p.is_symlink():
-                raise BootError(f"{p} is a directory, not what install wrote; not touching "
-                                "it (fix: move it away if it is not yours, then uninstall again)")
             p.unlink()
             removed.append(str(p))
+    link = _paths(root)[1]
     # Directories install may have made, bottom up, while empty.
     top = Path(root)
     for d in [link.parent, *link.parent.parents]:
@@ -693,21 +771,86 @@ def _current_boot_id() -> str | None:
     return _norm_id(boot_id()) or None
 
 
-def status(root: str = "/", exe: str | Sequence[str] | None = None) -> dict[str, Any]:
-    """What is installed, whether it is current, the recorded boots, and the unit's state.
+def next_mode(root: str = "/", this_cmdline: str | None = None) -> tuple[str, str]:
+    """The mode the next boot will likely use (HOLD or BESIDE), and why.
 
-    Keys: unit (path), installed, enabled, current (the unit is what install would write
-    now), traces (newest first: path, boot, size, mtime, pending = still in /run), warnings,
-    systemd (ActiveState, Result, ExecMainStatus... or None where not asked/possible).
+    The GRUB drop-in of `boot install --bootloader` decides where it is installed under
+    ROOT; else, on this system, the words on this boot's command line (a user who added
+    them to the boot loader keeps them); else holding mode. THIS_CMDLINE: this boot's
+    command line (default /proc/cmdline where ROOT is "/").
     """
-    unit, link = _paths(root)
-    installed = unit.is_file()
+    from tracer import bootline, early  # not at import: boot loads with the package
+
+    marker = early.MARKER
+    dropin = Path(root) / bootline.GRUB_DROPIN.lstrip("/")
+    if dropin.is_file():
+        if marker in re.split(r"[\s\"']+", dropin.read_text(errors="replace")):
+            return BESIDE, f"the GRUB drop-in {bootline.GRUB_DROPIN} puts boot-time tracing " \
+                           "on the kernel command line"
+        return HOLD, (f"the GRUB drop-in {bootline.GRUB_DROPIN} lacks the word {marker} "
+                      "(written by an older kmodtrace): run `kmodtrace boot install "
+                      "--bootloader` again")
+    if this_cmdline is None and os.path.realpath(root) == "/":
+        try:
+            this_cmdline = Path("/proc/cmdline").read_text()
+        except OSError:
+            this_cmdline = None
+    if this_cmdline is not None and marker in this_cmdline.split():
+        return BESIDE, "this boot's kernel command line has boot-time tracing (if the boot " \
+                       "loader keeps the words you added, the next one has it too)"
+    if this_cmdline is not None and early.in_cmdline(this_cmdline):
+        return HOLD, (f"this boot's command line has boot-time tracing without the word "
+                      f"{marker} (an older `kmodtrace boot cmdline`): replace the words with "
+                      "what `kmodtrace boot cmdline` prints now")
+    return HOLD, "no boot-time tracing on the kernel command line"
+
+
+def unit_for_cmdline(text: str) -> str:
+    """The unit a boot with kernel command line TEXT runs (as its conditions decide)."""
+    return BESIDE_UNIT if _marker() in text.split() else UNIT_NAME
+
+
+def how_to_avoid_holding() -> str:
+    return ("to keep udev from waiting, put boot-time tracing on the kernel command line: "
+            "`kmodtrace boot install --bootloader` (GRUB), or add the words "
+            "`kmodtrace boot cmdline` prints to your boot loader")
+
+
+def status(root: str = "/", exe: str | Sequence[str] | None = None) -> dict[str, Any]:
+    """What is installed, whether it is current, the recorded boots, and the units' state.
+
+    Keys: units (name -> path, installed, enabled, current: the unit is what install would
+    write now); unit, installed, enabled, current: the same for both together (unit: the
+    holding one's path); mode and mode_why (next_mode()) and mode_cost; traces (newest
+    first: path, boot, size, mtime, pending = still in /run), warnings, systemd
+    (ActiveState, Result, ExecMainStatus... of the unit this boot ran, or None where not
+    asked/possible; "Id" names it).
+    """
     try:
-        expected: str | None = unit_text(exe)
+        argv: list[str] | None = _argv(exe)
     except ValueError:
-        expected = None
-    current = installed and expected is not None and unit.read_text() == expected
-    enabled = link.is_symlink() and os.readlink(link) in (_link_target(), f"../{UNIT_NAME}")
+        argv = None
+    units: dict[str, dict[str, Any]] = {}
+    warnings: list[str] = []
+    for mode, name in UNIT_OF.items():
+        unit, link = _paths(root, name)
+        installed = unit.is_file()
+        expected = unit_text(argv, mode=mode) if argv is not None else None
+        current = installed and expected is not None and unit.read_text() == expected
+        enabled = link.is_symlink() and os.readlink(link) in (_link_target(name), f"../{name}")
+        units[name] = {"path": str(unit), "installed": installed, "enabled": enabled,
+                       "current": current}
+        if installed and not current:
+            warnings.append(f"{unit} differs from what `kmodtrace boot install` would write "
+                            "now; install again to update it")
+        if installed and not enabled:
+            warnings.append(f"{name} is installed but not enabled for {WANTED_BY}")
+    installed_any = any(u["installed"] for u in units.values())
+    both = {k: all(u[k] for u in units.values()) for k in ("installed", "enabled", "current")}
+    if installed_any and not both["installed"]:
+        missing = [n for n, u in units.items() if not u["installed"]]
+        warnings.append(f"{', '.join(missing)} is missing (installed by an older kmodtrace?): "
+                        "install again")
     here = os.path.realpath(root) == "/"
     this_boot = _current_boot_id() if here else None
     run_dir = Path(root) / RUN_DIR.lstrip("/")
@@ -718,25 +861,25 @@ def status(root: str = "/", exe: str | Sequence[str] | None = None) -> dict[str,
         traces.append({"path": str(p), "boot": bid, "size": st.st_size, "mtime": st.st_mtime,
                        "pending": p.parent == run_dir,
                        "this_boot": this_boot is not None and _norm_id(bid) == this_boot})
-    warnings: list[str] = []
-    if installed and not current:
-        warnings.append(f"{unit} differs from what `kmodtrace boot install` would write now; "
-                        "install again to update it")
-    if installed and not enabled:
-        warnings.append(f"{UNIT_NAME} is installed but not enabled for {WANTED_BY}")
-    if installed:
-        try:
-            warnings += _exe_warnings(_argv(exe), root)
-        except ValueError as e:
-            warnings.append(str(e))
+    if installed_any:
+        if argv is None:
+            warnings.append(f"the tracer command must start with an absolute path: {exe!r}")
+        else:
+            warnings += _exe_warnings(argv, root)
+    mode, why = next_mode(root)
     systemd: dict[str, str] | None = None
     if _systemd_running(root):
-        try:
-            props = ",".join(SHOW_PROPERTIES)
-            shown = subprocess.run(["systemctl", "show", UNIT_NAME, "-p", props],
-                                   capture_output=True, text=True, timeout=30, check=False)
-            systemd = parse_show(shown.stdout) if shown.returncode == 0 else None
-        except (OSError, subprocess.TimeoutExpired):
-            systemd = None
-    return {"unit": str(unit), "installed": installed, "enabled": enabled, "current": current,
-            "traces": traces, "warnings": warnings, "systemd": systemd}
+        for name in UNIT_NAMES:
+            try:
+                props = ",".join(("Id", "ConditionResult", *SHOW_PROPERTIES))
+                shown = subprocess.run(["systemctl", "show", name, "-p", props],
+                                       capture_output=True, text=True, timeout=30, check=False)
+            except (OSError, subprocess.TimeoutExpired):
+                continue
+            if shown.returncode == 0:
+                props_of = parse_show(shown.stdout)
+                if systemd is None or props_of.get("ConditionResult") == "yes":
+                    systemd = props_of
+    return {"unit": units[UNIT_NAME]["path"], **both, "units": units, "mode": mode,
+            "mode_why": why, "mode_cost": MODE_COST[mode], "traces": traces,
+            "warnings": warnings, "systemd": systemd}

@@ -311,8 +311,10 @@ buffer_option = click.option(
 @kernel_option
 @buffer_option
 def boot_install(root: str, bootloader: bool, kernel: str | None, buffer_kb: int) -> None:
-    """Install and enable kmodtrace-boot.service (idempotent), and arrange (or print) the
-    kernel command line that records what happens before it attaches."""
+    """Install and enable kmodtrace-boot.service and kmodtrace-boot-beside.service
+    (idempotent), and arrange (or print) the kernel command line that records what happens
+    before the tracer attaches; with that line the boot runs the beside unit, which holds
+    nothing back."""
     from tracer import boot as bootmod
     from tracer import bootline
 
@@ -331,9 +333,20 @@ def boot_install(root: str, bootloader: bool, kernel: str | None, buffer_kb: int
         notice(f"no boot-time tracing: {e}")
         text = ""
     click.echo("\n".join(f"wrote {p}" for p in changed) or "already installed")
+    mode, why = bootmod.next_mode(root)
+    _say_mode(bootmod, mode, why)
     if text and not bootloader:
-        click.echo(f"To see the boot before the tracer attaches, {bootline.where_to_add()}")
+        click.echo(f"To see the boot before the tracer attaches (and keep udev from waiting), "
+                   f"{bootline.where_to_add()}")
         click.echo(text)
+
+
+def _say_mode(bootmod: Any, mode: str, why: str) -> None:
+    """What boot install and boot status say about the next boot's mode."""
+    click.echo(f"next boot: {bootmod.UNIT_OF[mode]} ({why})")
+    click.echo(f"  {bootmod.MODE_COST[mode]}")
+    if mode == bootmod.HOLD:
+        click.echo(f"  {bootmod.how_to_avoid_holding()}")
 
 
 @boot.command("cmdline")
@@ -374,18 +387,22 @@ def boot_uninstall(root: str) -> None:
 @boot.command("status")
 @click.option("--root", default="/", show_default=True)
 def boot_status(root: str) -> None:
-    """Whether the unit is installed and enabled, and the recorded boots."""
+    """Whether the units are installed and enabled, which one the next boot runs and
+    what that costs, and the recorded boots."""
     from tracer import boot as bootmod
     from tracer import bootline
 
     st = bootmod.status(root=root)
-    click.echo(f"{st['unit']}: {'installed' if st['installed'] else 'not installed'}, "
-               f"{'enabled' if st['enabled'] else 'not enabled'}"
-               + ("" if st["current"] or not st["installed"] else ", out of date"))
+    for u in st["units"].values():
+        click.echo(f"{u['path']}: {'installed' if u['installed'] else 'not installed'}, "
+                   f"{'enabled' if u['enabled'] else 'not enabled'}"
+                   + ("" if u["current"] or not u["installed"] else ", out of date"))
     click.echo("boot-time tracing: "
                + ("on this boot" if bootline.this_boot_has_it() else "not on this boot")
                + (f", GRUB drop-in {bootline.GRUB_DROPIN} installed" if bootline.installed(root)
                   else ""))
+    if st["installed"]:
+        _say_mode(bootmod, st["mode"], st["mode_why"])
     for w in st["warnings"]:
         click.echo(f"warning: {w}")
     if st.get("systemd"):
