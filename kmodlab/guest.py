@@ -149,18 +149,20 @@ def boot_collect(out: Path, unit: bool, timeout: float = 2400) -> int:
     installed, the journal and dmesg.
     """
     deadline = time.monotonic() + timeout
-    progress(f"systemd runs the system; {'waiting for ' + boot.UNIT_NAME if unit else 'no unit'}")
+    # the unit this boot's command line chose: holding mode, or beside udev
+    name = boot.unit_for_cmdline(Path("/proc/cmdline").read_text())
+    progress(f"systemd runs the system; {'waiting for ' + name if unit else 'no unit'}")
     while time.monotonic() < deadline:
         state = subprocess.run(["systemctl", "is-system-running"], capture_output=True,
                                text=True, check=False).stdout.strip()
-        k = _systemctl_show(boot.UNIT_NAME, ("ActiveState", "ExecMainExitTimestampMonotonic"))
+        k = _systemctl_show(name, ("ActiveState", "ExecMainExitTimestampMonotonic"))
         stopped = (k.get("ActiveState") in ("inactive", "failed")
                    and k.get("ExecMainExitTimestampMonotonic", "0") not in ("", "0"))
         if state not in ("initializing", "starting") and (stopped or not unit):
             break
         time.sleep(2)
     else:
-        progress(f"{boot.UNIT_NAME} did not stop within {timeout:.0f}s")
+        progress(f"{name} did not stop within {timeout:.0f}s")
     if not unit:
         subprocess.run(["udevadm", "settle", "--timeout=600"], check=False)
     try:  # freeze the kernel's record before our own reads add to it
@@ -181,11 +183,14 @@ def boot_collect(out: Path, unit: bool, timeout: float = 2400) -> int:
         "kprobe_events": _read("/sys/kernel/tracing/kprobe_events"),
         "modules": sorted(line.split()[0] for line in _read("/proc/modules").splitlines()),
     } | _cpu_facts()
-    unit_file, link = Path(boot.UNIT_DIR) / boot.UNIT_NAME, Path(
-        boot.UNIT_DIR) / f"{boot.WANTED_BY}.wants" / boot.UNIT_NAME
-    if unit_file.exists():
-        shutil.copyfile(unit_file, out / boot.UNIT_NAME)
-    stats["unit_link"] = os.readlink(link) if link.is_symlink() else None
+    stats["unit_ran"] = name if unit else None
+    for n in boot.UNIT_NAMES:
+        unit_file, link = Path(boot.UNIT_DIR) / n, Path(
+            boot.UNIT_DIR) / f"{boot.WANTED_BY}.wants" / n
+        if unit_file.exists():
+            shutil.copyfile(unit_file, out / n)
+        stats.setdefault("unit_links", {})[n] = os.readlink(link) if link.is_symlink() else None
+    stats["unit_link"] = stats["unit_links"][name]
     traces = boot.boot_traces()
     stats["traces"] = [str(t) for t in traces]
     for t in traces:
@@ -199,7 +204,7 @@ def boot_collect(out: Path, unit: bool, timeout: float = 2400) -> int:
                 [*kmodtrace, "boot", "show", "--json"], stdout=f, check=False).returncode
         _run_to(out / "boot-status.txt", [*kmodtrace, "boot", "status"])
     (out / "bootstats.json").write_text(json.dumps(stats, indent=1))
-    _run_to(out / "unit-journal.txt", ["journalctl", "-b", "-u", boot.UNIT_NAME,
+    _run_to(out / "unit-journal.txt", ["journalctl", "-b", "-u", name,
                                        "-o", "short-monotonic", "--no-pager"])
     _run_to(out / "journal.txt", ["journalctl", "-b", "-o", "short-monotonic", "--no-pager"])
     _run_to(out / "dmesg.txt", ["dmesg"])

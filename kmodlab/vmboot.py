@@ -51,9 +51,10 @@ from tracer import boot
 
 HOST_UNIT_DIR = Path(boot.UNIT_DIR)
 WITNESS_BUF_KB = 2048  # per CPU; a 16-vCPU boot records a few thousand events
-UNITS = ("kmodtrace-boot.service", "systemd-udevd.service", "systemd-udev-trigger.service",
+UNITS = (*boot.UNIT_NAMES, "systemd-udevd.service", "systemd-udev-trigger.service",
          "systemd-modules-load.service", "sysinit.target")
 UNIT_PROPS = ("ActiveState", "Result", "ExecMainPID", "ExecMainStatus", "InvocationID",
+              "ConditionResult",
               "InactiveExitTimestampMonotonic", "ExecMainStartTimestampMonotonic",
               "ActiveEnterTimestampMonotonic", "ExecMainExitTimestampMonotonic",
               "InactiveEnterTimestampMonotonic", "TimeoutStartUSec")
@@ -76,8 +77,9 @@ def collector_command(out: Path, unit: bool) -> list[str]:
 
 
 # The collector's command, as a script in the guest's root (the namespace's overlay): the
-# kernel command line holds 2048 bytes, and the boot-time tracing words need 800 of them.
-COLLECT_PATH = "/etc/kmodtrace-vmboot-collect"
+# kernel command line holds 2048 bytes; virtme-ng's words take about 1000 of them and the
+# boot-time tracing words about 950.
+COLLECT_PATH = "/etc/kmt-vmboot"
 
 
 def collect_script(out: Path, unit: bool) -> str:
@@ -91,12 +93,11 @@ def collect_script(out: Path, unit: bool) -> str:
 def boot_append(early_line: str | None) -> list[str]:
     """The kernel command line we add: the witness, and the collector (see above).
 
-    EARLY_LINE: the words `kmodtrace boot cmdline` prints (the unit's boot: what a user
-    adds to the boot loader), which also give the witness its events; a bigger buffer
-    (the last trace_buf_size= wins) keeps the whole boot for the witness. None: the
-    witness's events alone (the boot without the unit)."""
-    tracing = [*early_line.split(), f"trace_buf_size={WITNESS_BUF_KB}K"] if early_line \
-        else witness_append()
+    EARLY_LINE: the words `kmodtrace boot cmdline --buffer-kb WITNESS_BUF_KB` prints (the
+    unit's boot: what a user adds to the boot loader, with a buffer that keeps the whole
+    boot for the witness), which also give the witness its events. None: the witness's
+    events alone (the boot without the unit)."""
+    tracing = early_line.split() if early_line else witness_append()
     return [*(shlex.quote(w) for w in tracing),  # vng shlex-splits each --append
             f"systemd.run={COLLECT_PATH}",
             "systemd.run_success_action=none", "systemd.run_failure_action=poweroff",
@@ -104,8 +105,10 @@ def boot_append(early_line: str | None) -> list[str]:
 
 
 def early_line(kern: vm.KernelImage) -> str:
-    """What `kmodtrace boot cmdline --kernel VMLINUZ` prints for the guest's kernel."""
-    p = subprocess.run([*kmodtrace_cli(), "boot", "cmdline", "--kernel", str(kern.vmlinuz)],
+    """What `kmodtrace boot cmdline --kernel VMLINUZ --buffer-kb WITNESS_BUF_KB` prints for
+    the guest's kernel."""
+    p = subprocess.run([*kmodtrace_cli(), "boot", "cmdline", "--kernel", str(kern.vmlinuz),
+                        "--buffer-kb", str(WITNESS_BUF_KB)],
                        capture_output=True, text=True, check=False)
     if p.returncode != 0:
         raise vm.VMError(f"kmodtrace boot cmdline failed: {(p.stderr or p.stdout).strip()}")
@@ -156,8 +159,8 @@ mount --bind "$units" "$tmp/root/etc/systemd/system"
 mkdir -p "$tmp/root$HOME/.config/virtme-ng"
 cp "$conf" "$tmp/root$HOME/.config/virtme-ng/virtme-ng.conf"
 cp "$fstab" "$tmp/root/etc/kmodtrace-vmboot.fstab"
-cp "$collect" "$tmp/root/etc/kmodtrace-vmboot-collect"
-chmod 0755 "$tmp/root/etc/kmodtrace-vmboot-collect"
+cp "$collect" "$tmp/root@COLLECT@"
+chmod 0755 "$tmp/root@COLLECT@"
 if [ -s "$modload" ]; then
   mkdir -p "$tmp/root/etc/modules-load.d"
   cp "$modload" "$tmp/root/etc/modules-load.d/kmodtrace-advice.conf"
@@ -165,7 +168,7 @@ fi
 while [ "$1" != -- ]; do mount --bind "$1" "$tmp/root$1"; shift; done
 shift
 exec chroot "$tmp/root" "$@"
-"""
+""".replace("@COLLECT@", COLLECT_PATH)
 
 
 def namespace_prefix(unit_dir: Path, shared: list[Path], tmp: Path,
@@ -254,16 +257,23 @@ def _usec(props: dict[str, str], key: str) -> int | None:
 def summarize(stats: dict[str, Any]) -> dict[str, Any]:
     """The measured figures, from the guest's systemd timestamps (CLOCK_MONOTONIC, usec).
 
-    ready_s: the unit's main process started -> READY=1 (ActiveEnter of a Type=notify unit);
+    unit_name: the unit that ran (holding or beside mode: the kernel command line chose);
+    ready_s: its main process started -> READY=1 (ActiveEnter of a Type=notify unit);
     udevd_s / trigger_s: systemd-udevd and the coldplug trigger started, seconds after
     systemd (PID 1) started (UserspaceTimestamp), so boots of different kernel start-up
-    times compare; *_kernel_s: the same since the kernel started.
+    times compare; *_kernel_s: the same since the kernel started; ready_before_udevd /
+    udev_started_before_ready: the unit held udev, or udev and its trigger started while
+    the unit was still compiling.
     """
     units = stats.get("units", {})
     mgr = stats.get("manager", {})
     userspace = _usec(mgr, "UserspaceTimestampMonotonic") or 0
     out: dict[str, Any] = {"unit": stats.get("unit_installed", False)}
-    k = units.get(boot.UNIT_NAME, {})
+    ran = [n for n in boot.UNIT_NAMES
+           if _usec(units.get(n, {}), "ExecMainStartTimestampMonotonic") is not None]
+    if ran:
+        out["unit_name"] = ran[0]
+    k = units.get(ran[0] if ran else boot.UNIT_NAME, {})
     start, ready = _usec(k, "ExecMainStartTimestampMonotonic"), _usec(
         k, "ActiveEnterTimestampMonotonic")
     if start is not None and ready is not None:
@@ -279,16 +289,21 @@ def summarize(stats: dict[str, Any]) -> dict[str, Any]:
     if finish is not None:
         out["boot_finished_s"] = (finish - userspace) / 1e6
     udevd = _usec(units.get("systemd-udevd.service", {}), "ExecMainStartTimestampMonotonic")
+    trigger = _usec(units.get("systemd-udev-trigger.service", {}),
+                    "ExecMainStartTimestampMonotonic")
     if ready is not None and udevd is not None:
         out["ready_before_udevd"] = ready <= udevd
+        if trigger is not None:
+            out["udev_started_before_ready"] = udevd < ready and trigger < ready
     return out
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     lines = []
     if "ready_s" in summary:
-        lines.append(f"kmodtrace-boot.service: start -> READY {summary['ready_s']:.1f}s "
-                     f"(started {summary['unit_start_s']:.1f}s after systemd)")
+        lines.append(f"{summary.get('unit_name', boot.UNIT_NAME)}: start -> READY "
+                     f"{summary['ready_s']:.1f}s (started {summary['unit_start_s']:.1f}s "
+                     "after systemd)")
     for key, what in (("udevd", "systemd-udevd"), ("trigger", "udev coldplug trigger")):
         if f"{key}_s" in summary:
             lines.append(f"{what} started {summary[f'{key}_s']:.1f}s after systemd "

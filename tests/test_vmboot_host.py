@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -102,14 +104,50 @@ def test_kernel_command_line() -> None:
 
 
 def test_kernel_command_line_with_the_unit() -> None:
-    """With the unit: the words `kmodtrace boot cmdline` prints for the guest's kernel, each
-    one word for vng (which shlex-splits), and a buffer big enough for the witness."""
-    line = early.cmdline(btf.load(str(vm.stable_kernel(lambda m: None).vmlinuz)), "x86_64")
+    """With the unit: the words `kmodtrace boot cmdline --buffer-kb WITNESS_BUF_KB` prints
+    for the guest's kernel (a buffer big enough for the witness), each one word for vng
+    (which shlex-splits), the marker among them: the boot runs the beside unit."""
+    line = early.cmdline(btf.load(str(vm.stable_kernel(lambda m: None).vmlinuz)), "x86_64",
+                         buffer_kb=vmboot.WITNESS_BUF_KB)
     args = [shlex.split(a) for a in vmboot.boot_append(line)]
     assert all(len(a) == 1 for a in args)
     words = [a[0] for a in args]
     assert words[:len(line.split())] == line.split()
-    assert words[len(line.split())] == f"trace_buf_size={vmboot.WITNESS_BUF_KB}K"
+    assert f"trace_buf_size={vmboot.WITNESS_BUF_KB}K" in words
+    assert boot.unit_for_cmdline(" ".join(words)) == boot.BESIDE_UNIT
+    assert boot.unit_for_cmdline(" ".join(shlex.split(a)[0]
+                                          for a in vmboot.boot_append(None))) == boot.UNIT_NAME
+
+
+def test_the_guest_command_line_fits() -> None:
+    """The whole kernel command line of a 16-vCPU `vm --boot` with the unit (virtme-ng's
+    words, the boot-time tracing words, the collector's) as vng hands it to QEMU, for an
+    output directory with a path as long as pytest's: within the kernel's 2047 bytes."""
+    import subprocess
+    import sys
+
+    kern = vm.stable_kernel(lambda m: None)
+    line = early.cmdline(btf.load(str(kern.vmlinuz)), "x86_64", buffer_kb=vmboot.WITNESS_BUF_KB)
+    # as long as pytest's /tmp/pytest-of-root/pytest-NNNN/vmboot16-0, not tmp_path's
+    base = Path(tempfile.mkdtemp(prefix="kmt-", dir="/tmp"))
+    out = base / ("v" * (44 - len(str(base)) - 1))
+    out.mkdir()
+    cache = vm.cache_dir()
+    cmd = [str(vm.vng_path()), "--run", str(kern.vmlinuz), "--disable-kvm", "--systemd",
+           "--cpus", "16", "--memory", "4G", "--rwdir", str(out), "--rwdir", str(cache),
+           "--cwd", str(out), "--exec", vmboot.COLLECT_PATH, "--dry-run"]
+    for a in vmboot.boot_append(line):
+        cmd += ["--append", a]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    text = p.stdout + p.stderr
+    assert " -append " in text, text[-2000:]
+    quoted = text.split(" -append ", 1)[1].split(" -initrd ", 1)[0]
+    kernel_line = shlex.split(quoted)[0]
+    assert "kmodtrace.early" in kernel_line.split()
+    assert len(kernel_line) <= early.CMDLINE_MAX, len(kernel_line)
+    print(f"guest command line: {len(kernel_line)} bytes, boot-time tracing {len(line)}")
+    shutil.rmtree(base)
 
 
 def _props(**kw: int) -> dict[str, str]:
