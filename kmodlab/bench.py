@@ -10,7 +10,11 @@ one run (the VM figures side by side in one boot).
 4. offline replay speed from a trace file at 10 000 and 1 000 000 events (goal >= 300 000
    events/s, flat)
 5. tracer anonymous RSS over the storms (goal <= +10 %) and over a soak of repeated storms
-6. boot delay of the systemd unit (start -> READY) / the boot without it (vmboot)
+6. boot delay: 16-vCPU systemd boots with the unit and boot-time tracing (beside mode)
+   against boots without the unit, alternating pairs (vmboot): the medians' ratio and
+   spread of udevd's start, the coldplug trigger's start, udev's last module load and boot
+   finished (goal <= 1.03 each; emulated CPUs make these noisy), and the binary fact from
+   systemd's own timestamps: udevd and the trigger started before the unit was ready
 """
 
 from __future__ import annotations
@@ -128,19 +132,73 @@ def vm_figures(kernel_spec: str, out: Path, echo: Echo, sizes: str, modprobes: i
     return result
 
 
-def boot_figures(kernel_spec: str, out: Path, echo: Echo) -> dict[str, Any]:
-    """Two real systemd boots (vmboot), without and with the unit: the unit's start ->
-    READY, and each boot's length (systemd start -> finished)."""
+BOOT_PAIRS = 3
+BOOT_CPUS = 16
+BOOT_GOAL = 1.03
+# (summary key, what it is), each seconds after systemd (PID 1) started
+BOOT_METRICS = (("udevd_s", "udevd started"), ("trigger_s", "coldplug trigger started"),
+                ("udev_last_load_s", "udev's last module load"),
+                ("boot_finished_s", "boot finished"))
+
+
+def udev_last_load_s(witness_text: str, stats: dict[str, Any]) -> float | None:
+    """When udev's coldplug stopped loading modules: the end of the last (f)init_module call
+    of a udev worker in the kernel's own record (the witness, on both sides of a pair),
+    seconds after systemd started. The udev queue's own end is not recorded by the boot."""
+    from kmodlab.witness import parse
+    from tracer.udev import is_worker
+
+    ends = [w.ts_ns for w in parse(witness_text)
+            if w.event in ("sys_exit_finit_module", "sys_exit_init_module") and is_worker(w.comm)]
+    userspace = stats.get("manager", {}).get("UserspaceTimestampMonotonic", "")
+    if not ends or not str(userspace).isdigit():
+        return None
+    return (max(ends) - int(userspace) * 1000) / 1e9
+
+
+def boot_figures(kernel_spec: str, out: Path, echo: Echo, pairs: int = BOOT_PAIRS,
+                 cpus: int = BOOT_CPUS) -> dict[str, Any]:
+    """PAIRS pairs of real systemd boots on CPUS vCPUs (vmboot), alternating without and with
+    the unit (and the boot-time tracing words: beside mode): each boot's summary of
+    systemd's timestamps, and udev's last load from the witness."""
     from kmodlab import vm, vmboot
 
     kern = vm.resolve_kernel(kernel_spec, echo)
-    res: dict[str, Any] = {}
-    for unit in (False, True):
-        d = out / ("boot-unit" if unit else "boot-no-unit")
-        rc = vmboot.run_boot(kern, d, echo, unit=unit)
-        stats = json.loads((d / "bootstats.json").read_text()) if rc == 0 else {}
-        res["unit" if unit else "no_unit"] = stats.get("summary", {"rc": rc})
+    res: dict[str, Any] = {"cpus": cpus, "no_unit": [], "unit": []}
+    for i in range(pairs):
+        for unit in (False, True):
+            d = out / f"boot{i + 1}-{'unit' if unit else 'no-unit'}"
+            rc = vmboot.run_boot(kern, d, echo, cpus=cpus, memory="4G", unit=unit)
+            summary: dict[str, Any] = {"rc": rc}
+            if rc == 0:
+                stats = json.loads((d / "bootstats.json").read_text())
+                summary = dict(stats.get("summary", {}))
+                last = udev_last_load_s((d / "witness.txt").read_text(errors="replace"), stats)
+                if last is not None:
+                    summary["udev_last_load_s"] = last
+            res["unit" if unit else "no_unit"].append(summary)
     return res
+
+
+def boot_comparison(boot: dict[str, Any]) -> dict[str, Any]:
+    """Per metric, the medians with and without the unit, their ratio and each side's
+    spread (min, max); not_held: whether in every boot with the unit udevd and the trigger
+    started before it was ready (None where a boot does not say)."""
+    no = [s for s in boot.get("no_unit", []) if isinstance(s, dict)]
+    yes = [s for s in boot.get("unit", []) if isinstance(s, dict)]
+    out: dict[str, Any] = {"pairs": min(len(no), len(yes)), "metrics": {}}
+    for key, _ in BOOT_METRICS:
+        a = [s[key] for s in no if isinstance(s.get(key), (int, float))]
+        b = [s[key] for s in yes if isinstance(s.get(key), (int, float))]
+        if not a or not b:
+            continue
+        ma, mb = statistics.median(a), statistics.median(b)
+        out["metrics"][key] = {"without": ma, "with": mb, "ratio": mb / ma if ma else None,
+                               "spread_without": (min(a), max(a)),
+                               "spread_with": (min(b), max(b)), "n": (len(a), len(b))}
+    facts = [s.get("udev_started_before_ready") for s in yes]
+    out["not_held"] = None if not facts or None in facts else all(facts)
+    return out
 
 
 def pyspy_top(raw: str, n: int = 8) -> list[tuple[str, float, float]]:
@@ -250,15 +308,23 @@ def render(replays: list[dict[str, float]], vmres: dict[str, Any] | None,
                 f"{first / 1024:.1f} -> {last / 1024:.1f} MiB (peak {peak / 1024:.1f})",
                 "<= +10%", last <= first * 1.1)
     if boot is not None:
-        no, yes = boot.get("no_unit", {}), boot.get("unit", {})
-        if "ready_s" in yes and "boot_finished_s" in no:
-            ratio = yes["ready_s"] / no["boot_finished_s"]
-            row("6. unit start -> READY / boot without unit", f"{ratio:.2f}x "
-                f"({yes['ready_s']:.1f}s / {no['boot_finished_s']:.1f}s)", "none set", None)
-            if "boot_finished_s" in yes:
-                note(f"boot with the unit {yes['boot_finished_s']:.1f}s = "
-                     f"{yes['boot_finished_s'] / no['boot_finished_s']:.2f}x the boot without")
-        else:
-            row("6. unit start -> READY / boot without unit", f"no figure: {boot}", "none set",
-                False)
+        cmp = boot_comparison(boot)
+        cpus = boot.get("cpus", "?")
+        if not cmp["metrics"]:
+            row(f"6. boot with the unit / without ({cpus} vCPUs)", f"no figure: {boot}",
+                f"<= {BOOT_GOAL}", False)
+        for key, what in BOOT_METRICS:
+            m = cmp["metrics"].get(key)
+            if m is None or m["ratio"] is None:
+                continue
+            (a0, a1), (b0, b1) = m["spread_without"], m["spread_with"]
+            row(f"6. {what}, with the unit / without ({cpus} vCPUs, median of "
+                f"{cmp['pairs']} pairs)", f"{m['ratio']:.2f}x ({m['with']:.1f}s / "
+                f"{m['without']:.1f}s; {b0:.1f}-{b1:.1f} / {a0:.1f}-{a1:.1f})",
+                f"<= {BOOT_GOAL}", m["ratio"] <= BOOT_GOAL)
+        row("6. udevd and the trigger started before the unit was ready (systemd's "
+            "timestamps, every boot with the unit)",
+            {True: "yes", False: "NO: udev was held", None: "no figure"}[cmp["not_held"]],
+            "yes", cmp["not_held"])
+        note("emulated CPUs on a shared host make the ratios noisy: the verdict is the last row")
     return lines

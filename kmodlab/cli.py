@@ -87,7 +87,8 @@ def vm(kernel_spec: str, out: str | None, cpus: int, memory: str, kvm: bool | No
 @click.option("--soak", "soak_s", default=600.0, show_default=True,
               help="seconds of repeated storms for the memory soak (0: none)")
 @click.option("--boot/--no-boot", default=True, show_default=True,
-              help="the systemd unit's boot delay (two more VM boots)")
+              help="the boot unit's delay: 3 alternating pairs of 16-vCPU VM boots "
+                   "without and with it (6 more boots)")
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="VM results directory")
 def bench(kernel_spec: str, no_vm: bool, events: int, sizes: str, modprobes: int,
           overhead_count: int, soak_s: float, boot: bool, out: str | None) -> None:
