@@ -34,10 +34,11 @@ def test_boot_figure_medians_spread_and_verdict() -> None:
     against 1.03, each side's spread, and the binary fact from systemd's timestamps."""
     from kmodlab.bench import boot_comparison, render
 
+    unit = [_pair(62, 63, 204, 320, 90), _pair(66, 67, 206, 330, 95),
+            _pair(80, 81, 230, 350, 99)]
     boot = {"cpus": 16,
             "no_unit": [_pair(60, 61, 200, 300), _pair(70, 71, 210, 310), _pair(65, 66, 205, 305)],
-            "unit": [_pair(62, 63, 204, 320, 90), _pair(66, 67, 206, 330, 95),
-                     _pair(80, 81, 230, 350, 99)]}
+            "unit": unit}
     cmp = boot_comparison(boot)
     assert cmp["pairs"] == 3 and cmp["not_held"] is True
     m = cmp["metrics"]["udevd_s"]
@@ -48,7 +49,7 @@ def test_boot_figure_medians_spread_and_verdict() -> None:
     assert "1.02x (66.0s / 65.0s; 62.0-80.0 / 60.0-70.0)" in lines
     assert "udevd and the trigger started before the unit was ready" in lines
     # a boot where udev waited for the unit: the verdict says so, whatever the ratios
-    boot["unit"][1] = _pair(96, 97, 206, 330, 95)
+    unit[1] = _pair(96, 97, 206, 330, 95)
     assert boot_comparison(boot)["not_held"] is False
     assert "NO: udev was held" in "\n".join(render([], None, boot))
     failed = {"cpus": 16, "no_unit": [{"rc": 1}], "unit": [{"rc": 1}]}
