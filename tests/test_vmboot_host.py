@@ -178,6 +178,30 @@ def test_summary_from_systemd_timestamps() -> None:
     assert "ready_s" not in bare and bare["udevd_s"] == pytest.approx(4.0)
 
 
+def test_summary_of_a_boot_in_beside_mode() -> None:
+    """The beside unit ran (the holding one was skipped: no start): its start -> READY, and
+    whether udev and the coldplug trigger started before READY, from systemd's timestamps."""
+    beside = _props(ExecMainStartTimestampMonotonic=7_000_000,
+                    ActiveEnterTimestampMonotonic=97_000_000)
+    stats = {
+        "unit_installed": True,
+        "manager": _props(UserspaceTimestampMonotonic=5_000_000),
+        "units": {
+            boot.UNIT_NAME: _props(ExecMainStartTimestampMonotonic=0),
+            boot.BESIDE_UNIT: beside,
+            "systemd-udevd.service": _props(ExecMainStartTimestampMonotonic=9_000_000),
+            "systemd-udev-trigger.service": _props(ExecMainStartTimestampMonotonic=12_000_000),
+        },
+    }
+    s = vmboot.summarize(stats)
+    assert s["unit_name"] == boot.BESIDE_UNIT and s["ready_s"] == pytest.approx(90.0)
+    assert s["udev_started_before_ready"] is True and s["ready_before_udevd"] is False
+    assert any(line.startswith(f"{boot.BESIDE_UNIT}: start -> READY 90.0s")
+               for line in vmboot.summary_lines(s))
+    beside["ActiveEnterTimestampMonotonic"] = "10000000"
+    assert vmboot.summarize(stats)["udev_started_before_ready"] is False  # trigger after
+
+
 def test_an_installed_kernel_is_taken_by_its_file() -> None:
     """`vm --boot -k /boot/vmlinuz-REL`: a kernel installed in / is no cache tree (whose
     modules the guest would link in; --boot refuses those), whatever layout it has."""
