@@ -11,12 +11,11 @@ import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
 
-from tracer import report, reportdata, text
+from tracer import bymodule, report, reportdata, text
 from tracer.cli import main
 from tracer.events import CEvent, Event, Kind, decode
 from tracer.live import Run
@@ -168,10 +167,7 @@ def test_live_lines_escape(hostile: Path) -> None:
     for wide in (False, True):
         run = Run.__new__(Run)  # the line formatting only: no probes, no judge
         run.opts, run.out, run.shown, run.t0_ns = Options(wide=wide), io.StringIO(), 0, 0
-        run.by_module = SimpleNamespace(add_request=lambda *_: None,  # type: ignore[assignment]
-                                        add_load=lambda *_: None)
-        run.filter = SimpleNamespace(request=lambda *_: True,  # type: ignore[assignment]
-                                     load=lambda *_: True)
+        run.by_module, run.filter = bymodule.ByModule(), reportdata.Filter(None, None)
         for req, v in rep.requests:
             run._show_request(req, v)
         for load, lv in rep.loads:
