@@ -211,7 +211,9 @@ def build(trace: Trace, rep: Replay) -> Report:
         loading=loading(rows, bymodule.busy_ns(ld for ld, _ in rep.loads), start,
                         early.traced_from_ns(trace.early, start),
                         _int((trace.trailer or {}).get("end_mono_ns")), unnamed),
-        loss=replace(trace_loss(trace), len_unknown=rep.judge.model.stats().len_unknown),
+        # the events counted as the replay fed them: it may have consumed trace.events
+        loss=replace(trace_loss(trace), events=rep.correlator.events,
+                     len_unknown=rep.judge.model.stats().len_unknown),
         procs=trace.procs, ksyms=trace.ksyms,
         early=trace.early, early_events=trace.early_events, unnamed=unnamed,
     )
@@ -277,17 +279,20 @@ def narrow(report: Report, flt: Filter) -> Report:
                           len(report.by_module)))
 
 
-def replay_file(path: str, announce: str | None = None) -> tuple[Trace, Replay]:
+def replay_file(path: str, announce: str | None = None,
+                keep_events: bool = True) -> tuple[Trace, Replay]:
     """Read the trace in PATH and replay it through the model (with the dups.c announce
-    form ANNOUNCE over the recorded one, if given); TraceFormatError if it is not a trace."""
+    form ANNOUNCE over the recorded one, if given); TraceFormatError if it is not a trace.
+    Without KEEP_EVENTS, the replay consumes trace.events (left empty; the Report counts
+    them from the replay): each event is freed once fed."""
     trace = read_trace(path)
     if announce is not None:
         trace.header["features"] = trace.features.with_announce(
             announce_form(announce)).to_dict()
     return trace, replay(trace.events, trace.features.profile, modaliases=trace.modaliases,
-                         hooks=listed_hooks(trace.header))
+                         hooks=listed_hooks(trace.header), consume=not keep_events)
 
 
 def read(path: str, announce: str | None = None) -> Report:
     """The Report of the trace in PATH; TraceFormatError if it is not a trace."""
-    return build(*replay_file(path, announce))
+    return build(*replay_file(path, announce, keep_events=False))
