@@ -255,7 +255,8 @@ def show_report(trace_file: str, as_json: bool = False, perfetto: str | None = N
         for out, what in ((perfetto, "Perfetto trace"), (plot, "plot")):
             if out:
                 check_output(out, what, keep=trace_file)
-        trace, rep = reportdata.replay_file(trace_file, announce)
+        # the events are freed as the replay feeds them: only its stories are used here
+        trace, rep = reportdata.replay_file(trace_file, announce, keep_events=False)
     except (TraceFormatError, TraceOutputError) as e:
         fail(str(e))
     judged = reportdata.build(trace, rep)
@@ -282,11 +283,14 @@ def show_report(trace_file: str, as_json: bool = False, perfetto: str | None = N
         except OSError as e:
             fail(f"cannot write {plot}: {e.strerror}")
         say(f"wrote {plot}", err=True)
-    if as_json:
-        click.echo(json.dumps(report.document(judged), indent=1))
+    if as_json:  # streamed: a large trace's document is never whole in memory
+        sys.stdout.flush()
+        report.write_document(judged, sys.stdout.buffer.write)
+        sys.stdout.buffer.flush()
         return
-    for line in report.render_text(judged, wide):
-        say(line)
+    lines = report.render_text(judged, wide)
+    for i in range(0, len(lines), 4096):  # as say() prints each, in blocks: one write each
+        click.echo("\n".join(map(shown, lines[i:i + 4096])))
 
 
 @main.group()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import errno
+import json
 import textwrap
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
+
+import orjson
 
 from tracer import bymodule, early, reportdata
 from tracer.model import (
@@ -347,10 +350,70 @@ def load(path: str, announce: str | None = None) -> tuple[Trace, Replay]:
 
 def document(r: Report) -> dict[str, Any]:
     """The `report --json` document: tracer/report.schema.json declares every key (the
-    README's schema section is made from it)."""
+    README's schema section is made from it). write_document() writes the same document
+    without holding it: `report --json` streams it."""
+    return {**_document_head(r), "requests": list(_requests_json(r)),
+            "loads": list(_loads_json(r)), **_document_tail(r)}
+
+
+def _requests_json(r: Report) -> Iterator[dict[str, Any]]:
+    for q, v in r.requests:
+        yield request_json(q, v, r.ksyms) | proc_json(r.procs, q.pid, q.comm)
+
+
+def _loads_json(r: Report) -> Iterator[dict[str, Any]]:
+    for ld, v in r.loads:
+        yield load_json(ld, v) | proc_json(r.procs, ld.pid, ld.comm)
+
+
+# write_document() hands its buffer on past this many bytes
+_WRITE_CHUNK = 1 << 20
+
+
+def write_document(r: Report, write: Callable[[bytes], object]) -> None:
+    """document(R) as JSON through WRITE, in chunks of about a MiB, never whole: a story's
+    object is made, encoded and dropped before the next (a 1M-event trace's document was
+    2.9 GB in memory). The document is json-equal to json.dumps(document(r), indent=1),
+    keys in the same order, and ASCII as that is; only the whitespace differs: each story
+    of `requests` and `loads` is one compact line (the rest is indented as before)."""
+    head = json.dumps(_document_head(r), indent=1)
+    tail = json.dumps(_document_tail(r), indent=1)
+    buf = bytearray(head[:-2].encode())  # without its closing "\n}"
+    for key, stories in (("requests", _requests_json(r)), ("loads", _loads_json(r))):
+        buf += b',\n "' + key.encode() + b'": ['
+        sep = b"\n  "
+        for story in stories:
+            buf += sep
+            sep = b",\n  "
+            _encode_into(story, buf)
+            if len(buf) > _WRITE_CHUNK:
+                write(bytes(buf))
+                buf.clear()
+        if sep != b"\n  ":  # json.dumps's empty list is "[]"
+            buf += b"\n ]"
+        else:
+            buf += b"]"
+    buf += b"," + tail[1:].encode() + b"\n"  # the tail's "\n ..." without its "{"
+    write(bytes(buf))
+
+
+def _encode_into(obj: dict[str, Any], buf: bytearray) -> None:
+    """OBJ as one compact JSON object at the end of BUF: orjson, unless it refuses (a lone
+    surrogate, an integer past 64 bits) or writes what is not ASCII, where the stdlib's
+    json writes it as document()'s dump does (\\uNNNN escapes)."""
+    try:
+        out = orjson.dumps(obj)
+        if out.isascii():
+            buf += out
+            return
+    except TypeError:
+        pass
+    buf += json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _document_head(r: Report) -> dict[str, Any]:
+    """document()'s keys before `requests`."""
     loss = r.loss
-    modules = dict(r.modules)
-    unnamed_model = modules.pop("", None)  # the model keys unnamed loads (and "") as ""
     return {
         "schema_version": SCHEMA_VERSION,
         "kernel": r.kernel, "profile": r.profile.name,
@@ -360,10 +423,14 @@ def document(r: Report) -> dict[str, Any]:
         "bad_lines": loss.bad_lines, "len_unknown": loss.len_unknown,
         **profile_json(r.profile),
         "filter": filter_json(r),
-        "requests": [request_json(q, v, r.ksyms) | proc_json(r.procs, q.pid, q.comm)
-                     for q, v in r.requests],
-        "loads": [load_json(ld, v) | proc_json(r.procs, ld.pid, ld.comm)
-                  for ld, v in r.loads],
+    }
+
+
+def _document_tail(r: Report) -> dict[str, Any]:
+    """document()'s keys after `loads`."""
+    modules = dict(r.modules)
+    unnamed_model = modules.pop("", None)  # the model keys unnamed loads (and "") as ""
+    return {
         "modules": {k: module_json(m) for k, m in modules.items()},
         "by_module": {k: row.to_json() for k, row in r.by_module.items()},
         "unnamed": None if r.unnamed is None and unnamed_model is None else {
