@@ -276,12 +276,14 @@ def show_report(trace_file: str, as_json: bool = False, perfetto: str | None = N
         from tracer.plot import plot as draw
 
         try:
-            draw(rep, plot, title=f"kmodtrace: {trace.header.get('kernel', '')}",
-                 keep=trace_file)
+            notes = draw(rep, plot, title=f"kmodtrace: {trace.header.get('kernel', '')}",
+                         keep=trace_file)
         except (ValueError, TraceOutputError) as e:
             fail(str(e))
         except OSError as e:
             fail(f"cannot write {plot}: {e.strerror}")
+        for note in notes:  # the rows drawn aggregated
+            say(note, err=True)
         say(f"wrote {plot}", err=True)
     if as_json:  # streamed: a large trace's document is never whole in memory
         sys.stdout.flush()

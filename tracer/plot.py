@@ -3,8 +3,12 @@
 One row per name, grouped as in tracer.timeline: requests by request string, loads by kmod
 module name (a request string equal to a module name shares its row). Inside a row, the
 requests are stacked on lanes above the load attempts so that concurrent ones stay
-visible; past MAX_LANES lanes, bars share lanes. Bars shorter than a pixel or two are
-widened to stay visible. matplotlib is imported inside plot(): the CLI starts without it.
+visible. Bars shorter than a pixel or two are widened to stay visible. A row whose
+requests (or loads) need more than MAX_LANES lanes is too dense to draw one by one: its
+stories of that kind are drawn aggregated, as the count in flight per pixel column stacked
+by colour, and the row's summary and plot()'s notes say so. Bars of one colour are one
+PolyCollection (a patch per bar took 6 s for 10k events). matplotlib is imported inside
+plot(): the CLI starts without it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
 
 FORMATS: Final = (".png", ".svg")
 MAX_LANES: Final = 10  # per kind (requests, loads) in one row
+DENSE_LANES: Final = 4  # the height of a kind drawn aggregated, its peak count filling it
 LANE_IN: Final = 0.11  # inches per lane
 ROW_GAP: Final = 1.0  # lanes of space between rows
 MIN_ROW: Final = 2.0  # lanes: the least height of a row
@@ -81,30 +86,32 @@ class _Row:
     req_lanes: int = 0
     load_lanes: int = 0
     top: float = 0.0  # y of the row's first lane (the axis is inverted)
+    # too dense to draw one by one (more than MAX_LANES at once): drawn aggregated
+    req_dense: bool = False
+    load_dense: bool = False
 
     @property
     def height(self) -> float:
         return max(MIN_ROW, float(self.req_lanes + self.load_lanes))
 
 
-def _pack(bars: Sequence[_Bar], min_ns: int) -> int:
-    """Greedy interval packing onto at most MAX_LANES lanes; returns the lane count.
+def _pack(bars: Sequence[_Bar], min_ns: int) -> tuple[int, bool]:
+    """Greedy interval packing onto at most MAX_LANES lanes; returns the lane count and
+    whether they overflowed (some bars would have had to share a lane: too dense to draw
+    one by one, so the caller aggregates them).
 
     A bar takes at least min_ns (its drawn width plus a gap), so that short bars drawn
     widened do not cover each other."""
     busy: list[int] = []  # per lane: the end of its last bar
     for b in sorted(bars, key=lambda b: (b.start, b.end)):
-        free = [i for i, until in enumerate(busy) if until <= b.start]
-        if free:
-            lane = free[0]
-        elif len(busy) < MAX_LANES:
-            lane = len(busy)
+        lane = next((i for i, until in enumerate(busy) if until <= b.start), len(busy))
+        if lane == MAX_LANES:
+            return MAX_LANES, True
+        if lane == len(busy):
             busy.append(0)
-        else:  # full: share the lane that frees first
-            lane = min(range(len(busy)), key=busy.__getitem__)
         b.lane = lane
-        busy[lane] = max(busy[lane], b.end, b.start + min_ns)
-    return len(busy)
+        busy[lane] = max(b.end, b.start + min_ns)
+    return len(busy), False
 
 
 def _rows(rep: Replay, last: int, min_ns: int) -> list[_Row]:
@@ -126,8 +133,12 @@ def _rows(rep: Replay, last: int, min_ns: int) -> list[_Row]:
     out = sorted(rows.values(), key=lambda r: (r.first, r.name))
     y = 0.0
     for r in out:
-        r.req_lanes = _pack([b for _, _, b in r.requests], min_ns)
-        r.load_lanes = _pack([b for _, _, b in r.loads], min_ns)
+        r.req_lanes, r.req_dense = _pack([b for _, _, b in r.requests], min_ns)
+        r.load_lanes, r.load_dense = _pack([b for _, _, b in r.loads], min_ns)
+        if r.req_dense:
+            r.req_lanes = DENSE_LANES
+        if r.load_dense:
+            r.load_lanes = DENSE_LANES
         r.top = y
         y += r.height + ROW_GAP
     return out
@@ -150,12 +161,27 @@ def _row_summary(r: _Row, wasted: int) -> str:
         parts.append(f"{n} load{'s' if n > 1 else ''}" + (f" ({ok} ok)" if ok != n else ""))
     if wasted:
         parts.append(human_bytes(wasted))
+    if r.req_dense or r.load_dense:
+        parts.append("aggregated")
     return ", ".join(parts)
 
 
-def plot(rep: Replay, path: str, title: str = "", keep: str | None = None) -> None:
+def _dense_kinds(r: _Row) -> list[str]:
+    return [k for k, dense in (("requests", r.req_dense), ("loads", r.load_dense)) if dense]
+
+
+def dense_notes(rows: Sequence[_Row]) -> list[str]:
+    """One line per row drawn aggregated, for the caller to print (escaped, as every line)."""
+    return [f"plot: row {r.name}: {' and '.join(_dense_kinds(r))} too dense to draw "
+            f"one by one ({len(r.requests)} requests, {len(r.loads)} loads); drawn as the "
+            f"count in flight" for r in rows if r.req_dense or r.load_dense]
+
+
+def plot(rep: Replay, path: str, title: str = "", keep: str | None = None) -> list[str]:
     """Draw the timeline of `rep` into `path`; the format follows the extension. The file
-    is opened as `record -o` opens its trace, never over KEEP (the trace read)."""
+    is opened as `record -o` opens its trace, never over KEEP (the trace read). Returns
+    a note per row drawn aggregated (too dense to draw one by one), for the caller to
+    print."""
     ext = os.path.splitext(path)[1].lower()
     if ext not in FORMATS:
         raise ValueError(f"{path}: unsupported image format {ext or '(none)'!r}: "
@@ -215,13 +241,64 @@ def plot(rep: Replay, path: str, title: str = "", keep: str | None = None) -> No
             labels.append(f"{len(rest)} more: {human_bytes(sum(n for _, n in rest))} wasted")
         labels.append(f"total: {human_bytes(sum(wasted.values()))} wasted")
         handles += [Patch(alpha=0.0, label=text) for text in labels]
+        notes = dense_notes(rows)
+        if notes:
+            handles += [Patch(alpha=0.0, label=" "), Patch(alpha=0.0, label=(
+                f"aggregated: {len(notes)} row(s) too dense to draw\none by one, "
+                "drawn as the count in flight"))]
         ax.legend(handles=handles, loc="upper left", frameon=False, borderaxespad=0,
                   bbox_to_anchor=(1 + SUMMARY_IN / AXES_IN, 1.0))
         with os.fdopen(open_output(path, "plot", keep), "wb") as f:
             fig.savefig(f, format=ext[1:], bbox_inches="tight")
+    return notes
+
+
+_ORDER: Final = [REQUEST_COLOR, REJECTED_COLOR, *OUTCOME_COLORS.values(), MODPROBE_COLOR,
+                 INIT_COLOR]
+COUNT_BINS: Final = 1000  # columns an aggregated row is counted in: about a pixel each
+
+
+def _draw_counts(ax: Axes, bars: list[tuple[str, _Bar]], top: float, lanes: int, t0: int,
+                 span_s: float) -> None:
+    """BARS (colour, extent) as the count in flight per column, stacked by colour in
+    _ORDER, the peak filling the LANES lanes from TOP."""
+    import numpy as np
+    from matplotlib.collections import PolyCollection
+
+    span_ns = span_s * 1e9
+    by_color: dict[str, list[_Bar]] = {}
+    for color, b in bars:
+        by_color.setdefault(color, []).append(b)
+    counts = []
+    for color in sorted(by_color, key=_ORDER.index):
+        bs = by_color[color]
+        first = np.array([b.start - t0 for b in bs], dtype=np.float64) / span_ns * COUNT_BINS
+        last = np.array([b.end - t0 for b in bs], dtype=np.float64) / span_ns * COUNT_BINS
+        diff = np.zeros(COUNT_BINS + 1, dtype=np.int64)
+        np.add.at(diff, np.clip(first.astype(np.int64), 0, COUNT_BINS - 1), 1)
+        np.add.at(diff, np.clip(last.astype(np.int64), 0, COUNT_BINS - 1) + 1, -1)
+        counts.append((color, np.cumsum(diff[:-1])))
+    total = sum(c for _, c in counts)
+    scale = lanes / max(int(np.max(total)), 1)
+    # each band one polygon, its steps traced along the top and back along the bottom
+    # (ax.stairs() costs a Bezier walk per step to update the data limits, set here anyway)
+    xs = np.repeat(np.linspace(0.0, span_s, COUNT_BINS + 1), 2)[1:-1]
+    bottom = top + lanes - 0.5  # the axis is inverted: counts grow upwards, to smaller y
+    below = np.zeros(COUNT_BINS)
+    for color, c in counts:
+        upper, lower = np.repeat(bottom - (below + c) * scale, 2), np.repeat(
+            bottom - below * scale, 2)
+        verts = np.concatenate([np.column_stack([xs, upper]),
+                                np.column_stack([xs[::-1], lower[::-1]])])
+        ax.add_collection(PolyCollection([verts], facecolors=color, linewidths=0, zorder=2),
+                          autolim=False)
+        below = below + c
 
 
 def _draw(ax: Axes, rows: list[_Row], wasted: dict[str, int], t0: int, span_s: float) -> None:
+    import numpy as np
+    from matplotlib.collections import PolyCollection
+
     min_w = span_s * MIN_BAR_FRACTION
     bars: dict[str, tuple[list[float], list[float], list[float], float]] = {}
 
@@ -245,28 +322,39 @@ def _draw(ax: Axes, rows: list[_Row], wasted: dict[str, int], t0: int, span_s: f
                 ha="left", fontsize=7, color="#444444",
                 transform=ax.get_yaxis_transform())
         for req, v, b in r.requests:
-            y = r.top + b.lane
-            bar_h(REJECTED_COLOR if req.rejected else REQUEST_COLOR, b.start, b.end, y, 0.8)
-            if req.umh_start_ns is not None:
-                end = req.umh_end_ns if req.umh_end_ns is not None else b.end
-                bar_h(MODPROBE_COLOR, req.umh_start_ns, end, y, 0.4)
+            y = r.top if r.req_dense else r.top + b.lane
             if v is not None and v.verdict == "duplicate":
                 at = req.tp_ns if req.tp_ns is not None else req.start_ns
                 dup_x.append((at - t0) / 1e9)
                 dup_y.append(y)
+            if r.req_dense:
+                continue
+            bar_h(REJECTED_COLOR if req.rejected else REQUEST_COLOR, b.start, b.end, y, 0.8)
+            if req.umh_start_ns is not None:
+                end = req.umh_end_ns if req.umh_end_ns is not None else b.end
+                bar_h(MODPROBE_COLOR, req.umh_start_ns, end, y, 0.4)
+        if r.req_dense:
+            _draw_counts(ax, [(REJECTED_COLOR if q.rejected else REQUEST_COLOR, b)
+                              for q, _, b in r.requests], r.top, r.req_lanes, t0, span_s)
         base = r.top + r.req_lanes
+        if r.load_dense:
+            _draw_counts(ax, [(OUTCOME_COLORS[load_category(lv)], b) for _, lv, b in r.loads],
+                         base, r.load_lanes, t0, span_s)
+            continue
         for ld, lv, b in r.loads:
             y = base + b.lane
             bar_h(OUTCOME_COLORS[load_category(lv)], b.start, b.end, y, 0.8)
             if ld.init_start_ns is not None:
                 end = ld.init_end_ns if ld.init_end_ns is not None else b.end
                 bar_h(INIT_COLOR, ld.init_start_ns, end, y, 0.35)
-    order = [REQUEST_COLOR, REJECTED_COLOR, *OUTCOME_COLORS.values(), MODPROBE_COLOR,
-             INIT_COLOR]
-    for key in sorted(bars, key=lambda k: order.index(k.split("/")[0])):
+    for key in sorted(bars, key=lambda k: _ORDER.index(k.split("/")[0])):
         lefts, widths, ys, height = bars[key]
-        ax.barh(ys, widths, left=lefts, height=height, color=key.split("/")[0],
-                linewidth=0, zorder=2)
+        x0, y0 = np.asarray(lefts), np.asarray(ys) - height / 2
+        x1, y1 = x0 + np.asarray(widths), y0 + height
+        verts = np.stack([np.column_stack(c) for c in ((x0, y0), (x0, y1), (x1, y1), (x1, y0))],
+                         axis=1)
+        ax.add_collection(PolyCollection(list(verts), facecolors=key.split("/")[0], linewidths=0,
+                                         zorder=2), autolim=False)
     if dup_x:
         ax.scatter(dup_x, dup_y, marker="x", s=14, color=DUP_COLOR, linewidths=0.9, zorder=3)
     ax.set_yticks(ticks, [_label(r.name) for r in rows])
