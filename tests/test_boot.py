@@ -125,7 +125,9 @@ def test_ordering_and_readiness_directives(mode: str) -> None:
     svc = u["Service"]
     assert svc["Type"] == ["notify"] and svc["NotifyAccess"] == ["main"]
     timeout = int(svc["TimeoutStartSec"][0])
-    assert 0 < timeout <= 120
+    # holding: a broken tracer cannot hold the boot long; beside: it holds nothing, and
+    # Python at nice 19 in a busy boot needs more than a minute to start
+    assert 0 < timeout <= 120 if mode == boot.HOLD else timeout == boot.BESIDE_START_TIMEOUT_S
     assert u["Install"]["WantedBy"] == ["sysinit.target"]
     # Anything that needs /var or a mount namespace would order us after udev: a cycle.
     for hazard in ("LogsDirectory", "StateDirectory", "RequiresMountsFor", "ProtectSystem",
@@ -149,7 +151,7 @@ def test_beside_unit_compiles_at_low_priority_and_records_at_normal() -> None:
     assert svc["ExecStartPost"] == ["-/bin/sh -c 'renice -n 0 -g \"$$MAINPID\"'"]
     # the same recorder, the same trace file and its move as the holding unit
     held = parse_unit(boot.unit_text(argv))["Service"]
-    for key in ("Type", "ExecStart", "ExecStopPost", "TimeoutStartSec", "RuntimeDirectory"):
+    for key in ("Type", "ExecStart", "ExecStopPost", "RuntimeDirectory"):
         assert svc[key] == held[key], key
     assert "Nice" not in held and "ExecStartPost" not in held
 
