@@ -357,13 +357,29 @@ def document(r: Report) -> dict[str, Any]:
 
 
 def _requests_json(r: Report) -> Iterator[dict[str, Any]]:
-    for q, v in r.requests:
-        yield request_json(q, v, r.ksyms) | proc_json(r.procs, q.pid, q.comm)
+    """request_json() | proc_json() of each request, made in one dict (a tenth of a
+    1M-event document's time went to the generator, the reordering and the merge)."""
+    ksyms = r.ksyms
+
+    def caller(q: Request, _v: object) -> str:
+        return ksyms.get(q.ip, hex(q.ip))
+
+    fields = [(n, caller if n == "caller" else REQUEST_FIELDS[n]) for n in REQUEST_JSON]
+    yield from _stories_json(r.requests, fields, r.procs)
 
 
 def _loads_json(r: Report) -> Iterator[dict[str, Any]]:
-    for ld, v in r.loads:
-        yield load_json(ld, v) | proc_json(r.procs, ld.pid, ld.comm)
+    """load_json() | proc_json() of each load, made in one dict."""
+    yield from _stories_json(r.loads, [(n, LOAD_FIELDS[n]) for n in LOAD_JSON], r.procs)
+
+
+def _stories_json(stories: Iterable[tuple[Any, Any]], fields: list[tuple[str, Any]],
+                  procs: Procs) -> Iterator[dict[str, Any]]:
+    for s, v in stories:
+        out = {n: f(s, v) for n, f in fields}
+        out["cmdline"], parents = procs.get((s.pid, s.comm), ("", ()))
+        out["parents"] = list(parents)
+        yield out
 
 
 # write_document() hands its buffer on past this many bytes
