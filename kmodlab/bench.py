@@ -15,6 +15,9 @@ one run (the VM figures side by side in one boot).
    spread of udevd's start, the coldplug trigger's start, udev's last module load and boot
    finished (goal <= 1.03 each; emulated CPUs make these noisy), and the binary fact from
    systemd's own timestamps: udevd and the trigger started before the unit was ready
+7. large traces, host-side (`bench --large-traces` runs only these): `report --json` and
+   the text report of 1 000 000 events (goal <= 5 s, <= 500 MB peak RSS each) and
+   `report --plot` of 10 000 events (goal <= 2 s), each a whole command in a child process
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import gc
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -112,6 +117,57 @@ def _replay(events: list[Event]) -> None:
     """What `report` does with the events read: sort them, correlate, judge, keep every
     story with its verdict (tracer.report.load())."""
     replay(events, PROFILE_6_5)
+
+
+# Figure 7's sizes and goals (issue #24, 8)
+LARGE_EVENTS = 1_000_000
+PLOT_EVENTS = 10_000
+LARGE_GOAL_S = 5.0
+LARGE_GOAL_MB = 500.0
+PLOT_GOAL_S = 2.0
+
+
+def large_trace_figures(echo: Echo, rounds: int = 3, events: int = LARGE_EVENTS,
+                        plot_events: int = PLOT_EVENTS) -> dict[str, Any]:
+    """Figure 7: `kmodtrace report --json` and `kmodtrace report` of a synthetic trace of
+    EVENTS events and `report --plot X.png` of one of PLOT_EVENTS, each ROUNDS times as a
+    whole command (interpreter start, read, replay, output to /dev/null) in a child
+    process: its wall time, its CPU time (user + system, from wait4) and its peak RSS.
+    The commands alternate round after round, so that a burst of the host's other load is
+    spread over them; the load average before and after says how shared the host was."""
+    res: dict[str, Any] = {"events": events, "plot_events": plot_events,
+                           "loadavg_before": os.getloadavg()[0]}
+    runs: dict[str, list[dict[str, float]]] = {"json": [], "text": [], "plot": []}
+    with tempfile.TemporaryDirectory() as d:
+        big, small = os.path.join(d, "large.jsonl"), os.path.join(d, "plot.jsonl")
+        for path, n in ((big, events), (small, plot_events)):
+            echo(f"generating {n} events")
+            _write_trace(path, list(stream(n)))
+            gc.collect()
+        for r in range(rounds):
+            for what, args in (("json", ["--json", big]), ("text", [big]),
+                               ("plot", ["--plot", os.path.join(d, f"p{r}.png"), small])):
+                echo(f"report {what}, round {r + 1} of {rounds}")
+                runs[what].append(_run_measured([sys.executable, "-m", "tracer", "report",
+                                                 *args]))
+    return res | runs | {"loadavg_after": os.getloadavg()[0]}
+
+
+def _run_measured(argv: list[str]) -> dict[str, float]:
+    """ARGV's wall seconds, CPU seconds and peak RSS (MB) as the kernel counted them for
+    it alone (wait4), its standard output thrown away."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert p.stderr is not None
+    err = p.stderr.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({p.returncode}): "
+                           f"{err.decode(errors='replace')[-500:]}")
+    return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
+            "rss_mb": ru.ru_maxrss * 1024 / 1e6}
 
 
 def vm_figures(kernel_spec: str, out: Path, echo: Echo, sizes: str, modprobes: int,
@@ -223,7 +279,8 @@ def pyspy_top(raw: str, n: int = 8) -> list[tuple[str, float, float]]:
 
 
 def render(replays: list[dict[str, float]], vmres: dict[str, Any] | None,
-           boot: dict[str, Any] | None = None) -> list[str]:
+           boot: dict[str, Any] | None = None,
+           large: dict[str, Any] | None = None) -> list[str]:
     lines = []
 
     def row(what: str, figure: str, goal: str, ok: bool | None) -> None:
@@ -327,4 +384,40 @@ def render(replays: list[dict[str, float]], vmres: dict[str, Any] | None,
             {True: "yes", False: "NO: udev was held", None: "no figure"}[cmp["not_held"]],
             "yes", cmp["not_held"])
         note("emulated CPUs on a shared host make the ratios noisy: the verdict is the last row")
+    if large is not None:
+        large_rows(large, row, note)
     return lines
+
+
+def _spread(xs: list[float], fmt: str) -> str:
+    """'median (min-max)' of XS."""
+    return f"{statistics.median(xs):{fmt}} ({min(xs):{fmt}}-{max(xs):{fmt}})"
+
+
+def large_rows(large: dict[str, Any], row: Callable[[str, str, str, bool | None], None],
+               note: Callable[[str], None]) -> None:
+    """Figure 7's rows: per command its wall time, CPU time and peak RSS, the median of the
+    rounds with their range, each against its goal (time: the median; RSS: the peak)."""
+    n, pn = large["events"], large["plot_events"]
+    for what, label, size, goal_s, goal_mb in (
+            ("json", "report --json", n, LARGE_GOAL_S, LARGE_GOAL_MB),
+            ("text", "report (text)", n, LARGE_GOAL_S, LARGE_GOAL_MB),
+            ("plot", "report --plot PNG", pn, PLOT_GOAL_S, None)):
+        runs = large[what]
+        if not runs:
+            continue
+        wall = [r["wall_s"] for r in runs]
+        cpu = [r["cpu_s"] for r in runs]
+        rss = [r["rss_mb"] for r in runs]
+        head = f"7. {label}, {size / 1000:,.0f}k events"
+        row(f"{head}: wall", _spread(wall, ".1f") + " s", f"<= {goal_s:.0f} s",
+            statistics.median(wall) <= goal_s)
+        row(f"{head}: CPU", _spread(cpu, ".1f") + " s", f"<= {goal_s:.0f} s",
+            statistics.median(cpu) <= goal_s)
+        row(f"{head}: peak RSS", _spread(rss, ".0f") + " MB",
+            "none set" if goal_mb is None else f"<= {goal_mb:.0f} MB",
+            None if goal_mb is None else max(rss) <= goal_mb)
+    note(f"medians of {len(large['json'])} rounds (min-max), each a whole command in a child "
+         f"process; load average {large['loadavg_before']:.1f} before, "
+         f"{large['loadavg_after']:.1f} after: wall time includes waiting for a CPU on a "
+         f"shared host, CPU time does not")

@@ -90,13 +90,20 @@ def vm(kernel_spec: str, out: str | None, cpus: int, memory: str, kvm: bool | No
               help="the boot unit's delay: 3 alternating pairs of 16-vCPU VM boots "
                    "without and with it (6 more boots)")
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="VM results directory")
+@click.option("--large-traces", "large_only", is_flag=True,
+              help="only figure 7, host-side: report --json and text of 1M events, --plot of 10k")
 def bench(kernel_spec: str, no_vm: bool, events: int, sizes: str, modprobes: int,
-          overhead_count: int, soak_s: float, boot: bool, out: str | None) -> None:
+          overhead_count: int, soak_s: float, boot: bool, out: str | None,
+          large_only: bool = False) -> None:
     """Print the benchmark figures: attach time, loss, overhead, replay speed, memory,
-    boot delay."""
+    boot delay, large traces."""
     from kmodlab import bench as benchmod
     from kmodlab import vm as vmmod
 
+    if large_only:
+        for line in benchmod.render([], None, None, benchmod.large_trace_figures(_progress)):
+            click.echo(line)
+        return
     replay_fig = benchmod.replay_speeds([min(10_000, events), events], _progress)
     boot_fig = None
     vm_fig = None
@@ -112,7 +119,8 @@ def bench(kernel_spec: str, no_vm: bool, events: int, sizes: str, modprobes: int
         assert vm_fig is not None
         click.echo(f"kernel {vm_fig['kernel']}, {vm_fig['cpus']} vCPUs; raw figures in "
                    f"{outdir}/bench.json")
-    for line in benchmod.render(replay_fig, vm_fig, boot_fig):
+    large_fig = benchmod.large_trace_figures(_progress)
+    for line in benchmod.render(replay_fig, vm_fig, boot_fig, large_fig):
         click.echo(line)
 
 
