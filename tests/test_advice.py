@@ -330,3 +330,72 @@ def test_recorded_udev_coldplug(modules_dir: str) -> None:
         "4 load attempt(s): 0 loaded, failed EBUSY:2,ENODEV:2",
         "init returned ENODEV:2 on 2 attempt(s) (the module was formed, its init failed); "
         "2 attempt(s) racing with it got EBUSY (found it GOING)")
+
+
+def test_udev_workers_without_a_named_device_are_lookups_all_the_same(
+        modules_dir: str) -> None:
+    """Loads udev's workers made before the tracer saw their devices' broadcasts (the
+    early trace has none): still alias lookups racing with each other."""
+    loads = [_load(i, "cryptd", 0 if i == 0 else -errno.EEXIST, wasted=10) for i in range(3)]
+    [a] = _advice(_report(loads), modules_dir)
+    assert (a.patterns, a.kind, a.targets) == (("per-device-alias",), "preload", ("cryptd",))
+    assert a.cause == ("udev: 3 load(s) by 3 of its workers for devices the trace does not "
+                       "name (no broadcast of theirs was seen)",)
+    assert a.facts[1] == ("udev looked it up 3 times (0 named devices); 2 of their loads "
+                          "read the file and got EEXIST (it was loaded already)")
+
+
+BOOT16 = DATA / "vmboot-6.1-16"
+
+
+@pytest.fixture(scope="module")
+def boot16(tmp_path_factory: pytest.TempPathFactory) -> reportdata.Report:
+    """A real systemd boot of Debian's 6.1 on 16 vCPUs (`kmodtrace vm --boot --cpus 16`,
+    software emulation on a loaded 2-core host: the tracer attached 220 s in, so the
+    per-CPU loads before it come from the kernel's boot-time trace, without devices)."""
+    import zstandard
+
+    path = tmp_path_factory.mktemp("boot16") / "boot.jsonl"
+    path.write_bytes(zstandard.ZstdDecompressor().decompress(
+        (BOOT16 / "trace.jsonl.zst").read_bytes(), max_output_size=1 << 26))
+    return reportdata.read(str(path))
+
+
+def test_recorded_16_vcpu_boot(boot16: reportdata.Report) -> None:
+    """What the advice says of a real boot, with the lines of the traced kernel's
+    modules.alias and modules.dep this boot's MODALIASes match (tests/data/vmboot-6.1-16)."""
+    a = advice.build(boot16, str(BOOT16))
+    assert a.alias_found
+    got = [(x.module, x.patterns, x.kind, x.targets,
+            None if x.savings is None else (x.savings.attempts, x.savings.modprobe_spawns))
+           for x in a.items]
+    assert got == [
+        ("acpi_cpufreq", ("init-fails-racers-ebusy",), "blacklist", ("acpi_cpufreq",),
+         (16, 0)),
+        ("cryptd", ("per-device-alias",), "preload", ("cryptd",), (15, 0)),
+        ("pcc_cpufreq", ("init-fails-racers-ebusy",), "blacklist", ("pcc_cpufreq",), (16, 0)),
+        ("crypto_simd", ("per-device-alias",), "preload", ("crypto_simd",), (15, 0)),
+        ("net-pf-16-proto-9", ("kernel-caller-repeats",), "kernel-caller", (), (0, 1)),
+    ]
+    rows = boot16.by_module
+    for x in a.items:
+        if x.kind in ("blacklist", "preload") and x.savings is not None:
+            # a blacklist saves every attempt's bytes, a preload every repeat's
+            assert x.savings.wasted_bytes == rows[x.module].wasted_bytes, x.module
+    acpi = a.items[0]
+    assert acpi.cause == ("udev: 16 device(s) (acpi:16), MODALIAS acpi:LNXCPU: matched "
+                          "modules.alias `acpi*:LNXCPU:*`",)
+    assert acpi.facts[:2] == (
+        "16 load attempt(s): 0 loaded, failed EBUSY:15,ENODEV:1",
+        "init returned ENODEV:1 on 1 attempt(s) (the module was formed, its init failed); "
+        "15 attempt(s) racing with it got EBUSY (found it GOING)")
+    caller = a.items[-1]
+    assert caller.text.startswith("the kernel asks from netlink_create: check before asking")
+    assert caller.facts[-1] == "modprobe exit 1:3"  # no module provides net-pf-16-proto-9
+
+
+@pytest.mark.skipif(not Path("/lib/modules/6.1.0-57-amd64/modules.alias").exists(),
+                    reason="Debian's 6.1.0-57-amd64 is not installed here")
+def test_the_fixture_advises_as_the_whole_modules_alias(boot16: reportdata.Report) -> None:
+    assert advice.build(boot16, str(BOOT16)).to_json() == \
+        advice.build(boot16, "/lib/modules/6.1.0-57-amd64").to_json()

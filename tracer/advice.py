@@ -42,6 +42,7 @@ from tracer.bymodule import ByModule, ModuleRow
 from tracer.model import LoadVerdict, RequestVerdict
 from tracer.reportdata import Report
 from tracer.stories import Load, Request, decode_wait_status, kmod_name, module_from_path
+from tracer.udev import is_worker
 
 MODULE_DIRS = ("/lib/modules", "/usr/lib/modules")
 
@@ -274,6 +275,16 @@ class _Module:
     requests: list[tuple[Request, RequestVerdict | None]] = field(default_factory=list)
 
 
+def _udev_unnamed(load: Load) -> bool:
+    """A udev worker's load whose device no broadcast named (before the tracer attached,
+    or a broadcast the hook missed): a lookup all the same, udev loads only for devices."""
+    return load.device is None and load.request_id is None and is_worker(load.comm)
+
+
+def _udev(load: Load) -> bool:
+    return load.device is not None or _udev_unnamed(load)
+
+
 def _attempt(load: Load, v: LoadVerdict | None) -> bool:
     """Counted as an attempt, as bymodule counts them."""
     return not (v is None or v.outcome == "unknown") or load.ret is not None
@@ -337,6 +348,11 @@ class _Builder:
             per_alias.setdefault(alias, set()).add(ld.device.devpath)
             subsystems.setdefault(alias, Counter())[ld.device.subsystem or "?"] += 1
         out = []
+        unnamed = [ld for ld, _ in loads if _udev_unnamed(ld)]
+        if unnamed:
+            out.append(f"udev: {len(unnamed)} load(s) by {len({ld.pid for ld in unnamed})} "
+                       "of its workers for devices the trace does not name (no broadcast of "
+                       "theirs was seen)")
         for alias, devs in sorted(per_alias.items(), key=lambda kv: (-len(kv[1]), kv[0])):
             subs = " ".join(f"{s}:{n}" for s, n in subsystems[alias].most_common())
             head = f"udev: {len(devs)} device(s) ({subs})"
@@ -381,7 +397,8 @@ class _Builder:
         return out
 
     def other_cause(self, loads: list[tuple[Load, LoadVerdict | None]]) -> list[str]:
-        others = [ld for ld, _ in loads if ld.device is None and ld.request_id is None]
+        others = [ld for ld, _ in loads if ld.device is None and ld.request_id is None
+                  and not _udev_unnamed(ld)]
         if not others:
             return []
         return [f"user space: {len(others)} load(s) neither udev's nor a request's "
@@ -396,7 +413,7 @@ class _Builder:
         failures = {k: n for k, n in outcomes.items() if k not in _NOT_FAILURES}
         ok = outcomes.get("loaded", 0)
         inits = [(ld, v) for ld, v in loads if ld.loaded and ld.init_ret not in (None, 0)]
-        alias_loads = [(ld, v) for ld, v in loads if ld.device is not None
+        alias_loads = [(ld, v) for ld, v in loads if _udev(ld)
                        or (ld.request_id is not None and kmod_name(ld.alias) != mod)]
         devices = {ld.device.devpath for ld, _ in loads if ld.device is not None}
         patterns: list[str] = []
@@ -415,11 +432,14 @@ class _Builder:
                         "attempt(s) racing with it got EBUSY (found it GOING)")
         eexist = [(ld, v) for ld, v in loads if _outcome(ld, v) == "EEXIST"
                   and not (v is not None and v.converged)]
-        dev_eexist = [(ld, v) for ld, v in eexist if ld.device is not None]
-        if ok >= 1 and dev_eexist and len(devices) > 1:
+        dev_eexist = [(ld, v) for ld, v in eexist if _udev(ld)]
+        lookups = len(devices) + sum(1 for ld, _ in loads if _udev_unnamed(ld))
+        if ok >= 1 and dev_eexist and lookups > 1:
             patterns.append("per-device-alias")
-            base.append(f"{len(devices)} devices asked for it; {len(dev_eexist)} of their "
-                        "loads read the file and got EEXIST (it was loaded already)")
+            asked = (f"{len(devices)} devices asked for it" if lookups == len(devices) else
+                     f"udev looked it up {lookups} times ({len(devices)} named devices)")
+            base.append(f"{asked}; {len(dev_eexist)} of their loads read the file and got "
+                        "EEXIST (it was loaded already)")
         converged = [(ld, v) for ld, v in loads if v is not None and v.converged]
         kdups = [q for q, _ in m.requests if q.kernel_verdict == "duplicate"]
         if converged or kdups:
