@@ -142,8 +142,11 @@ def large_trace_figures(echo: Echo, rounds: int = 3, events: int = LARGE_EVENTS,
         big, small = os.path.join(d, "large.jsonl"), os.path.join(d, "plot.jsonl")
         for path, n in ((big, events), (small, plot_events)):
             echo(f"generating {n} events")
-            _write_trace(path, list(stream(n)))
-            gc.collect()
+            # in a child: a child's peak RSS starts from what its parent held when it
+            # forked, and a million generated events would stay in this one's heap
+            subprocess.run([sys.executable, "-c", "import sys; from kmodlab import bench; "
+                            "bench.write_synthetic(sys.argv[1], int(sys.argv[2]))",
+                            path, str(n)], check=True)
         for r in range(rounds):
             for what, args in (("json", ["--json", big]), ("text", [big]),
                                ("plot", ["--plot", os.path.join(d, f"p{r}.png"), small])):
@@ -151,6 +154,11 @@ def large_trace_figures(echo: Echo, rounds: int = 3, events: int = LARGE_EVENTS,
                 runs[what].append(_run_measured([sys.executable, "-m", "tracer", "report",
                                                  *args]))
     return res | runs | {"loadavg_after": os.getloadavg()[0]}
+
+
+def write_synthetic(path: str, events: int) -> None:
+    """A trace file of about EVENTS synthetic events (kmodlab/synth.py) in PATH."""
+    _write_trace(path, list(stream(events)))
 
 
 def _run_measured(argv: list[str]) -> dict[str, float]:
