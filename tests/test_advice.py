@@ -61,7 +61,7 @@ def _load(i: int, module: str, ret: int, *, cpu: int | None = None, modalias: st
               alias="" if request_id is None else "fs-minix", id=i)
     if cpu is not None:
         ld.device = Device(f"/devices/system/cpu/cpu{cpu}", "cpu", "add", modalias)
-    outcome = "loaded" if ret == 0 else errno.errorcode[-ret]
+    outcome = "loaded" if ret == 0 else errno.errorcode.get(-ret, str(ret))
     return ld, LoadVerdict(i, module, syscall, ret, outcome, None, wasted, None,
                            would_converge, wasted if would_converge else 0,
                            converged=converged)
@@ -193,6 +193,19 @@ def test_a_dependency_racing_is_preloaded_through_the_module_that_pulls_it(
                              "(modules.dep) and loaded: preloading kvm_amd loads kvm too")
     assert kvm_amd.text.startswith("load kvm_amd once, early: ")
     assert (kvm.targets, kvm_amd.targets) == (("kvm_amd",), ("kvm_amd",))
+
+
+def test_racers_cut_by_a_signal_are_racers_too(modules_dir: str) -> None:
+    """6.1: a load that finds the module COMING waits for it, interruptibly; udev killing
+    its worker past the event timeout ends that wait with -ERESTARTSYS (kvm_amd on 16
+    emulated CPUs)."""
+    loads = [_load(i, "kvm_amd", 0 if i == 0 else -512, cpu=i) for i in range(3)]
+    [a] = _advice(_report(loads), modules_dir)
+    assert (a.patterns, a.kind, a.targets) == (("per-device-alias",), "preload", ("kvm_amd",))
+    assert a.facts[:2] == ("3 load attempt(s): 1 loaded, failed -512:2",
+                           "3 devices asked for it; 2 read it and were interrupted "
+                           "(ERESTARTSYS:2: a signal cut their wait for the first load to "
+                           "finish)")
 
 
 def test_init_module_loads_are_not_converged_by_idempotent(modules_dir: str) -> None:

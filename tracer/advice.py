@@ -56,6 +56,10 @@ PATTERNS = {
 
 _NOT_FAILURES = frozenset({"loaded", "unknown"})
 _LIVE = frozenset({"EEXIST"})  # an attempt that found the module there: it binds
+# A racer's outcome while another load of the module succeeded: it found it LIVE, or its
+# wait for the COMING one (add_unformed_module(), interruptible) was cut by a signal
+_RACERS = frozenset({"EEXIST", "EINTR", "ERESTARTSYS", str(-512)})
+_RESTART = {str(-512): "ERESTARTSYS"}  # the kernel's own errno, not in errno.errorcode
 
 
 # --- modules.alias and modules.dep of the traced kernel ---------------------------------
@@ -430,7 +434,7 @@ class _Builder:
             base.append(f"init returned {_counts(init_errnos)} on {len(inits)} attempt(s) "
                         f"(the module was formed, its init failed); {failures['EBUSY']} "
                         "attempt(s) racing with it got EBUSY (found it GOING)")
-        eexist = [(ld, v) for ld, v in loads if _outcome(ld, v) == "EEXIST"
+        eexist = [(ld, v) for ld, v in loads if _outcome(ld, v) in _RACERS
                   and not (v is not None and v.converged)]
         dev_eexist = [(ld, v) for ld, v in eexist if _udev(ld)]
         lookups = len(devices) + sum(1 for ld, _ in loads if _udev_unnamed(ld))
@@ -438,8 +442,16 @@ class _Builder:
             patterns.append("per-device-alias")
             asked = (f"{len(devices)} devices asked for it" if lookups == len(devices) else
                      f"udev looked it up {lookups} times ({len(devices)} named devices)")
-            base.append(f"{asked}; {len(dev_eexist)} of their loads read the file and got "
-                        "EEXIST (it was loaded already)")
+            how = Counter(_outcome(ld, v) for ld, v in dev_eexist)
+            cut = {k: n for k, n in how.items() if k != "EEXIST"}
+            got = [f"{how['EEXIST']} of their loads read the file and got EEXIST (it was "
+                   "loaded already)"] if how["EEXIST"] else []
+            if cut:
+                got.append(f"{sum(cut.values())} read it and were interrupted "
+                           f"({_counts({_RESTART.get(k, k): n for k, n in cut.items()})}: "
+                           "a signal cut their wait for the first load "
+                           "to finish)")
+            base.append(f"{asked}; {'; '.join(got)}")
         converged = [(ld, v) for ld, v in loads if v is not None and v.converged]
         kdups = [q for q, _ in m.requests if q.kernel_verdict == "duplicate"]
         if converged or kdups:
