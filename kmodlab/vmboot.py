@@ -41,6 +41,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,13 @@ GUEST_FSTAB = "tmpfs /var/log tmpfs mode=0755,nosuid,nodev 0 0\n"
 GUEST_FSTAB_PATH = "/etc/kmodtrace-vmboot.fstab"
 VNG_CONF = {"systemd": {"masks": ["getty@"], "fstab": GUEST_FSTAB_PATH}}
 
+# udev kills a worker whose event outlasts event_timeout (180 s by default) and then
+# broadcasts the device itself, so the loads that worker made name no device (it never
+# broadcast). Under emulation on a busy 2-core host the 16-vCPU per-CPU storm took longer
+# (every CPU device's worker killed, once the tracer compiled beside udev); on hardware
+# it takes seconds. The guest's udev.conf (in the overlay) waits this long.
+UDEV_EVENT_TIMEOUT_S = 900
+
 NAMESPACE_SCRIPT = r"""set -e
 tmp=$1 units=$2 conf=$3 fstab=$4 collect=$5 modload=$6; shift 6
 mount -t tmpfs kmodtrace-vmboot "$tmp"
@@ -161,6 +169,7 @@ cp "$conf" "$tmp/root$HOME/.config/virtme-ng/virtme-ng.conf"
 cp "$fstab" "$tmp/root/etc/kmodtrace-vmboot.fstab"
 cp "$collect" "$tmp/root@COLLECT@"
 chmod 0755 "$tmp/root@COLLECT@"
+printf '\nevent_timeout=@UDEV_TIMEOUT@\n' >> "$tmp/root/etc/udev/udev.conf"
 if [ -s "$modload" ]; then
   mkdir -p "$tmp/root/etc/modules-load.d"
   cp "$modload" "$tmp/root/etc/modules-load.d/kmodtrace-advice.conf"
@@ -168,7 +177,7 @@ fi
 while [ "$1" != -- ]; do mount --bind "$1" "$tmp/root$1"; shift; done
 shift
 exec chroot "$tmp/root" "$@"
-""".replace("@COLLECT@", COLLECT_PATH)
+""".replace("@COLLECT@", COLLECT_PATH).replace("@UDEV_TIMEOUT@", str(UDEV_EVENT_TIMEOUT_S))
 
 
 def namespace_prefix(unit_dir: Path, shared: list[Path], tmp: Path,
@@ -327,7 +336,18 @@ def run_boot(kern: vm.KernelImage, out: Path, progress: vm.Progress, cpus: int =
                          "boot (fix: use -k stable, or install linux-image-"
                          f"{kern.release})")
     out.mkdir(parents=True, exist_ok=True)
-    unit_dir = prepare_unit_dir(unit, progress)
+    # a directory of this boot's own: another session's boot must not replace its units
+    work = Path(tempfile.mkdtemp(prefix="vmboot-", dir=vm.cache_dir()))
+    try:
+        return _run_boot(kern, out, progress, work, cpus, memory, kvm, unit, timeout, applied)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_boot(kern: vm.KernelImage, out: Path, progress: vm.Progress, work: Path, cpus: int,
+              memory: str, kvm: bool | None, unit: bool, timeout: float,
+              applied: Applied | None) -> int:
+    unit_dir = prepare_unit_dir(unit, progress, base=work / "unit")
     applied = applied or Applied()
     apply_to_units(applied, unit_dir)
     progress(f"booting systemd as PID 1 {'with' if unit else 'without'} {boot.UNIT_NAME} "
@@ -341,7 +361,7 @@ def run_boot(kern: vm.KernelImage, out: Path, progress: vm.Progress, cpus: int =
                  timeout=timeout, append=boot_append(line) + applied.append(), systemd=True,
                  qemu_opts=["-cpu", "max"],
                  prefix=namespace_prefix(unit_dir, [out, vm.cache_dir()],
-                                         vm.cache_dir() / "vmboot" / "ns",
+                                         work / "ns",
                                          collect_script(out, unit), applied.modules_load()),
                  console=out / "console.log", exec_command=[COLLECT_PATH])
     stats_path, rc_path = out / "bootstats.json", out / "collect.rc"

@@ -76,6 +76,7 @@ def test_namespace_hides_dockerenv_and_shows_the_units(tmp_path: Path) -> None:
     probe = (f"test ! -e /.dockerenv && test -e /etc/systemd/system/{boot.UNIT_NAME} "
              f"&& test -s $HOME/.config/virtme-ng/virtme-ng.conf "
              f"&& test -s {vmboot.GUEST_FSTAB_PATH} && test -x {vmboot.COLLECT_PATH} "
+             f"&& grep -qx event_timeout={vmboot.UDEV_EVENT_TIMEOUT_S} /etc/udev/udev.conf "
              f"&& touch {shared}/written")
     pre = vmboot.namespace_prefix(units, [shared], tmp_path / "ns",
                                   vmboot.collect_script(shared, unit=True), "kvm_amd\n")
