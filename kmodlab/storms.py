@@ -335,7 +335,7 @@ def late_announce(sc: Scenario, kmodstorm: Path) -> list[int]:
 
     Returns the statuses: insmod's, then each mount's errno (ENODEV: the request's value
     stays inside the kernel); [-errno] of fanotify where the kernel lacks permission
-    events, nothing run; [-ETIMEDOUT] if a held exec never came."""
+    events, nothing run; [-ETIMEDOUT, insmod's] if the nowait request's exec never came."""
     wrapper = Path("/run/kmt-late/modprobe")
     wrapper.parent.mkdir(exist_ok=True)
     knob = Path("/proc/sys/kernel/modprobe")
@@ -346,28 +346,38 @@ def late_announce(sc: Scenario, kmodstorm: Path) -> list[int]:
         held = HeldExec(wrapper)
     except OSError as e:
         return [-(e.errno or errno.EIO)]
-    statuses: list[int] = []
     knob.write_text(str(wrapper))
     try:
-        nowait = subprocess.Popen(["insmod", str(kmodstorm), f"name=fs-{sc.target}",
-                                   "count=1", "nowait=1"])
-        first_exec = held.next_exec(30.0)  # the nowait request's helper, held
-        if first_exec is None:
-            return [-errno.ETIMEDOUT, nowait.wait()]
-        anchor = _forked(lambda: _mount_errno(sc.target))
-        anchor_exec = held.next_exec(30.0)  # the wait request's helper: let it run
-        if anchor_exec is not None:
-            held.allow(anchor_exec)
-        anchor_status = os.waitstatus_to_exitcode(os.waitpid(anchor, 0)[1])
-        held.allow(first_exec)  # the late announce
-        statuses = [nowait.wait(), anchor_status]
+        statuses = _held_then_late(held, sc.target, kmodstorm)
     finally:
         knob.write_text(real)
         held.close()
-    statuses += [os.waitstatus_to_exitcode(os.waitpid(_forked(
-        lambda: _mount_errno(sc.target)), 0)[1]) for _ in range(sc.count)]
+    if statuses[0] >= 0:  # the entry is complete and announced twice: its tail
+        statuses += [os.waitstatus_to_exitcode(os.waitpid(_forked(
+            lambda: _mount_errno(sc.target)), 0)[1]) for _ in range(sc.count)]
     subprocess.run(["rmmod", "kmodstorm"], check=False)
     return statuses
+
+
+def _held_then_late(held: HeldExec, fstype: str, kmodstorm: Path) -> list[int]:
+    """Steps 1 to 3 of late_announce(): [insmod's status, the wait request's errno], or
+    [-ETIMEDOUT, insmod's] if the nowait request's exec never came."""
+    nowait = subprocess.Popen(["insmod", str(kmodstorm), f"name=fs-{fstype}", "count=1",
+                               "nowait=1"])
+    first_exec = held.next_exec(30.0)  # the nowait request's helper, held
+    if first_exec is None:
+        return [-errno.ETIMEDOUT, nowait.wait()]
+    anchor = _forked(lambda: _mount_errno(fstype))
+    # every other exec of the wrapper (the wait request's helper) runs at once
+    deadline = time.monotonic() + 60.0
+    while (done := os.waitpid(anchor, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        event = held.next_exec(0.1)
+        if event is not None:
+            held.allow(event)
+    held.allow(first_exec)  # the late announce
+    if done[0] == 0:  # the wait request still asleep after a minute: see it end
+        done = os.waitpid(anchor, 0)
+    return [nowait.wait(), os.waitstatus_to_exitcode(done[1])]
 
 
 def run(sc: Scenario, kmodstorm: Path | None) -> None:
