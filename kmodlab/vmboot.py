@@ -233,7 +233,9 @@ class Applied:
 
 ORDER_DROPIN = "systemd-modules-load.service.d/kmodtrace-advice.conf"
 ORDER_TEXT = ("# kmodtrace: the preloaded modules are live before udev's coldplug looks them "
-              "up\n[Unit]\nBefore=systemd-udev-trigger.service\n")
+              "up\n[Unit]\nBefore=systemd-udev-trigger.service\n"
+              "# software emulation loads a module in tens of seconds: the unit's 90 s\n"
+              "# would stop it halfway through the list\n[Service]\nTimeoutSec=20min\n")
 
 
 def advice_from(trace: str, progress: vm.Progress) -> Applied:
