@@ -26,7 +26,7 @@ import pytest
 
 from kmodlab import vm, vmboot
 from kmodlab.witness import WitnessEvent, parse
-from tracer import boot
+from tracer import advice, boot, bootdiff, reportdata
 from tracer.events import Kind
 from tracer.record import Trace, read_trace
 
@@ -53,7 +53,8 @@ def _reached_init(out: Path) -> bool:
     return console.exists() and b"as init process" in console.read_bytes()
 
 
-def boot_run(tmp_path_factory: pytest.TempPathFactory, cpus: int, env: str) -> BootRun:
+def boot_run(tmp_path_factory: pytest.TempPathFactory, cpus: int, env: str,
+             applied: vmboot.Applied | None = None) -> BootRun:
     if os.geteuid() != 0:
         pytest.fail("VM tests need root")
 
@@ -66,13 +67,15 @@ def boot_run(tmp_path_factory: pytest.TempPathFactory, cpus: int, env: str) -> B
     else:
         kern = vm.resolve_kernel("stable", progress)
         out = tmp_path_factory.mktemp(f"vmboot{cpus}-")
-        rc = vmboot.run_boot(kern, out, progress, cpus=cpus, memory="4G", timeout=2400)
+        rc = vmboot.run_boot(kern, out, progress, cpus=cpus, memory="4G", timeout=2400,
+                             applied=applied)
         if rc != 0 and not _reached_init(out):
             # Seen once (16 vCPUs, software emulation, a loaded host): QEMU's guest stopped
             # 3.7 s into the kernel's own boot, before any of ours ran. Boot once more;
             # any failure after the kernel started init still fails the tests.
             progress("the guest stopped before the kernel started init: booting again")
-            rc = vmboot.run_boot(kern, out, progress, cpus=cpus, memory="4G", timeout=2400)
+            rc = vmboot.run_boot(kern, out, progress, cpus=cpus, memory="4G", timeout=2400,
+                                 applied=applied)
     seconds = time.monotonic() - t0
     progress(f"boot run took {seconds:.0f}s")
     console = (out / "console.log").read_text(errors="replace")[-3000:] if (
@@ -95,6 +98,16 @@ def booted(tmp_path_factory: pytest.TempPathFactory) -> BootRun:
 def booted_small(tmp_path_factory: pytest.TempPathFactory) -> BootRun:
     """The same boot on 2 vCPUs: the other side of `boot diff`."""
     return boot_run(tmp_path_factory, 2, "KMODTRACE_VMBOOT2_DIR")
+
+
+@pytest.fixture(scope="module")
+def booted_advised(tmp_path_factory: pytest.TempPathFactory, booted: BootRun) -> BootRun:
+    """The same 16-vCPU boot with the first one's advice applied (`kmodtrace vm --boot
+    --advice-from`): its blacklist on the kernel command line, its preload in
+    modules-load.d, ordered before udev's coldplug."""
+    applied = vmboot.advice_from(str(booted.out / "boot.jsonl"),
+                                 lambda m: print(f"[advice] {m}", flush=True))
+    return boot_run(tmp_path_factory, CPUS, "KMODTRACE_VMBOOT_ADVISED_DIR", applied)
 
 
 def _unit(run: BootRun, name: str = boot.BESIDE_UNIT) -> dict[str, str]:
@@ -440,3 +453,66 @@ def test_boot_diff_of_2_and_16_vcpus(booted_small: BootRun, booted: BootRun) -> 
     assert all(len(ln) <= 100 for ln in text.stdout.splitlines())
     assert any(re.match(r"[>^]\s+crc32c_intel\s", ln)  # slower or more, first in its row
                for ln in text.stdout.splitlines()), text.stdout[:2000]
+
+
+def test_every_repeated_module_gets_advice(booted: BootRun) -> None:
+    """Issue #28: the 16-vCPU boot gets advice for each module tried (or requested) more
+    than once, from the trace alone: a blacklist for the CPU drivers whose init fails here,
+    a preload for the per-CPU-alias modules that all but one CPU loaded in vain."""
+    r = reportdata.read(str(booted.out / "boot.jsonl"))
+    a = advice.build(r)
+    for line in advice.lines(a, wide=True):
+        print(line)
+    assert a.alias_found  # the guest's kernel is the host's: its modules.alias is here
+    repeated = {m for m, row in r.by_module.items() if advice.repeated(row)}
+    assert repeated and {x.module for x in a.items} == repeated
+    kinds = {x.module: x.kind for x in a.items}
+    for mod in ("acpi_cpufreq", "pcc_cpufreq", "powernow_k8", "edac_mce_amd"):
+        if mod in kinds:
+            assert kinds[mod] == "blacklist", (mod, kinds)
+    for mod in ("kvm", "kvm_amd", "aesni_intel", "crc32c_intel"):
+        row = r.by_module.get(mod)
+        if row is not None and row.failures.get("EEXIST"):
+            assert kinds[mod] == "preload", (mod, kinds)
+    assert a.targets("blacklist") and a.targets("preload")
+
+
+def test_the_advice_removes_the_storms(booted: BootRun, booted_advised: BootRun) -> None:
+    """`boot diff` of the boot and the advised one: each blacklisted storm gone, each
+    preloaded module loaded once and no more, their bytes saved, nothing new failing."""
+    a = advice.build(reportdata.read(str(booted.out / "boot.jsonl")))
+    d = bootdiff.diff(bootdiff.load_boot(booted.out / "boot.jsonl"),
+                      bootdiff.load_boot(booted_advised.out / "boot.jsonl"))
+    for line in bootdiff.render(d, wide=True):
+        print(line)
+    rows = {m.module: m for m in d.modules}
+    for x in a.items:
+        if x.kind not in ("blacklist", "preload"):
+            continue
+        m = rows[x.module]
+        assert m.a is not None and m.a.attempts > 1, x.module
+        b_attempts = m.b.attempts if m.b is not None else 0
+        if x.kind == "blacklist":  # the lookup never loads it
+            assert b_attempts == 0, (x.module, m.b)
+        else:  # loaded once, early; udev's lookups find it live
+            assert b_attempts <= 1 and not (m.b and m.b.failures), (x.module, m.b)
+        assert m.b is None or m.b.wasted_bytes == 0, (x.module, m.b)
+    assert d.b.report.loading.wasted_bytes < d.a.report.loading.wasted_bytes
+    assert d.b.report.loading.attempts < d.a.report.loading.attempts
+    # nothing new failed: a module that failed in both failed the same ways; one that
+    # failed only after the advice is a udev lookup of a device's own MODALIAS (the
+    # advice only blacklists and preloads: it makes no lookup), which the first boot's
+    # workers never reached (a worker killed while it waited on kvm_amd stops its list)
+    info = advice.read_modules_info(d.b.report.kernel)
+    applied = set(a.targets("blacklist")) | set(a.targets("preload"))
+    for m in d.modules:
+        if m.b is None or not m.b.failures:
+            continue
+        if m.a is not None and m.a.attempts:
+            assert set(m.b.failures) <= set(m.a.failures), (m.module, m.a, m.b)
+            continue
+        assert m.module not in applied, m.module
+        matched = {mod for alias in m.b.aliases for _, mod in info.matches(alias)}
+        assert m.module in matched or any(info.needs(x, m.module) for x in matched), \
+            (m.module, dict(m.b.aliases))
+        print(f"revealed, not caused: {m.module} {dict(m.b.failures)}")
