@@ -88,6 +88,15 @@ def oracle_out(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     return oracle.open_golden(param, tmp_path_factory.mktemp(param.name))
 
 
+def test_a_golden_recording_per_dups_form(tmp_path: Path) -> None:
+    """The deferred form (6.12) and the refcount form (7.3) are both proven by `make test`,
+    each detected from the oracle's own dups.c (struct kmod_dup_req in its BTF)."""
+    features = [read_trace(str(oracle.open_golden(g, tmp_path / g.name) / "trace.jsonl"))
+                .features for g in GOLDEN]
+    assert {(f.announce, f.announce_source) for f in features} == {
+        ("deferred", "detected"), ("first", "detected")}
+
+
 def test_parity_is_n_of_n(oracle_out: Path) -> None:
     par = parity.run(oracle_out)
     report = "\n".join(parity.render(par))
