@@ -157,7 +157,7 @@ VNG_CONF = {"systemd": {"masks": ["getty@"], "fstab": GUEST_FSTAB_PATH}}
 UDEV_EVENT_TIMEOUT_S = 900
 
 NAMESPACE_SCRIPT = r"""set -e
-tmp=$1 units=$2 conf=$3 fstab=$4 collect=$5 modload=$6; shift 6
+tmp=$1 units=$2 conf=$3 fstab=$4 collect=$5 modload=$6 modprobe=$7; shift 7
 mount -t tmpfs kmodtrace-vmboot "$tmp"
 mkdir "$tmp/upper" "$tmp/work" "$tmp/root"
 mknod "$tmp/upper/.dockerenv" c 0 0
@@ -174,6 +174,9 @@ if [ -s "$modload" ]; then
   mkdir -p "$tmp/root/etc/modules-load.d"
   cp "$modload" "$tmp/root/etc/modules-load.d/kmodtrace-advice.conf"
 fi
+if [ -s "$modprobe" ]; then
+  cp "$modprobe" "$tmp/root/etc/modprobe.d/kmodtrace-advice.conf"
+fi
 while [ "$1" != -- ]; do mount --bind "$1" "$tmp/root$1"; shift; done
 shift
 exec chroot "$tmp/root" "$@"
@@ -181,7 +184,8 @@ exec chroot "$tmp/root" "$@"
 
 
 def namespace_prefix(unit_dir: Path, shared: list[Path], tmp: Path,
-                     collect: str = "#!/bin/sh\n", modules_load: str = "") -> list[str]:
+                     collect: str = "#!/bin/sh\n", modules_load: str = "",
+                     modprobe_conf: str = "") -> list[str]:
     """Run the rest where the guest's root (the host's /) has unit_dir as /etc/systemd/system.
 
     A private mount namespace (unshare) and, in it, a root that is an overlay of the host's
@@ -192,25 +196,29 @@ def namespace_prefix(unit_dir: Path, shared: list[Path], tmp: Path,
     are bound through, so what the guest writes there reaches the host. vng there reads
     a virtme-ng.conf of ours whose systemd.fstab gives the guest a tmpfs /var/log, and
     the collector's script COLLECT at COLLECT_PATH; MODULES_LOAD, if not empty, is
-    /etc/modules-load.d/kmodtrace-advice.conf there (a previous boot's preload advice).
+    /etc/modules-load.d/kmodtrace-advice.conf there (a previous boot's preload advice),
+    MODPROBE_CONF /etc/modprobe.d/kmodtrace-advice.conf (its blacklist advice).
     Nothing outside the namespace changes; the overlay's upper layer is a tmpfs on TMP.
     """
     tmp.mkdir(parents=True, exist_ok=True)
     conf, fstab = tmp.parent / "virtme-ng.conf", tmp.parent / "fstab"
     script, modload = tmp.parent / "collect", tmp.parent / "modules-load.conf"
+    modprobe = tmp.parent / "modprobe.conf"
     conf.write_text(json.dumps(VNG_CONF) + "\n")
     fstab.write_text(GUEST_FSTAB)
     script.write_text(collect)
     modload.write_text(modules_load)
+    modprobe.write_text(modprobe_conf)
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
             NAMESPACE_SCRIPT, "kmodtrace-vmboot", str(tmp), str(unit_dir), str(conf),
-            str(fstab), str(script), str(modload), *[str(d) for d in shared], "--"]
+            str(fstab), str(script), str(modload), str(modprobe), *[str(d) for d in shared],
+            "--"]
 
 
 @dataclass(frozen=True, slots=True)
 class Applied:
     """A previous boot's advice (tracer/advice.py), applied to the next boot: the modules
-    to blacklist on the kernel command line, and those to preload from modules-load.d,
+    to blacklist in modprobe.d, and those to preload from modules-load.d,
     with systemd-modules-load.service ordered before udev's coldplug trigger (systemd
     does not order them), so that udev's lookups find them live."""
 
@@ -218,10 +226,15 @@ class Applied:
     preload: tuple[str, ...] = ()
     source: str = ""  # the trace the advice came from
 
-    def append(self) -> list[str]:
-        """The kernel command line words: libkmod's blacklist, read by udev's kmod builtin
-        and modprobe alike."""
-        return [f"modprobe.blacklist={','.join(self.blacklist)}"] if self.blacklist else []
+    def modprobe_conf(self) -> str:
+        """/etc/modprobe.d/kmodtrace-advice.conf: libkmod's blacklist, read by udev's kmod
+        builtin and modprobe alike, as `modprobe.blacklist=` is. Not on the command line:
+        the lab's guest line (virtme-ng's words and the early trace's) has too little room
+        left below 2047 bytes, and a longer one panics the kernel at its first instant."""
+        if not self.blacklist:
+            return ""
+        return (f"# kmodtrace: blacklisted on the advice of {self.source}\n"
+                + "".join(f"blacklist {m}\n" for m in self.blacklist))
 
     def modules_load(self) -> str:
         """/etc/modules-load.d/kmodtrace-advice.conf; "" when nothing is preloaded."""
@@ -360,11 +373,12 @@ def _run_boot(kern: vm.KernelImage, out: Path, progress: vm.Progress, work: Path
     # nothing, the collector's (collect.rc) does
     line = early_line(kern) if unit else None
     vm.run_guest(kern, out, ["--boot-collect"], progress, cpus=cpus, memory=memory, kvm=kvm,
-                 timeout=timeout, append=boot_append(line) + applied.append(), systemd=True,
+                 timeout=timeout, append=boot_append(line), systemd=True,
                  qemu_opts=["-cpu", "max"],
                  prefix=namespace_prefix(unit_dir, [out, vm.cache_dir()],
                                          work / "ns",
-                                         collect_script(out, unit), applied.modules_load()),
+                                         collect_script(out, unit), applied.modules_load(),
+                                         applied.modprobe_conf()),
                  console=out / "console.log", exec_command=[COLLECT_PATH])
     stats_path, rc_path = out / "bootstats.json", out / "collect.rc"
     if not stats_path.exists() or not rc_path.exists():

@@ -30,27 +30,31 @@ def test_namespace_prefix(tmp_path: Path) -> None:
     pre = vmboot.namespace_prefix(Path("/cache/unit/etc/systemd/system"),
                                   [Path("/out"), Path("/cache")], tmp_path / "ns")
     assert pre[:4] == ["unshare", "--mount", "--propagation", "private"]
-    assert pre[-9:] == [str(tmp_path / "ns"), "/cache/unit/etc/systemd/system",
-                        str(tmp_path / "virtme-ng.conf"), str(tmp_path / "fstab"),
-                        str(tmp_path / "collect"), str(tmp_path / "modules-load.conf"),
-                        "/out", "/cache", "--"]
+    assert pre[-10:] == [str(tmp_path / "ns"), "/cache/unit/etc/systemd/system",
+                         str(tmp_path / "virtme-ng.conf"), str(tmp_path / "fstab"),
+                         str(tmp_path / "collect"), str(tmp_path / "modules-load.conf"),
+                         str(tmp_path / "modprobe.conf"), "/out", "/cache", "--"]
     assert (tmp_path / "ns").is_dir()
     assert " /var/log tmpfs " in (tmp_path / "fstab").read_text()
     assert (tmp_path / "modules-load.conf").read_text() == ""  # no advice: no file
+    assert (tmp_path / "modprobe.conf").read_text() == ""
 
 
 def test_advice_applied_to_a_boot(tmp_path: Path) -> None:
-    """A blacklist on the kernel command line, the preload in modules-load.d, and
-    systemd-modules-load ordered before udev's coldplug trigger."""
+    """A blacklist in modprobe.d (not on the kernel command line, which has no room left
+    in the lab), the preload in modules-load.d, and systemd-modules-load ordered before
+    udev's coldplug trigger."""
     applied = vmboot.Applied(("acpi_cpufreq", "amd64_edac"), ("kvm_amd", "aesni_intel"),
                              "/b/boot-1.jsonl")
-    assert applied.append() == ["modprobe.blacklist=acpi_cpufreq,amd64_edac"]
+    assert applied.modprobe_conf() == ("# kmodtrace: blacklisted on the advice of "
+                                       "/b/boot-1.jsonl\nblacklist acpi_cpufreq\n"
+                                       "blacklist amd64_edac\n")
     assert applied.modules_load() == ("# kmodtrace: preloaded on the advice of "
                                       "/b/boot-1.jsonl\nkvm_amd\naesni_intel\n")
     vmboot.apply_to_units(applied, tmp_path)
     dropin = (tmp_path / vmboot.ORDER_DROPIN).read_text()
     assert "[Unit]\nBefore=systemd-udev-trigger.service\n" in dropin
-    assert vmboot.Applied().append() == [] and vmboot.Applied().modules_load() == ""
+    assert vmboot.Applied().modprobe_conf() == "" and vmboot.Applied().modules_load() == ""
     vmboot.apply_to_units(vmboot.Applied(), tmp_path / "none")
     assert not (tmp_path / "none").exists()
 
@@ -79,9 +83,11 @@ def test_namespace_hides_dockerenv_and_shows_the_units(tmp_path: Path) -> None:
              f"&& grep -qx event_timeout={vmboot.UDEV_EVENT_TIMEOUT_S} /etc/udev/udev.conf "
              f"&& touch {shared}/written")
     pre = vmboot.namespace_prefix(units, [shared], tmp_path / "ns",
-                                  vmboot.collect_script(shared, unit=True), "kvm_amd\n")
+                                  vmboot.collect_script(shared, unit=True), "kvm_amd\n",
+                                  "blacklist acpi_cpufreq\n")
     probe += (" && test \"$(cat /etc/modules-load.d/kmodtrace-advice.conf)\" = kvm_amd"
-              f" && touch {shared}/preloaded")
+              " && test \"$(cat /etc/modprobe.d/kmodtrace-advice.conf)\" = "
+              f"'blacklist acpi_cpufreq' && touch {shared}/preloaded")
     p = subprocess.run([*pre, "sh", "-c", probe], capture_output=True, text=True, check=False)
     if p.returncode != 0 and "unshare failed" in p.stderr:
         pytest.skip(f"no mount namespaces here: {p.stderr.strip()}")
