@@ -103,7 +103,7 @@ def booted_small(tmp_path_factory: pytest.TempPathFactory) -> BootRun:
 @pytest.fixture(scope="module")
 def booted_advised(tmp_path_factory: pytest.TempPathFactory, booted: BootRun) -> BootRun:
     """The same 16-vCPU boot with the first one's advice applied (`kmodtrace vm --boot
-    --advice-from`): its blacklist on the kernel command line, its preload in
+    --advice-from`): its blacklist in modprobe.d, its preload in
     modules-load.d, ordered before udev's coldplug."""
     applied = vmboot.advice_from(str(booted.out / "boot.jsonl"),
                                  lambda m: print(f"[advice] {m}", flush=True))
