@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_early_convert import convert
 from tracer import early, tracefs
 from tracer.events import PATH_LEN, Kind
 from tracer.model import PROFILE_6_1
@@ -26,13 +27,6 @@ DATA = Path(__file__).parent / "data" / "vm-6.1-early-udev"
 @pytest.fixture(scope="module")
 def text() -> str:
     return (DATA / "trace.txt").read_text()
-
-
-def convert(text: str) -> early.Converter:
-    conv = early.Converter()
-    conv.feed(text)
-    conv.events = conv.drained()
-    return conv
 
 
 class FakeBTF:

@@ -129,17 +129,22 @@ def test_a_header_over_the_cap_is_no_trace(tmp_path: Path) -> None:
         read_trace(str(p))
 
 
+def _read_peak(p: Path) -> tuple[Trace, int]:
+    """The trace at P and the peak of what reading it held (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        tr = read_trace(str(p))
+        return tr, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_a_line_over_the_cap_is_never_held_whole(tmp_path: Path) -> None:
     """64 MiB in one line, between events: reading holds a bounded part of it."""
     lines = _lines(2)
     lines.insert(2, '{"type": "event", "name": "' + "x" * (64 * LINE_CAP) + '"}')
     p = _file(tmp_path, lines)
-    tracemalloc.start()
-    try:
-        tr = read_trace(str(p))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    tr, peak = _read_peak(p)
     assert (tr.bad_lines, tr.first_bad_line, _names(tr)) == (1, 3, ["m0", "m1"])
     assert peak < HELD, peak
 
@@ -152,12 +157,7 @@ def test_memory_follows_the_events_kept_not_the_bytes_read(tmp_path: Path) -> No
     long = ["x" * (64 * 1024)] * (2 * HELD // (64 * 1024))
     lines[3:3] = short + long
     p = _file(tmp_path, lines)
-    tracemalloc.start()
-    try:
-        tr = read_trace(str(p))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    tr, peak = _read_peak(p)
     assert _names(tr) == ["m0", "m1", "m2"] and tr.bad_lines == len(short) + len(long)
     assert (tr.first_bad_line, tr.first_bad_why) == (4, "no record of a known type")
     assert peak < HELD, peak
